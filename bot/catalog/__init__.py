@@ -1,0 +1,1 @@
+"""One keyed message catalogue per language; bot.messages renders them."""

@@ -1,0 +1,219 @@
+"""English payer texts, keyed; placeholders are formatted by bot.messages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+
+# Keys with a dot are fragments rendered inside other messages, never sent alone.
+MESSAGES: dict[str, str] = {
+    # Consent: opt-out, opt-in, double opt-in enrollment.
+    "opted_out": (
+        "You're unsubscribed from {agency} texts. No more messages will be sent. "
+        "Reply START to resubscribe."
+    ),
+    "opted_in": (
+        "{agency}: You're subscribed again to payment and appointment texts, "
+        "about {per_month} msgs/month. Msg & data rates may apply. "
+        "Reply HELP for help, STOP to opt out."
+    ),
+    "optin_invite": (
+        "{agency}: Reply YES to get payment and appointment texts for case ending "
+        "{case_last4}, about {per_month} msgs/month. Msg & data rates may apply. "
+        "Reply STOP to opt out."
+    ),
+    "welcome": (
+        "{agency}: You're signed up. We'll text you due-date reminders, appointment reminders "
+        "and payment receipts, about {per_month} msgs/month. Msg & data rates may apply. "
+        "Reply HELP for help, STOP to opt out."
+    ),
+    "confirm_enrollment": (
+        "{agency}: Please reply YES to get payment and appointment texts, or STOP to opt out. "
+        "Msg & data rates may apply."
+    ),
+    "enroll_declined": (
+        "{agency}: OK, you won't get texts from us. No more messages will be sent. "
+        "Reply START if you change your mind."
+    ),
+    "unknown_number": (
+        "{agency}: We couldn't find a case for this phone number. "
+        "Please call {agency_phone}. Reply STOP to opt out."
+    ),
+    # Conversation.
+    "help": (
+        "{agency}: Payment and appointment texts for your case, about {per_month} msgs/month. "
+        "Msg & data rates may apply. For help call {agency_phone}. "
+        "Reply MENU for options, STOP to opt out."
+    ),
+    "menu": (
+        "{agency}. Reply with a number:\n1 Pay\n2 Balance\n3 Payment history\n4 Appointments\n"
+        "5 Talk to a person\n6 Español\n0 Help"
+    ),
+    "language_set": "OK, we'll text you in English. Reply ESPAÑOL for Spanish.",
+    "choose_case": (
+        "You have more than one case. Reply with the last 4 digits of the case you mean: {cases}"
+    ),
+    "case_not_found": (
+        "None of your cases ends in {digits}. Reply with the last 4 digits of one of them: {cases}"
+    ),
+    "case_selected": "OK, now using case ending {case_last4}. Reply MENU for options.",
+    "word.or": "or",
+    # Paying by text.
+    "pay_quote": (
+        "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
+        "Due {due_date}. Reply YES within {minutes} minutes to pay, or NO to cancel."
+    ),
+    "pay_quote_no_due": (
+        "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
+        "Reply YES within {minutes} minutes to pay, or NO to cancel."
+    ),
+    "quote_expired": "Your last payment offer expired, so nothing was charged.",
+    "confirm_prompt": "Reply YES to pay {amount} with your card ending {last4}, or NO to cancel.",
+    "pay_processing": (
+        "Thank you. Your payment of {amount} is being processed. We'll text your receipt shortly."
+    ),
+    "pay_cancelled": (
+        "OK, the payment is cancelled and nothing was charged. Reply PAY to start again."
+    ),
+    "nothing_to_confirm": (
+        "There's no payment waiting for your OK. Reply PAY to make a payment or MENU for options."
+    ),
+    "nothing_owed": "Case ending {case_last4} has no balance. Nothing is owed right now.",
+    "pay_ask_amount": (
+        "No payment is due right now on case ending {case_last4}. Your balance is {balance}. "
+        "To pay toward it, reply PAY and an amount, like PAY 50."
+    ),
+    "amount_format": (
+        "Please reply PAY and an amount in dollars and cents, like PAY 50 or PAY 125.50."
+    ),
+    "amount_too_small": (
+        "The smallest payment by text is {minimum}. Reply PAY and a larger amount."
+    ),
+    "amount_over_balance": (
+        "That's more than your balance of {balance}. Reply PAY and an amount up to {balance}."
+    ),
+    "amount_over_cap": (
+        "The most you can pay by text at one time is {cap}. "
+        "Reply PAY and a smaller amount, or call {agency_phone}."
+    ),
+    "amount_over_monthly": (
+        "You can pay up to {cap} a month by text, and {remaining} is left this month. "
+        "Reply PAY and a smaller amount, or call {agency_phone}."
+    ),
+    "monthly_limit_reached": (
+        "You've reached this month's limit of {cap} for payments by text. "
+        "Please call {agency_phone} to pay."
+    ),
+    "card_link": (
+        "{agency}: To pay by text, first add a debit or credit card here: {url} Then reply PAY."
+    ),
+    "card_saved": "{agency}: Your card ending {last4} is saved. Reply PAY to make a payment.",
+    # Case information.
+    "balance": (
+        "Case ending {case_last4}: balance {balance}. Next payment: {amount_due} due {due_date}. "
+        "Reply PAY to pay."
+    ),
+    "balance_no_due": (
+        "Case ending {case_last4}: balance {balance}. No payment is scheduled right now. "
+        "Reply PAY and an amount to pay."
+    ),
+    "history": "Recent payments on case ending {case_last4}:\n{payments}",
+    "history_none": "No payments yet on case ending {case_last4}.",
+    "history.succeeded": "{date}: {amount}, card {last4}",
+    "history.pending": "{date}: {amount}, card {last4} (processing)",
+    "history.refunded": "{date}: {amount}, card {last4} (refunded)",
+    "appt_next": "You have {kind} on {when} at {location}.",
+    "appt_next_video": "You have {kind} on {when}. Join by video: {video_link}",
+    "appt_next_no_place": "You have {kind} on {when}. Call {agency_phone} for details.",
+    "appt_none": "You have no upcoming appointments on case ending {case_last4}.",
+    "kind.case_conference": "a case conference",
+    "kind.court_hearing": "a court hearing",
+    "kind.virtual_counter": "a virtual counter meeting",
+    "kind.other": "an appointment",
+    "agent_open": "Thanks. We're open, so a staff member will text you back shortly.",
+    "agent_closed": (
+        "Thanks. We're closed now. A staff member will text you after we open {opens_at}."
+    ),
+    # Sent by billing, reminder jobs and staff.
+    "receipt": (
+        "{agency}: Payment received, thank you. {amount} on {date}, card ending {last4}. "
+        "Confirmation {code}. New balance: {balance}. Posting can take up to 2 business days."
+    ),
+    "declined": (
+        "{agency}: Your payment of {amount} was declined. {reason} Nothing was charged. "
+        "Update your card here, then reply PAY: {url}"
+    ),
+    "reason.insufficient_funds": "The card doesn't have enough funds.",
+    "reason.expired_card": "The card has expired.",
+    "reason.incorrect_cvc": "The security code (CVC) was wrong.",
+    "reason.card_not_supported": "This type of card isn't accepted.",
+    "reason.processing_error": "There was a processing error.",
+    "reason.other": "Your bank did not approve it.",
+    "auth_required": (
+        "{agency}: Your bank needs you to approve the payment of {amount}. "
+        "Open this link to finish: {url} Nothing is charged until you approve."
+    ),
+    "payment_failed": (
+        "{agency}: Your payment of {amount} did not go through, and nothing was charged. "
+        "Reply PAY to try again or call {agency_phone}."
+    ),
+    "refund": (
+        "{agency}: We refunded {amount} to your card ending {last4}. New balance: {balance}."
+    ),
+    "due_soon": (
+        "{agency}: Your payment of {amount} for case ending {case_last4} is due {due_date}. "
+        "Reply PAY to pay {amount} with your card ending {last4}. Reply STOP to opt out."
+    ),
+    "due_soon_no_card": (
+        "{agency}: Your payment of {amount} for case ending {case_last4} is due {due_date}. "
+        "Reply PAY to add a card and pay by text. Reply STOP to opt out."
+    ),
+    "due_today": (
+        "{agency}: Your payment of {amount} for case ending {case_last4} is due today, "
+        "{due_date}. Reply PAY to pay {amount} with your card ending {last4}. "
+        "Reply STOP to opt out."
+    ),
+    "due_today_no_card": (
+        "{agency}: Your payment of {amount} for case ending {case_last4} is due today, "
+        "{due_date}. Reply PAY to add a card and pay by text. Reply STOP to opt out."
+    ),
+    "overdue": (
+        "{agency}: Your payment of {amount} for case ending {case_last4} was due {due_date} "
+        "and is past due. Reply PAY to pay {amount} with your card ending {last4}. "
+        "Reply STOP to opt out."
+    ),
+    "overdue_no_card": (
+        "{agency}: Your payment of {amount} for case ending {case_last4} was due {due_date} "
+        "and is past due. Reply PAY to add a card and pay by text. Reply STOP to opt out."
+    ),
+    "appt_reminder": (
+        "{agency} reminder: you have {kind} on {when} at {location}. "
+        "Reply APPT for details, STOP to opt out."
+    ),
+    "appt_reminder_video": (
+        "{agency} reminder: you have {kind} on {when}. Join by video: {video_link} "
+        "Reply STOP to opt out."
+    ),
+    "appt_reminder_no_place": (
+        "{agency} reminder: you have {kind} on {when}. Call {agency_phone} for details. "
+        "Reply STOP to opt out."
+    ),
+    "staff_reply": "{agency}: {text}",
+}
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def format_date(day: date) -> str:
+    """'Dec 1'."""
+    return f"{_MONTHS[day.month - 1]} {day.day}"
+
+
+def format_time(moment: time) -> str:
+    """'4:30 PM'."""
+    return f"{moment.hour % 12 or 12}:{moment.minute:02d} {'AM' if moment.hour < 12 else 'PM'}"
+
+
+def format_when(moment: datetime) -> str:
+    """'Mon, Dec 1 at 4:30 PM' (moment already in local time)."""
+    return f"{_WEEKDAYS[moment.weekday()]}, {format_date(moment)} at {format_time(moment.time())}"

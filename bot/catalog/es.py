@@ -1,0 +1,243 @@
+"""Spanish (US) payer texts, keyed; placeholders are formatted by bot.messages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+
+# Wording avoids á í ó ú where a natural phrase exists: they are not in the GSM-7 alphabet and
+# one of them turns the whole text into UCS-2 (70 characters a segment instead of 160).
+# é, ñ, ¿ and ¡ are GSM-7. Keywords are written as payers type them: SI, MENU.
+MESSAGES: dict[str, str] = {
+    # Consent: opt-out, opt-in, double opt-in enrollment.
+    "opted_out": (
+        "Se dio de baja de los mensajes de {agency}. Ya no le enviaremos mensajes. "
+        "Responda START para volver a suscribirse."
+    ),
+    "opted_in": (
+        "{agency}: Listo, va a recibir de nuevo mensajes de pagos y citas, "
+        "unos {per_month} al mes. Pueden aplicarse tarifas de mensajes y datos. "
+        "Responda AYUDA para ayuda o STOP para cancelar."
+    ),
+    "optin_invite": (
+        "{agency}: Responda SI para recibir mensajes de pagos y citas del caso que termina en "
+        "{case_last4}, unos {per_month} al mes. Pueden aplicarse tarifas de mensajes y datos. "
+        "Responda STOP para cancelar."
+    ),
+    "welcome": (
+        "{agency}: Gracias por inscribirse. Le enviaremos recordatorios de pagos y citas, "
+        "y recibos de pago, unos {per_month} mensajes al mes. "
+        "Pueden aplicarse tarifas de mensajes y datos. "
+        "Responda AYUDA para ayuda o STOP para cancelar."
+    ),
+    "confirm_enrollment": (
+        "{agency}: Responda SI para recibir mensajes de pagos y citas, o STOP para cancelar. "
+        "Pueden aplicarse tarifas de mensajes y datos."
+    ),
+    "enroll_declined": (
+        "{agency}: Listo, no le enviaremos mensajes. Responda START si cambia de idea."
+    ),
+    "unknown_number": (
+        "{agency}: No encontramos un caso con este teléfono. Llame al {agency_phone}. "
+        "Responda STOP para cancelar."
+    ),
+    # Conversation.
+    "help": (
+        "{agency}: Mensajes de pagos y citas de su caso, unos {per_month} al mes. "
+        "Pueden aplicarse tarifas de mensajes y datos. Para ayuda, llame al {agency_phone}. "
+        "Responda MENU para ver opciones o STOP para cancelar."
+    ),
+    "menu": (
+        "{agency}. Responda con:\n1 Pagar\n2 Saldo\n3 Historial de pagos\n4 Citas\n"
+        "5 Hablar con una persona\n6 English\n0 Ayuda"
+    ),
+    "language_set": "Listo, le escribiremos en español. Responda ENGLISH para cambiar a inglés.",
+    "choose_case": "Tiene varios casos. Para elegir uno, responda {cases}.",
+    "case_not_found": (
+        "Ninguno de sus casos termina en {digits}. Para elegir uno, responda {cases}."
+    ),
+    "case_selected": (
+        "Listo, ahora usamos el caso que termina en {case_last4}. Responda MENU para ver opciones."
+    ),
+    "word.or": "o",
+    # Paying by text.
+    "pay_quote": (
+        "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
+        "{last4}? El pago vence el {due_date}. Responda SI para pagar (tiene {minutes} minutos) "
+        "o NO para cancelar."
+    ),
+    "pay_quote_no_due": (
+        "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
+        "{last4}? Responda SI para pagar (tiene {minutes} minutos) o NO para cancelar."
+    ),
+    "quote_expired": "La oferta de pago anterior ha vencido y no le cobramos nada.",
+    "confirm_prompt": (
+        "Responda SI para pagar {amount} con su tarjeta terminada en {last4} o NO para cancelar."
+    ),
+    "pay_processing": (
+        "Gracias. Estamos procesando su pago de {amount}. "
+        "Le enviaremos el recibo por texto en unos minutos."
+    ),
+    "pay_cancelled": (
+        "Listo, cancelamos el pago y no le cobramos nada. Responda PAGAR para empezar de nuevo."
+    ),
+    "nothing_to_confirm": (
+        "No hay un pago por confirmar. Responda PAGAR para hacer un pago o MENU para ver opciones."
+    ),
+    "nothing_owed": (
+        "El caso que termina en {case_last4} no tiene saldo. No tiene que pagar nada por ahora."
+    ),
+    "pay_ask_amount": (
+        "No tiene un pago pendiente en el caso que termina en {case_last4}. "
+        "Su saldo es {balance}. Para abonar, responda PAGAR y el monto, por ejemplo PAGAR 50."
+    ),
+    "amount_format": (
+        "Responda PAGAR y el monto, por ejemplo PAGAR 50 o PAGAR 125.50 (hasta 2 decimales)."
+    ),
+    "amount_too_small": (
+        "El pago por texto debe ser de al menos {minimum}. Responda PAGAR y un monto mayor."
+    ),
+    "amount_over_balance": (
+        "Ese monto es mayor que su saldo de {balance}. "
+        "Responda PAGAR y un monto de hasta {balance}."
+    ),
+    "amount_over_cap": (
+        "Por texto puede pagar hasta {cap} a la vez. "
+        "Responda PAGAR y un monto menor o llame al {agency_phone}."
+    ),
+    "amount_over_monthly": (
+        "Por texto puede pagar hasta {cap} al mes y este mes le quedan {remaining}. "
+        "Responda PAGAR y un monto menor o llame al {agency_phone}."
+    ),
+    "monthly_limit_reached": (
+        "Ya ha pagado el tope de {cap} por texto de este mes. Para pagar, llame al {agency_phone}."
+    ),
+    "card_link": (
+        "{agency}: Para pagar por texto, primero agregue una tarjeta de débito o crédito "
+        "en este enlace: {url} Luego responda PAGAR."
+    ),
+    "card_saved": (
+        "{agency}: Guardamos su tarjeta terminada en {last4}. Responda PAGAR para hacer un pago."
+    ),
+    # Case information.
+    "balance": (
+        "Caso que termina en {case_last4}: saldo {balance}. Siguiente pago: {amount_due}, "
+        "vence el {due_date}. Responda PAGAR para pagar."
+    ),
+    "balance_no_due": (
+        "Caso que termina en {case_last4}: saldo {balance}. No tiene pagos programados por "
+        "ahora. Responda PAGAR y un monto para pagar."
+    ),
+    "history": "Pagos recientes del caso que termina en {case_last4}:\n{payments}",
+    "history_none": "No hay pagos registrados en el caso que termina en {case_last4}.",
+    "history.succeeded": "{date}: {amount}, tarjeta {last4}",
+    "history.pending": "{date}: {amount}, tarjeta {last4} (en proceso)",
+    "history.refunded": "{date}: {amount}, tarjeta {last4} (reembolsado)",
+    "appt_next": "Tiene {kind} el {when} en {location}.",
+    "appt_next_video": "Tiene {kind} el {when}. Enlace para conectarse por video: {video_link}",
+    "appt_next_no_place": "Tiene {kind} el {when}. Para detalles, llame al {agency_phone}.",
+    "appt_none": "No tiene citas programadas en el caso que termina en {case_last4}.",
+    "kind.case_conference": "una conferencia de caso",
+    "kind.court_hearing": "una audiencia en la corte",
+    "kind.virtual_counter": "una cita en el mostrador virtual",
+    "kind.other": "una cita",
+    "agent_open": "Gracias. Un miembro del personal le va a responder por texto en breve.",
+    "agent_closed": (
+        "Gracias. Ahora estamos cerrados. Un miembro del personal le va a escribir cuando "
+        "abramos, el {opens_at}."
+    ),
+    # Sent by billing, reminder jobs and staff.
+    "receipt": (
+        "{agency}: Recibimos su pago de {amount} el {date} con la tarjeta terminada en {last4}. "
+        "Comprobante: {code}. Nuevo saldo: {balance}. "
+        "El pago puede tardar hasta 2 jornadas laborales en reflejarse en su saldo."
+    ),
+    "declined": (
+        "{agency}: Su pago de {amount} fue rechazado. {reason} No le cobramos nada. "
+        "Actualice su tarjeta en este enlace y luego responda PAGAR: {url}"
+    ),
+    "reason.insufficient_funds": "La tarjeta no tiene fondos suficientes.",
+    "reason.expired_card": "La tarjeta ha vencido.",
+    "reason.incorrect_cvc": "El CVC de la tarjeta no es correcto.",
+    "reason.card_not_supported": "No aceptamos este tipo de tarjeta.",
+    "reason.processing_error": "Hubo un error al procesar el pago.",
+    "reason.other": "Su banco no lo ha aprobado.",
+    "auth_required": (
+        "{agency}: Su banco necesita que apruebe el pago de {amount}. "
+        "Abra este enlace para terminar: {url} No le cobramos nada hasta que lo apruebe."
+    ),
+    "payment_failed": (
+        "{agency}: Su pago de {amount} no se pudo completar y no le cobramos nada. "
+        "Responda PAGAR para intentarlo de nuevo o llame al {agency_phone}."
+    ),
+    "refund": (
+        "{agency}: Le reembolsamos {amount} a su tarjeta terminada en {last4}. "
+        "Nuevo saldo: {balance}."
+    ),
+    "due_soon": (
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence el "
+        "{due_date}. Responda PAGAR para pagar {amount} con su tarjeta terminada en {last4}. "
+        "Responda STOP para cancelar."
+    ),
+    "due_soon_no_card": (
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence el "
+        "{due_date}. Responda PAGAR para agregar una tarjeta y pagar por texto. "
+        "Responda STOP para cancelar."
+    ),
+    "due_today": (
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence hoy, "
+        "{due_date}. Responda PAGAR para pagar {amount} con su tarjeta terminada en {last4}. "
+        "Responda STOP para cancelar."
+    ),
+    "due_today_no_card": (
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence hoy, "
+        "{due_date}. Responda PAGAR para agregar una tarjeta y pagar por texto. "
+        "Responda STOP para cancelar."
+    ),
+    "overdue": (
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4}, con fecha del "
+        "{due_date}, sigue pendiente. Responda PAGAR para pagar {amount} con su tarjeta "
+        "terminada en {last4}. Responda STOP para cancelar."
+    ),
+    "overdue_no_card": (
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4}, con fecha del "
+        "{due_date}, sigue pendiente. Responda PAGAR para agregar una tarjeta y pagar por "
+        "texto. Responda STOP para cancelar."
+    ),
+    "appt_reminder": (
+        "{agency}: Le recordamos que tiene {kind} el {when} en {location}. "
+        "Responda CITA para ver detalles o STOP para cancelar."
+    ),
+    "appt_reminder_video": (
+        "{agency}: Le recordamos que tiene {kind} el {when}. Enlace de video: {video_link} "
+        "Responda STOP para cancelar."
+    ),
+    "appt_reminder_no_place": (
+        "{agency}: Le recordamos que tiene {kind} el {when}. "
+        "Para detalles, llame al {agency_phone}. Responda STOP para cancelar."
+    ),
+    "staff_reply": "{agency}: {text}",
+}
+
+_MONTHS = (
+    "ene.", "feb.", "mar.", "abr.", "may.", "jun.", "jul.", "ago.", "sept.", "oct.", "nov.", "dic."
+)  # fmt: skip
+
+
+def format_date(day: date) -> str:
+    """'1 de dic.'."""
+    return f"{day.day} de {_MONTHS[day.month - 1]}"
+
+
+def format_time(moment: time) -> str:
+    """'4:30 p.m.', the way the agencies' own Spanish notices write it."""
+    return f"{moment.hour % 12 or 12}:{moment.minute:02d} {'a.m.' if moment.hour < 12 else 'p.m.'}"
+
+
+def format_when(moment: datetime) -> str:
+    """'1 de dic. a las 4:30 p.m.'; one o'clock takes 'a la' (moment in local time).
+
+    No weekday: 'sábado' has an á, which is not GSM-7 and would make a Saturday text UCS-2,
+    too long for two segments.
+    """
+    at = "a la" if moment.hour % 12 == 1 else "a las"
+    return f"{format_date(moment)} {at} {format_time(moment.time())}"

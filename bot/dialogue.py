@@ -1,0 +1,619 @@
+"""The conversation: (state, command, case facts) -> (new state, replies, actions). Pure.
+
+The web layer loads State (State.from_dict) and Facts for the sending phone, calls step(), saves
+outcome.state.to_dict(), carries out outcome.actions in order, and renders outcome.replies with
+bot.messages.render_reply(reply, outcome.language).
+
+Contract for the card link: a Reply whose template uses `url` (messages.placeholders(key)) is
+returned without it, always together with a SendCardLink action. The web layer creates the
+link for SendCardLink.case_id and sends reply.with_params(url=link).
+
+Rules worth knowing:
+- STOP always wins: OptOut and one confirmation. A repeated STOP from a phone already opted out
+  gets OptOut again (idempotent, so the latest revocation is recorded) but no reply: the
+  payer has had their one confirmation (CTIA) and asked for no more texts.
+- An opted-out phone gets no reply to anything but START/YES (OptIn and a confirmation) and
+  HELP.
+- A quote is valid for policy.quote_ttl. YES after that, or after the card changed, quotes
+  again instead of charging; YES on an amount the balance or caps no longer allow gets the
+  reply saying what is allowed. Any request other than YES/NO drops a quote; an unreadable
+  reply (UNKNOWN, EMPTY, digits) only repeats the question.
+- The chosen case and any half-finished request are forgotten after SESSION_IDLE of silence.
+- Cases in Facts are the phone's active cases; the web layer leaves closed ones out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.messages import Language, Reply
+from bot.parse import Command, Intent
+from jobs.schedule import BusinessHours, is_open, next_opening, parse_business_hours
+
+SESSION_IDLE = timedelta(minutes=30)
+DEFAULT_HOURS = parse_business_hours("Mon-Fri 08:30-16:30")
+HISTORY_SIZE = 3
+# HISTORY line for each payment status (models.PaymentStatus); failed and canceled are left out.
+HISTORY_LINES = {
+    "succeeded": "history.succeeded",
+    "pending": "history.pending",
+    "processing": "history.pending",
+    "requires_action": "history.pending",
+    "refunded": "history.refunded",
+}
+# Quote ids are uuid5 of the inbound message id: one message makes at most one quote.
+_QUOTE_NAMESPACE = uuid.UUID("7a0e8f0c-5b1d-4c2e-9a57-2f6f3c1d9e44")
+
+
+class PhoneStatus(StrEnum):
+    """Where a phone number stands with the program."""
+
+    PENDING = "pending"  # invited, has not replied YES yet
+    ACTIVE = "active"
+    OPTED_OUT = "opted_out"
+    UNENROLLED = "unenrolled"  # not on any case
+
+
+# Facts: what the web layer knows from the database, read-only here.
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """The card on file for a case."""
+
+    brand: str
+    last4: str
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    """One past payment."""
+
+    created_at: datetime
+    amount_cents: int
+    status: str
+    last4: str
+
+
+@dataclass(frozen=True)
+class AppointmentFacts:
+    """The next appointment on a case."""
+
+    starts_at: datetime
+    kind: str
+    location: str = ""
+    video_link: str = ""
+
+
+@dataclass(frozen=True)
+class CaseFacts:
+    """One active case the phone is enrolled on."""
+
+    case_id: int
+    case_number: str
+    amount_due_cents: int
+    balance_cents: int
+    next_due_date: date | None
+    timezone: str
+    card: CardFacts | None = None
+    recent_payments: tuple[PaymentFacts, ...] = ()
+    next_appointment: AppointmentFacts | None = None
+    month_paid_cents: int = 0
+
+    @property
+    def number_digits(self) -> str:
+        """The digits of the case number, which payers use to name the case."""
+        return "".join(ch for ch in self.case_number if ch.isdigit())
+
+    @property
+    def last4(self) -> str:
+        """Last 4 digits of the case number."""
+        return self.number_digits[-4:]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Agency settings the conversation needs."""
+
+    agency_name: str
+    agency_phone: str
+    hours: BusinessHours = DEFAULT_HOURS
+    min_payment_cents: int = 100
+    per_payment_cap_cents: int = 500_000
+    monthly_cap_cents: int = 1_000_000
+    quote_ttl: timedelta = timedelta(minutes=10)
+    messages_per_month: int = 6
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything step() may know. nonce is unique per inbound message (the MessageSid)."""
+
+    now: datetime
+    language: Language
+    phone_status: PhoneStatus
+    policy: Policy
+    nonce: str
+    cases: tuple[CaseFacts, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("Facts.now must be timezone-aware")
+        if not self.nonce:
+            raise ValueError("Facts.nonce must be unique per message: quote ids come from it")
+
+    def case(self, case_id: int | None) -> CaseFacts | None:
+        """The case with this id, if the phone is still on it."""
+        return next((c for c in self.cases if c.case_id == case_id), None)
+
+
+# Actions: what the web layer must do.
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """Record that the phone revoked consent; send nothing more but this turn's replies."""
+
+
+@dataclass(frozen=True)
+class OptIn:
+    """Record that the phone consented again (START or YES while opted out)."""
+
+
+@dataclass(frozen=True)
+class Activate:
+    """Pending -> active: the payer confirmed the double opt-in."""
+
+
+@dataclass(frozen=True)
+class SetLanguage:
+    """Store the payer's language."""
+
+    language: Language
+
+
+@dataclass(frozen=True)
+class ChargeQuote:
+    """Charge the confirmed quote; quote_id is the idempotency key."""
+
+    case_id: int
+    amount_cents: int
+    quote_id: str
+    card_last4: str
+
+
+@dataclass(frozen=True)
+class SendCardLink:
+    """Create a card-entry link for the case and put it in the reply as `url`."""
+
+    case_id: int
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Put the conversation in front of staff."""
+
+    case_id: int
+    reason_text: str
+
+
+Action = OptOut | OptIn | Activate | SetLanguage | ChargeQuote | SendCardLink | Handoff
+
+
+# State: saved per phone between messages.
+
+
+class Stage(StrEnum):
+    """What the conversation is waiting for."""
+
+    IDLE = "idle"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    CHOOSING_CASE = "choosing_case"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A payment offered and waiting for YES."""
+
+    quote_id: str
+    case_id: int
+    amount_cents: int
+    last4: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class State:
+    """Conversation memory for one phone; JSON-safe through to_dict()/from_dict()."""
+
+    case_id: int | None = None
+    quote: Quote | None = None
+    pending: Command | None = None  # the request waiting for a case choice
+    updated_at: datetime | None = None
+
+    @property
+    def stage(self) -> Stage:
+        """Derived from what is stored."""
+        if self.quote is not None:
+            return Stage.AWAITING_CONFIRMATION
+        if self.pending is not None:
+            return Stage.CHOOSING_CASE
+        return Stage.IDLE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only."""
+        quote = self.quote
+        pending = self.pending
+        return {
+            "case_id": self.case_id,
+            "quote": None
+            if quote is None
+            else {
+                "quote_id": quote.quote_id,
+                "case_id": quote.case_id,
+                "amount_cents": quote.amount_cents,
+                "last4": quote.last4,
+                "expires_at": quote.expires_at.isoformat(),
+            },
+            "pending": None
+            if pending is None
+            else {
+                "intent": str(pending.intent),
+                "amount_cents": pending.amount_cents,
+                "amount_error": pending.amount_error,
+                "digits": pending.digits,
+                "language": pending.language and str(pending.language),
+                "text": pending.text,
+            },
+            "updated_at": self.updated_at and self.updated_at.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> State:
+        """Inverse of to_dict(); None or {} is a fresh state."""
+        data = data or {}
+        quote, pending, updated = data.get("quote"), data.get("pending"), data.get("updated_at")
+        return cls(
+            case_id=data.get("case_id"),
+            quote=None
+            if quote is None
+            else Quote(
+                quote_id=quote["quote_id"],
+                case_id=quote["case_id"],
+                amount_cents=quote["amount_cents"],
+                last4=quote["last4"],
+                expires_at=datetime.fromisoformat(quote["expires_at"]),
+            ),
+            pending=None
+            if pending is None
+            else Command(
+                intent=Intent(pending["intent"]),
+                amount_cents=pending.get("amount_cents"),
+                amount_error=pending.get("amount_error"),
+                digits=pending.get("digits"),
+                language=pending.get("language") and Language(pending["language"]),
+                text=pending.get("text", ""),
+            ),
+            updated_at=datetime.fromisoformat(updated) if updated else None,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one step; replies are rendered in `language`."""
+
+    state: State
+    replies: tuple[Reply, ...] = ()
+    actions: tuple[Action, ...] = ()
+    language: Language = Language.EN
+
+
+# The conversation.
+
+
+def step(state: State, command: Command, facts: Facts) -> Outcome:
+    """Answer one inbound message."""
+    if state.updated_at is not None and facts.now - state.updated_at > SESSION_IDLE:
+        state = State()
+    outcome = _route(state, command, facts)
+    return replace(outcome, state=replace(outcome.state, updated_at=facts.now))
+
+
+def _route(state: State, command: Command, facts: Facts) -> Outcome:
+    intent, status = command.intent, facts.phone_status
+    if intent is Intent.STOP:
+        if status == PhoneStatus.OPTED_OUT:
+            return _out(facts, State(), actions=(OptOut(),))
+        return _out(facts, State(), _say(facts, "opted_out"), actions=(OptOut(),))
+    if status == PhoneStatus.OPTED_OUT:
+        if intent in (Intent.START, Intent.YES):
+            return _out(facts, State(), _say(facts, "opted_in"), actions=(OptIn(),))
+        if intent is Intent.HELP:
+            return _out(facts, state, _say(facts, "help"))
+        return _out(facts, state)
+    if status == PhoneStatus.PENDING:
+        return _pending(state, command, facts)
+    if status == PhoneStatus.UNENROLLED or not facts.cases:
+        # Learn nothing about any case; answer in the language the stranger wrote in.
+        return _out(facts, State(), _say(facts, "unknown_number"), language=command.language)
+    return _active(state, command, facts)
+
+
+def _pending(state: State, command: Command, facts: Facts) -> Outcome:
+    intent = command.intent
+    if intent in (Intent.YES, Intent.START):
+        return _out(facts, State(), _say(facts, "welcome"), actions=(Activate(),))
+    if intent is Intent.NO:
+        return _out(facts, State(), _say(facts, "enroll_declined"), actions=(OptOut(),))
+    if intent is Intent.HELP:
+        return _out(facts, state, _say(facts, "help"))
+    if intent is Intent.LANGUAGE:
+        return _switch_language(state, command, facts, "confirm_enrollment")
+    return _out(facts, state, _say(facts, "confirm_enrollment"))
+
+
+def _active(state: State, command: Command, facts: Facts) -> Outcome:
+    intent = command.intent
+    if state.quote is not None and facts.now >= state.quote.expires_at and intent is not Intent.YES:
+        state = replace(state, quote=None)
+    if intent is Intent.DIGITS and state.pending is not None:
+        return _choose_case(state, command, facts)
+    unreadable = intent in (Intent.UNKNOWN, Intent.EMPTY, Intent.DIGITS)
+    if state.quote is not None and (unreadable or intent in (Intent.YES, Intent.NO)):
+        return _answer_quote(state, command, facts)
+    if state.pending is not None and (unreadable or intent in (Intent.YES, Intent.NO)):
+        return _ask_case(state, facts)
+    state = replace(state, quote=None, pending=None)
+
+    if intent is Intent.DIGITS:
+        if (case := _named_case(command.digits, facts)) is not None:
+            reply = _say(facts, "case_selected", case_last4=case.last4)
+            return _out(facts, replace(state, case_id=case.case_id), reply)
+        command = _menu_choice(command)
+        intent = command.intent
+    if intent in (Intent.YES, Intent.NO):
+        return _out(facts, state, _say(facts, "nothing_to_confirm"))
+    if intent is Intent.HELP:
+        return _out(facts, state, _say(facts, "help"))
+    if intent is Intent.START:
+        return _out(facts, state, _say(facts, "opted_in"), actions=(OptIn(),))
+    if intent is Intent.LANGUAGE:
+        return _switch_language(state, command, facts, "language_set")
+    if intent in _CASE_HANDLERS:
+        return _for_case(state, command, facts)
+    return _out(facts, state, _say(facts, "menu"))
+
+
+_MENU = {
+    "1": Intent.PAY,
+    "2": Intent.BALANCE,
+    "3": Intent.HISTORY,
+    "4": Intent.APPOINTMENT,
+    "5": Intent.AGENT,
+    "6": Intent.LANGUAGE,
+    "0": Intent.HELP,
+}
+
+
+def _menu_choice(command: Command) -> Command:
+    """Menu digits as the command they stand for; 6 (LANGUAGE, none named) swaps languages."""
+    return Command(_MENU.get(command.digits or "", Intent.MENU), text=command.text)
+
+
+def _switch_language(state: State, command: Command, facts: Facts, key: str) -> Outcome:
+    """Store the language asked for (the other one if none was named) and answer in it."""
+    other = Language.ES if facts.language == Language.EN else Language.EN
+    language = Language(command.language or other)
+    return _out(facts, state, _say(facts, key), actions=(SetLanguage(language),), language=language)
+
+
+# Case-specific requests: the case is chosen first when the phone is on several.
+
+
+def _for_case(state: State, command: Command, facts: Facts) -> Outcome:
+    case = facts.cases[0] if len(facts.cases) == 1 else facts.case(state.case_id)
+    if case is None:
+        return _ask_case(replace(state, pending=command), facts)
+    state = replace(state, case_id=case.case_id, pending=None)
+    return _CASE_HANDLERS[command.intent](state, command, case, facts)
+
+
+def _ask_case(state: State, facts: Facts) -> Outcome:
+    return _out(facts, state, _say(facts, "choose_case", cases=_case_endings(facts)))
+
+
+def _choose_case(state: State, command: Command, facts: Facts) -> Outcome:
+    case = _named_case(command.digits, facts)
+    if case is None:
+        reply = _say(facts, "case_not_found", digits=command.digits, cases=_case_endings(facts))
+        return _out(facts, state, reply)
+    pending = state.pending
+    assert pending is not None
+    return _for_case(replace(state, case_id=case.case_id), pending, facts)
+
+
+def _named_case(digits: str | None, facts: Facts) -> CaseFacts | None:
+    """The one case whose number ends in these digits (at least 4, so menu digits never match)."""
+    if len(facts.cases) < 2 or digits is None or len(digits) < 4:
+        return None
+    matches = [c for c in facts.cases if c.number_digits.endswith(digits)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _case_endings(facts: Facts) -> tuple[str, ...]:
+    return tuple(c.last4 for c in facts.cases)
+
+
+def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
+    if case.balance_cents <= 0:
+        return _out(facts, state, _say(facts, "nothing_owed", case_last4=case.last4))
+    if case.card is None:
+        return _out(facts, state, _say(facts, "card_link"), actions=(SendCardLink(case.case_id),))
+    if command.amount_error in ("zero", "negative"):
+        reply = _say(facts, "amount_too_small", minimum=facts.policy.min_payment_cents)
+        return _out(facts, state, reply)
+    if command.amount_error is not None:
+        return _out(facts, state, _say(facts, "amount_format"))
+    amount = command.amount_cents
+    if amount is None:
+        if case.amount_due_cents <= 0:
+            reply = _say(facts, "pay_ask_amount", case_last4=case.last4, balance=case.balance_cents)
+            return _out(facts, state, reply)
+        amount = min(case.amount_due_cents, case.balance_cents)
+    if problem := _amount_problem(amount, case, facts):
+        return _out(facts, state, problem)
+    quote = Quote(
+        quote_id=str(uuid.uuid5(_QUOTE_NAMESPACE, facts.nonce)),
+        case_id=case.case_id,
+        amount_cents=amount,
+        last4=case.card.last4,
+        expires_at=facts.now + facts.policy.quote_ttl,
+    )
+    reply = _say(
+        facts,
+        "pay_quote" if case.next_due_date else "pay_quote_no_due",
+        amount=amount,
+        case_last4=case.last4,
+        brand=case.card.brand,
+        last4=case.card.last4,
+        due_date=case.next_due_date,
+        minutes=int(facts.policy.quote_ttl.total_seconds() // 60),
+    )
+    return _out(facts, replace(state, quote=quote), reply)
+
+
+def _amount_problem(amount: int, case: CaseFacts, facts: Facts) -> Reply | None:
+    """Why this amount cannot be charged now, as the reply that says what is allowed."""
+    policy = facts.policy
+    # Below the minimum is fine when it pays the balance off: nobody is stuck owing 50 cents.
+    if amount < policy.min_payment_cents and amount != case.balance_cents:
+        return _say(facts, "amount_too_small", minimum=policy.min_payment_cents)
+    if amount > case.balance_cents:
+        return _say(facts, "amount_over_balance", balance=case.balance_cents)
+    if amount > policy.per_payment_cap_cents:
+        return _say(facts, "amount_over_cap", cap=policy.per_payment_cap_cents)
+    remaining = policy.monthly_cap_cents - case.month_paid_cents
+    if amount > remaining:
+        if remaining < min(policy.min_payment_cents, case.balance_cents):
+            return _say(facts, "monthly_limit_reached", cap=policy.monthly_cap_cents)
+        return _say(facts, "amount_over_monthly", cap=policy.monthly_cap_cents, remaining=remaining)
+    return None
+
+
+def _answer_quote(state: State, command: Command, facts: Facts) -> Outcome:
+    quote = state.quote
+    assert quote is not None
+    if command.intent is Intent.NO:
+        return _out(facts, replace(state, quote=None), _say(facts, "pay_cancelled"))
+    if command.intent is not Intent.YES:
+        reply = _say(facts, "confirm_prompt", amount=quote.amount_cents, last4=quote.last4)
+        return _out(facts, state, reply)
+    state = replace(state, quote=None)
+    case = facts.case(quote.case_id)
+    if case is None:
+        return _out(facts, state, _say(facts, "nothing_to_confirm"))
+    card_changed = case.card is None or case.card.last4 != quote.last4
+    if facts.now >= quote.expires_at or card_changed:
+        again = _pay(state, Command(Intent.PAY, amount_cents=quote.amount_cents), case, facts)
+        return replace(again, replies=(_say(facts, "quote_expired"), *again.replies))
+    if problem := _amount_problem(quote.amount_cents, case, facts):
+        return _out(facts, state, problem)
+    charge = ChargeQuote(case.case_id, quote.amount_cents, quote.quote_id, quote.last4)
+    reply = _say(facts, "pay_processing", amount=quote.amount_cents)
+    return _out(facts, state, reply, actions=(charge,))
+
+
+def _balance(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
+    if case.balance_cents <= 0:
+        return _out(facts, state, _say(facts, "nothing_owed", case_last4=case.last4))
+    if case.amount_due_cents > 0 and case.next_due_date is not None:
+        reply = _say(
+            facts,
+            "balance",
+            case_last4=case.last4,
+            balance=case.balance_cents,
+            amount_due=case.amount_due_cents,
+            due_date=case.next_due_date,
+        )
+    else:
+        reply = _say(facts, "balance_no_due", case_last4=case.last4, balance=case.balance_cents)
+    return _out(facts, state, reply)
+
+
+def _history(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
+    shown = [p for p in case.recent_payments if p.status in HISTORY_LINES]
+    latest = sorted(shown, key=lambda p: p.created_at, reverse=True)[:HISTORY_SIZE]
+    if not latest:
+        return _out(facts, state, _say(facts, "history_none", case_last4=case.last4))
+    lines = tuple(
+        Reply(
+            HISTORY_LINES[p.status],
+            {"date": p.created_at, "amount": p.amount_cents, "last4": p.last4, "tz": case.timezone},
+        )
+        for p in latest
+    )
+    return _out(facts, state, _say(facts, "history", case_last4=case.last4, payments=lines))
+
+
+def _appointment(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
+    appt = case.next_appointment
+    if appt is None or appt.starts_at <= facts.now:
+        return _out(facts, state, _say(facts, "appt_none", case_last4=case.last4))
+    params = {"kind": appt.kind, "when": appt.starts_at, "tz": case.timezone}
+    if appt.video_link:
+        reply = _say(facts, "appt_next_video", video_link=appt.video_link, **params)
+    elif appt.location:
+        reply = _say(facts, "appt_next", location=appt.location, **params)
+    else:
+        reply = _say(facts, "appt_next_no_place", **params)
+    return _out(facts, state, reply)
+
+
+def _agent(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
+    hours, zone = facts.policy.hours, ZoneInfo(case.timezone)
+    if is_open(hours, facts.now, zone):
+        reply = _say(facts, "agent_open")
+    else:
+        opens_at = next_opening(hours, facts.now, zone)
+        reply = _say(facts, "agent_closed", opens_at=opens_at, tz=case.timezone)
+    handoff = Handoff(case.case_id, command.text)
+    return _out(facts, state, reply, actions=(handoff,))
+
+
+_CASE_HANDLERS: dict[Intent, Callable[[State, Command, CaseFacts, Facts], Outcome]] = {
+    Intent.PAY: _pay,
+    Intent.BALANCE: _balance,
+    Intent.HISTORY: _history,
+    Intent.APPOINTMENT: _appointment,
+    Intent.AGENT: _agent,
+}
+
+
+# Small helpers.
+
+
+def _say(facts: Facts, key: str, **params: Any) -> Reply:
+    """A reply with the agency params every template may use."""
+    policy = facts.policy
+    base = {
+        "agency": policy.agency_name,
+        "agency_phone": policy.agency_phone,
+        "per_month": policy.messages_per_month,
+    }
+    return Reply(key, {**base, **params})
+
+
+def _out(
+    facts: Facts,
+    state: State,
+    *replies: Reply,
+    actions: tuple[Action, ...] = (),
+    language: Language | None = None,
+) -> Outcome:
+    return Outcome(state, replies, actions, Language(language or facts.language))

@@ -1,0 +1,355 @@
+"""Turn an SMS body into a Command: English and Spanish keywords, phrases and amounts.
+
+The body is folded first (lowercase, accents, emoji and punctuation dropped, apostrophes
+joined: "¿Cuánto DEBO?" -> "cuanto debo", "don't" -> "dont"). Then, in order:
+
+1. Opt-out. It wins over everything else because honouring it is the legal duty:
+   - the first word is an opt-out keyword (STOP, END, CANCEL, ALTO, ...), as carriers do;
+   - the whole message is an opt-out phrase ("stop all", "opt out", "no mas");
+   - the message plainly revokes consent ("please stop texting me", "remove me from this
+     list", "no me manden mas mensajes", "dejen de escribirme", "wrong number");
+   - "stop" is the last word or the message is short (4 words or fewer) and has "stop" in it,
+     unless a negation comes right before it or a place word right after it, so "I can't
+     stop by the office" and "stop by tomorrow" do not opt out.
+2. The whole message is a keyword or short phrase ("BAL", "cuanto debo", "court date").
+3. The message is only digits, maybe after "case"/"#" ("2", "4821", "case 4821"): DIGITS.
+4. The first word is a keyword ("pay $50 please", "saldo?"); a lone word or a word before an
+   amount may be misspelt by one letter ("balence", "pagr 50"). YES/NO ("ok", "no") as the
+   first word give way to a question later in the message ("ok how much do I owe").
+5. A phrase anywhere in the message ("quiero pagar 50", "when is my hearing").
+6. The message is an amount ("$50", "1,250.00"): PAY with that amount.
+7. Otherwise UNKNOWN; nothing readable at all (blank, media only) is EMPTY.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bot.messages import Language
+from money import AmountError, parse_dollars
+
+MAX_BODY = 1600  # the longest body Twilio delivers; anything past it is not read
+
+
+class Intent(StrEnum):
+    """What a message asks for."""
+
+    PAY = "pay"
+    YES = "yes"
+    NO = "no"
+    BALANCE = "balance"
+    HISTORY = "history"
+    APPOINTMENT = "appointment"
+    AGENT = "agent"
+    HELP = "help"
+    MENU = "menu"
+    DIGITS = "digits"
+    LANGUAGE = "language"
+    STOP = "stop"
+    START = "start"
+    UNKNOWN = "unknown"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed message. `language` is the target for LANGUAGE, else the language it is in."""
+
+    intent: Intent
+    amount_cents: int | None = None
+    amount_error: str | None = None
+    digits: str | None = None
+    language: Language | None = None
+    text: str = ""
+
+
+EN, ES = Language.EN, Language.ES
+_KEYWORDS: dict[str, tuple[Intent, Language | None]] = {}
+
+
+def _add(intent: Intent, language: Language | None, *phrases: str) -> None:
+    for phrase in phrases:
+        _KEYWORDS[phrase] = (intent, language)
+
+
+# Carrier opt-out keywords (CTIA) and their Spanish twins: as the first word they always opt out.
+STOP_WORDS = (
+    "stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout",
+    "alto", "parar", "pare", "basta", "cancelar", "detener",
+)  # fmt: skip
+_add(Intent.STOP, None, *STOP_WORDS, "stopp", "stpo", "sotp", "unsuscribe", "unsubcribe")
+_add(Intent.STOP, EN, "stop all", "opt out", "opt me out", "no more", "no more texts")
+_add(Intent.STOP, ES, "no mas", "no mas mensajes", "ya basta")
+_add(Intent.START, None, "start", "unstop")
+_add(Intent.START, EN, "subscribe", "resubscribe", "opt in", "optin", "start again")
+_add(Intent.START, ES, "comenzar", "inicio", "reanudar", "suscribir", "suscribirme")
+_add(Intent.PAY, EN, "pay", "payment", "pay now", "pay bill", "pay my bill", "make a payment")
+_add(Intent.PAY, ES, "pagar", "pago", "pagar ahora", "hacer un pago", "quiero pagar", "abonar")
+_add(Intent.YES, EN, "yes", "y", "ye", "yea", "yeah", "yep", "yup", "yes please", "confirm")
+_add(Intent.YES, EN, "sure")
+_add(Intent.YES, ES, "si", "confirmar", "confirmo", "claro", "dale", "de acuerdo", "si por favor")
+_add(Intent.YES, None, "ok", "okay")
+_add(Intent.NO, None, "no")
+_add(Intent.NO, EN, "n", "nope", "nah", "no thanks", "no thank you")
+_add(Intent.NO, ES, "no gracias")
+_add(Intent.BALANCE, None, "balance")
+_add(Intent.BALANCE, EN, "bal", "my balance", "how much do i owe", "amount due", "owe")
+_add(Intent.BALANCE, ES, "saldo", "mi saldo", "cuanto debo", "cuanto le debo", "adeudo")
+_add(Intent.HISTORY, EN, "history", "hist", "payments", "my payments", "payment history")
+_add(Intent.HISTORY, EN, "last payments", "recent payments")
+_add(Intent.HISTORY, ES, "historial", "pagos", "mis pagos", "historial de pagos", "ultimos pagos")
+_add(Intent.APPOINTMENT, EN, "appt", "appts", "appointment", "appointments", "my appointment")
+_add(Intent.APPOINTMENT, EN, "court", "court date", "hearing")
+_add(Intent.APPOINTMENT, ES, "cita", "citas", "mi cita", "audiencia", "corte", "fecha de corte")
+_add(Intent.AGENT, EN, "agent", "representative", "rep", "person", "operator", "human")
+_add(Intent.AGENT, EN, "live agent", "real person", "caseworker", "case worker", "someone")
+_add(Intent.AGENT, ES, "agente", "representante", "persona", "operador", "operadora", "humano")
+_add(Intent.AGENT, ES, "alguien")
+_add(Intent.HELP, EN, "help", "info", "information", "what is this", "who is this")
+_add(Intent.HELP, ES, "ayuda", "informacion", "que es esto", "quien es")
+_add(Intent.MENU, None, "menu")
+_add(Intent.MENU, EN, "options", "main menu")
+_add(Intent.MENU, ES, "opciones")
+# For LANGUAGE the language is the one asked for, not the one written in.
+_add(Intent.LANGUAGE, EN, "english", "ingles", "in english", "en ingles", "english please")
+_add(Intent.LANGUAGE, ES, "spanish", "espanol", "en espanol", "in spanish", "spanish please")
+_add(Intent.LANGUAGE, ES, "espanol por favor", "castellano")
+
+
+def _squeeze(word: str) -> str:
+    """Collapse doubled letters, so 'yesss', 'siii' and 'stoppp' meet their keyword."""
+    return re.sub(r"(.)\1+", r"\1", word)
+
+
+_SQUEEZED = {_squeeze(k): v for k, v in _KEYWORDS.items() if " " not in k}
+# Typos are forgiven only for keywords long enough that one slip cannot make another word;
+# consent keywords (STOP, START, YES, NO) are never guessed.
+_FUZZY_TARGETS = {
+    k: v
+    for k, v in _KEYWORDS.items()
+    if " " not in k
+    and len(k) >= 5
+    and v[0] not in (Intent.STOP, Intent.START, Intent.YES, Intent.NO)
+}
+
+_REVOKE = re.compile(
+    r"\b(?:"
+    r"(?:stop|quit|cease)\s+(?:all\s+|the\s+|these\s+|those\s+|your\s+|sending\s+(?:me\s+)?)?"
+    r"(?:text|texts|texting|txt|txts|txting|message|messages|messaging|msg|msgs|sms|"
+    r"contacting|calling|sending|it|now|please|pls|plz)"
+    r"|(?:dont|do not|never)\s+(?:ever\s+)?(?:text|txt|message|msg|contact|sms)\s+me"
+    r"|no more\s+(?:text|texts|txt|txts|messages?|msgs?|sms)"
+    r"|(?:dont|do not)\s+want\s+(?:any\s+|these\s+|your\s+|the\s+|to\s+(?:get|receive)\s+)?"
+    r"(?:more\s+)?(?:text|texts|messages|msgs|sms)"
+    r"|(?:remove|delete|take)\s+(?:me|my number|this number|my phone)\s+(?:from|off)"
+    r"|opt\s?me\s?out|opt\s?out|unsubscribe|stopall|stop all|leave me alone|wrong number"
+    r"|no\s+me\s+(?:manden|mande|envien|envie|escriban|escriba|texteen|textee)"
+    r"|ya no\s+(?:me\s+)?(?:manden|mande|envien|envie|escriban|escriba|texteen|textee)"
+    r"|(?:ya no|no)\s+(?:quiero|deseo)\s+(?:recibir\s+)?(?:mas\s+)?(?:mensajes|textos|msjs?)"
+    r"|dej(?:en|e|a)\s+de\s+(?:escribir|mandar|enviar|textear|molestar)(?:me)?"
+    r"|no mas\s+(?:mensajes|textos|msjs?)"
+    r"|(?:dar|darme|doy|me doy)\s+de\s+baja"
+    r"|quitenme|quiteme|saquenme|borrenme|borreme|eliminenme|numero equivocado"
+    r")\b"
+)
+_NEGATIONS = {"cant", "cannot", "couldnt", "wont", "dont", "didnt", "not", "never"}
+_PLACE_WORDS = {"by", "in", "at", "over", "to", "for", "there", "here", "on"}
+
+_DONT_SPEAK = r"(?:dont|do not|cant|no)\s+(?:speak|read|understand|hablo|entiendo|leo)"
+# Phrases searched anywhere, in this order: a specific ask before a general one
+# ("how much do I need to pay" is a balance question, "I want to pay my balance" a payment).
+_PHRASES: tuple[tuple[Intent, Language | None, re.Pattern[str]], ...] = tuple(
+    (intent, language, re.compile(rf"\b(?:{pattern})\b"))
+    for intent, language, pattern in (
+        (Intent.LANGUAGE, ES, rf"{_DONT_SPEAK}\s+(?:english|ingles)"),
+        (Intent.LANGUAGE, EN, rf"{_DONT_SPEAK}\s+(?:spanish|espanol)"),
+        (Intent.LANGUAGE, ES, r"spanish|espanol|castellano"),
+        (Intent.LANGUAGE, EN, r"english|ingles"),
+        (
+            Intent.AGENT,
+            EN,
+            r"(?:talk|speak|chat)\s+(?:to|with)\s+(?:a|an|the|my|someone|somebody|anyone|person|"
+            r"human|agent|rep|representative|caseworker|worker|staff|real)"
+            r"|agent|representative|real person|human|caseworker|case worker|operator|call me",
+        ),
+        (
+            Intent.AGENT,
+            ES,
+            r"(?:hablar|comunicarme)\s+con|agente|representante|operador|operadora|persona real"
+            r"|llamenme|llameme",
+        ),
+        (
+            Intent.BALANCE,
+            EN,
+            r"how much|whats my balance|what is my balance|whats due|when is (?:my )?payment due",
+        ),
+        (Intent.BALANCE, ES, r"cuanto"),
+        (
+            Intent.HISTORY,
+            EN,
+            r"history|last payments?|recent payments?|my payments|payments i made"
+            r"|did (?:you|u) get my payment",
+        ),
+        (Intent.HISTORY, ES, r"historial|mis pagos|ultimos pagos|ultimo pago|pagos recientes"),
+        (Intent.APPOINTMENT, EN, r"appt|appts|appointments?|court|hearings?|conference"),
+        (Intent.APPOINTMENT, ES, r"cita|citas|audiencia|corte|tribunal|conferencia"),
+        (Intent.PAY, EN, r"pay|make a payment"),
+        (Intent.PAY, ES, r"pagar|abonar|hacer un pago"),
+        (Intent.BALANCE, EN, r"balance|balence|bal|owe|owed|due"),
+        (Intent.BALANCE, ES, r"saldo|debo|adeudo"),
+        (Intent.HELP, EN, r"help|info"),
+        (Intent.HELP, ES, r"ayuda|informacion"),
+        (Intent.MENU, None, r"menu|options|opciones"),
+    )
+)
+
+_WORD = re.compile(r"[a-z]+|[0-9]+(?:[.,][0-9]+)*")  # '1,250.00' stays one word
+_DIGITS = re.compile(r"(?:case|caso|#|\s)*([0-9][0-9 \-]*)[.!?\s]*")
+_AMOUNT_FILLER = re.compile(r"\b(?:please|pls|por favor|dollars?|dolares|usd)\b|[!?]")
+_AMOUNT_ONLY = re.compile(r"-?\$?\s*-?[0-9.,]*[0-9][0-9.,]*")
+_AMOUNT_CHUNK = re.compile(r"[-$]*\.?[0-9][^\s]*")
+
+# Words that give away the language of a message that is not a keyword.
+_SPANISH = frozenset({
+    "hola", "gracias", "quiero", "necesito", "cuanto", "cuando", "donde", "que", "por", "favor",
+    "mi", "mis", "tengo", "puedo", "buenos", "buenas", "dias", "tardes", "usted", "estoy",
+    "como", "hablar", "con", "alguien", "para", "el", "la", "los", "las", "de", "del", "es",
+    "esta", "pagar", "pago", "saldo", "cita", "ayuda", "senor", "senora", "ya", "mas",
+    "mensajes", "manden", "envien", "escriban", "nada", "hoy", "dinero",
+})  # fmt: skip
+_ENGLISH = frozenset({
+    "hello", "hi", "hey", "thanks", "thank", "you", "want", "need", "how", "much", "when",
+    "where", "what", "please", "my", "i", "the", "is", "can", "to", "with", "someone", "talk",
+    "pay", "payment", "appointment", "help", "am", "do", "does", "did", "texting",
+    "text", "texts", "messages", "today", "money",
+})  # fmt: skip
+
+
+def parse(body: str) -> Command:
+    """Parse a message body; never raises, whatever the text."""
+    folded = _fold(body if isinstance(body, str) else "")
+    words = tuple(_WORD.findall(folded))
+    text = " ".join(words)
+    if not folded:
+        return Command(Intent.EMPTY)
+    if not words:
+        return Command(Intent.HELP if "?" in folded else Intent.UNKNOWN)
+    if _opts_out(words, text):
+        return Command(Intent.STOP, language=_guess_language(words), text=text)
+    if text in _KEYWORDS:
+        return _command(*_KEYWORDS[text], words, text)
+    if match := _DIGITS.fullmatch(folded):
+        return Command(Intent.DIGITS, digits=re.sub(r"[ \-]", "", match[1]), text=text)
+    alone = len(words) == 1 or (len(words) == 2 and words[1][0].isdigit())  # 'pagr 50'
+    first = _keyword(words[0], fuzzy=alone)
+    phrase = _phrase(text)
+    if first is not None:
+        if first[0] in (Intent.YES, Intent.NO) and phrase and phrase[0] is not Intent.PAY:
+            return _command(*phrase, words, text)
+        return _command(*first, words, text, amount_from=folded)
+    if phrase is not None:
+        return _command(*phrase, words, text, amount_from=folded)
+    rest = _AMOUNT_FILLER.sub("", folded).strip().rstrip(".")
+    if _AMOUNT_ONLY.fullmatch(rest):
+        return _command(Intent.PAY, None, words, text, amount_from=rest)
+    return Command(Intent.UNKNOWN, language=_guess_language(words), text=text)
+
+
+def _fold(body: str) -> str:
+    """Lowercase without accents, control or invisible characters; spaces collapsed."""
+    chars = []
+    for char in unicodedata.normalize("NFKD", body[:MAX_BODY]):
+        category = unicodedata.category(char)
+        if category == "Mn" or char in "'’‘`":
+            continue
+        # Controls, format marks, lone surrogates (bad UTF-8) and unassigned code points.
+        chars.append(" " if category[0] in "CZ" else char)
+    return " ".join("".join(chars).casefold().split())
+
+
+def _opts_out(words: tuple[str, ...], text: str) -> bool:
+    first = _keyword(words[0], fuzzy=False)
+    if (first and first[0] is Intent.STOP) or _KEYWORDS.get(text, (None,))[0] is Intent.STOP:
+        return True
+    if _REVOKE.search(text):
+        return True
+    for i, word in enumerate(words):
+        if _squeeze(word) != "stop" or (i != len(words) - 1 and len(words) > 4):
+            continue
+        before = words[i - 1] if i else ""
+        after = words[i + 1] if i + 1 < len(words) else ""
+        if before not in _NEGATIONS and after not in _PLACE_WORDS:
+            return True
+    return False
+
+
+def _keyword(word: str, *, fuzzy: bool) -> tuple[Intent, Language | None] | None:
+    found = _KEYWORDS.get(word) or _SQUEEZED.get(_squeeze(word))
+    if found or not fuzzy or len(word) < 4:
+        return found
+    near = {v for k, v in _FUZZY_TARGETS.items() if _one_edit_apart(word, k)}
+    return near.pop() if len(near) == 1 else None
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """True when one insertion, deletion, substitution or swap of neighbours turns a into b."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    a, b = a[start:], b[start:]
+    if len(a) == len(b):
+        return a[1:] == b[1:] or (len(a) >= 2 and a[0] == b[1] and a[1] == b[0] and a[2:] == b[2:])
+    return a[1:] == b if len(a) > len(b) else a == b[1:]
+
+
+def _phrase(text: str) -> tuple[Intent, Language | None] | None:
+    for intent, language, pattern in _PHRASES:
+        if pattern.search(text):
+            return intent, language
+    return None
+
+
+def _command(
+    intent: Intent,
+    language: Language | None,
+    words: tuple[str, ...],
+    text: str,
+    *,
+    amount_from: str = "",
+) -> Command:
+    if intent is Intent.LANGUAGE:
+        return Command(intent, language=language, text=text)
+    language = language or _guess_language(words)
+    if intent is not Intent.PAY:
+        return Command(intent, language=language, text=text)
+    cents, error = _amount(amount_from)
+    return Command(intent, amount_cents=cents, amount_error=error, language=language, text=text)
+
+
+def _amount(text: str) -> tuple[int | None, str | None]:
+    """The first number-like chunk as cents or an AmountError code; (None, None) if none."""
+    match = _AMOUNT_CHUNK.search(text)
+    if match is None:
+        return None, None
+    chunk = match[0].rstrip(".,!?;:)]$")
+    if "-" in chunk:  # '$-50' and '-$50' are both negative
+        chunk = "-" + chunk.replace("-", "")
+    try:
+        return parse_dollars(chunk, allow_zero=False), None
+    except AmountError as error:
+        return None, error.code
+
+
+def _guess_language(words: tuple[str, ...]) -> Language | None:
+    spanish = sum(w in _SPANISH for w in words)
+    english = sum(w in _ENGLISH for w in words)
+    if spanish > english:
+        return ES
+    if english > spanish:
+        return EN
+    return None

@@ -1,0 +1,681 @@
+"""The conversation: what a payer's message does, given the state and the case facts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.dialogue import (
+    Activate,
+    AppointmentFacts,
+    CardFacts,
+    CaseFacts,
+    ChargeQuote,
+    Facts,
+    Handoff,
+    OptIn,
+    OptOut,
+    Outcome,
+    PaymentFacts,
+    PhoneStatus,
+    Policy,
+    SendCardLink,
+    SetLanguage,
+    Stage,
+    State,
+    step,
+)
+from bot.messages import placeholders, render_reply
+from bot.parse import parse
+from bot.segments import segments
+from jobs.schedule import parse_business_hours
+
+LA = "America/Los_Angeles"
+NY = "America/New_York"
+WED_10AM_LA = datetime(2025, 12, 3, 18, 0, tzinfo=UTC)
+POLICY = Policy(agency_name="Riverside County DCSS", agency_phone="+18663994096")
+VISA = CardFacts("Visa", "1234")
+CARD_URL = "https://pay.example.gov/c/abc123"
+
+
+def case(**changes) -> CaseFacts:
+    """Case 4821: $1,250.00 owed, $250.00 due Dec 15, Visa on file."""
+    base = CaseFacts(
+        case_id=1,
+        case_number="CS-2024-004821",
+        amount_due_cents=25_000,
+        balance_cents=125_000,
+        next_due_date=date(2025, 12, 15),
+        timezone=LA,
+        card=VISA,
+    )
+    return replace(base, **changes)
+
+
+SECOND = case(case_id=2, case_number="CS-2023-017730", balance_cents=40_000, amount_due_cents=0)
+
+
+def facts(*cases: CaseFacts, **changes) -> Facts:
+    base = Facts(
+        now=WED_10AM_LA,
+        language="en",
+        phone_status=PhoneStatus.ACTIVE,
+        policy=POLICY,
+        nonce="SM0001",
+        cases=cases or (case(),),
+    )
+    return replace(base, **changes)
+
+
+def send(body: str, known: Facts | None = None, state: State | None = None) -> Outcome:
+    return step(state or State(), parse(body), known or facts())
+
+
+def keys(outcome: Outcome) -> tuple[str, ...]:
+    return tuple(reply.key for reply in outcome.replies)
+
+
+def texts(outcome: Outcome) -> list[str]:
+    """Render replies as the web layer does, filling the card link when one was asked for."""
+    out = []
+    for reply in outcome.replies:
+        if "url" in placeholders(reply.key):
+            assert any(isinstance(a, SendCardLink) for a in outcome.actions)
+            reply = reply.with_params(url=CARD_URL)
+        out.append(render_reply(reply, outcome.language))
+    return out
+
+
+def text(outcome: Outcome) -> str:
+    (only,) = texts(outcome)
+    return only
+
+
+def conversation(*bodies: str, known: Facts | None = None, minutes_apart: int = 1) -> Outcome:
+    """Send several messages in a row, a minute apart, each with its own message id."""
+    known = known or facts()
+    state, outcome = State(), None
+    for i, body in enumerate(bodies):
+        now = known.now + timedelta(minutes=i * minutes_apart)
+        outcome = step(state, parse(body), replace(known, now=now, nonce=f"SM{i:04d}"))
+        state = outcome.state
+    assert outcome is not None
+    return outcome
+
+
+# STOP and consent.
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        (),
+        ("PAY",),  # awaiting confirmation
+        ("BAL",),  # choosing a case (two cases below)
+    ],
+)
+def test_stop_opts_out_with_exactly_one_confirmation_from_any_state(before):
+    outcome = conversation(*before, "STOP", known=facts(case(), SECOND))
+    assert outcome.actions == (OptOut(),)
+    assert keys(outcome) == ("opted_out",)
+    assert outcome.state.stage is Stage.IDLE and outcome.state.quote is None
+
+
+@pytest.mark.parametrize("status", list(PhoneStatus))
+def test_stop_opts_out_whatever_the_phone_status(status):
+    outcome = send("stop", facts(phone_status=status))
+    assert OptOut() in outcome.actions
+
+
+def test_the_stop_confirmation_reads_like_a_carrier_confirmation():
+    assert text(send("STOP")) == (
+        "You're unsubscribed from Riverside County DCSS texts. No more messages will be sent. "
+        "Reply START to resubscribe."
+    )
+
+
+def test_a_sentence_that_plainly_revokes_consent_opts_out():
+    assert send("please stop texting me").actions == (OptOut(),)
+    assert send("ya no me envíen mensajes").actions == (OptOut(),)
+
+
+def test_stop_in_the_middle_of_a_payment_means_a_later_yes_charges_nothing():
+    stopped = conversation("PAY", "STOP")
+    later = step(stopped.state, parse("YES"), facts(phone_status=PhoneStatus.OPTED_OUT))
+    assert not any(isinstance(a, ChargeQuote) for a in later.actions)
+
+
+def test_a_repeated_stop_is_recorded_again_but_not_answered():
+    outcome = send("STOP", facts(phone_status=PhoneStatus.OPTED_OUT))
+    assert outcome.actions == (OptOut(),)
+    assert outcome.replies == ()
+
+
+@pytest.mark.parametrize("body", ["BAL", "PAY 50", "hello", "MENU", "2", "agent", "ESPAÑOL", "no"])
+def test_an_opted_out_phone_gets_no_reply_and_nothing_done(body):
+    outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT))
+    assert outcome.replies == () and outcome.actions == ()
+
+
+@pytest.mark.parametrize("body", ["START", "unstop", "YES", "sí", "comenzar"])
+def test_start_or_yes_while_opted_out_opts_back_in_with_a_confirmation(body):
+    outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT))
+    assert outcome.actions == (OptIn(),)
+    assert keys(outcome) == ("opted_in",)
+    assert "Reply HELP for help, STOP to opt out." in text(outcome)
+
+
+def test_help_is_answered_even_while_opted_out():
+    outcome = send("HELP", facts(phone_status=PhoneStatus.OPTED_OUT))
+    assert keys(outcome) == ("help",) and outcome.actions == ()
+
+
+# Double opt-in.
+
+
+def test_yes_on_a_pending_enrollment_activates_and_says_what_texts_to_expect():
+    outcome = send("YES", facts(phone_status=PhoneStatus.PENDING))
+    assert outcome.actions == (Activate(),)
+    welcome = text(outcome)
+    for words in ("reminders", "receipts", "about 6 msgs/month", "Msg & data rates may apply"):
+        assert words in welcome
+    assert welcome.endswith("Reply HELP for help, STOP to opt out.")
+
+
+def test_si_on_a_pending_enrollment_welcomes_in_spanish():
+    outcome = send("Sí", facts(phone_status=PhoneStatus.PENDING, language="es"))
+    assert outcome.actions == (Activate(),)
+    assert "Pueden aplicarse tarifas de mensajes y datos" in text(outcome)
+
+
+def test_no_on_a_pending_enrollment_declines_like_an_opt_out():
+    outcome = send("no", facts(phone_status=PhoneStatus.PENDING))
+    assert outcome.actions == (OptOut(),)
+    assert keys(outcome) == ("enroll_declined",)
+
+
+@pytest.mark.parametrize("body", ["BAL", "PAY 50", "hello", "4821"])
+def test_anything_else_while_pending_asks_for_yes_and_reveals_nothing(body):
+    outcome = send(body, facts(phone_status=PhoneStatus.PENDING))
+    assert keys(outcome) == ("confirm_enrollment",)
+    assert outcome.actions == ()
+    assert "$" not in text(outcome)
+
+
+def test_a_language_switch_while_pending_repeats_the_question_in_that_language():
+    outcome = send("español", facts(phone_status=PhoneStatus.PENDING))
+    assert outcome.actions == (SetLanguage("es"),)
+    assert text(outcome).startswith("Riverside County DCSS: Responda SI para recibir")
+
+
+# Numbers that are on no case.
+
+
+@pytest.mark.parametrize("body", ["BAL", "PAY 50", "4821", "HELP", "hi"])
+def test_an_unknown_number_gets_a_generic_reply_and_learns_nothing(body):
+    outcome = send(body, facts(phone_status=PhoneStatus.UNENROLLED, cases=()))
+    assert outcome.actions == ()
+    assert text(outcome) == (
+        "Riverside County DCSS: We couldn't find a case for this phone number. "
+        "Please call (866) 399-4096. Reply STOP to opt out."
+    )
+
+
+def test_an_unknown_number_writing_in_spanish_is_answered_in_spanish():
+    outcome = send("hola, cuánto debo", facts(phone_status=PhoneStatus.UNENROLLED, cases=()))
+    assert "No encontramos un caso con este teléfono" in text(outcome)
+
+
+# Paying.
+
+
+def test_pay_quotes_the_amount_due_with_the_card_and_due_date_and_asks_yes_or_no():
+    outcome = send("PAY")
+    assert text(outcome) == (
+        "Pay $250.00 on case ending 4821 with your Visa card ending 1234? Due Dec 15. "
+        "Reply YES within 10 minutes to pay, or NO to cancel."
+    )
+    quote = outcome.state.quote
+    assert outcome.state.stage is Stage.AWAITING_CONFIRMATION
+    assert (quote.case_id, quote.amount_cents, quote.last4) == (1, 25_000, "1234")
+    assert quote.expires_at == WED_10AM_LA + timedelta(minutes=10)
+    assert outcome.actions == ()  # nothing is charged before YES
+
+
+def test_pay_with_an_amount_quotes_that_amount():
+    assert send("pay $1,000").state.quote.amount_cents == 100_000
+    assert send("quiero pagar 40.50").state.quote.amount_cents == 4_050
+
+
+def test_the_quote_is_never_more_than_the_balance():
+    outcome = send("PAY", facts(case(amount_due_cents=25_000, balance_cents=10_000)))
+    assert outcome.state.quote.amount_cents == 10_000
+
+
+def test_yes_on_a_live_quote_charges_it_once_and_goes_back_to_idle():
+    quoted = conversation("PAY")
+    outcome = conversation("PAY", "YES")
+    quote = quoted.state.quote
+    assert outcome.actions == (ChargeQuote(1, 25_000, quote.quote_id, "1234"),)
+    assert text(outcome) == (
+        "Thank you. Your payment of $250.00 is being processed. We'll text your receipt shortly."
+    )
+    assert outcome.state.stage is Stage.IDLE
+    again = conversation("PAY", "YES", "YES")
+    assert again.actions == () and keys(again) == ("nothing_to_confirm",)
+
+
+def test_each_quote_has_its_own_id_and_a_retried_message_gets_the_same_one():
+    first = send("PAY", facts(nonce="SMaaa")).state.quote.quote_id
+    retried = send("PAY", facts(nonce="SMaaa")).state.quote.quote_id
+    other = send("PAY", facts(nonce="SMbbb")).state.quote.quote_id
+    assert first == retried != other
+
+
+def test_yes_after_the_quote_expired_quotes_again_instead_of_charging():
+    outcome = conversation("PAY", "YES", minutes_apart=10)
+    assert not any(isinstance(a, ChargeQuote) for a in outcome.actions)
+    assert keys(outcome) == ("quote_expired", "pay_quote")
+    assert outcome.state.quote.expires_at == WED_10AM_LA + timedelta(minutes=20)
+    assert texts(outcome)[0] == "Your last payment offer expired, so nothing was charged."
+
+
+def test_yes_just_before_the_quote_expires_still_charges():
+    state = send("PAY").state
+    outcome = step(state, parse("yes"), facts(now=WED_10AM_LA + timedelta(minutes=9, seconds=59)))
+    assert isinstance(outcome.actions[0], ChargeQuote)
+
+
+def test_yes_after_the_card_changed_quotes_again_with_the_new_card():
+    state = send("PAY").state
+    new_card = facts(case(card=CardFacts("Mastercard", "9876")), nonce="SM0002")
+    outcome = step(state, parse("YES"), new_card)
+    assert outcome.actions == ()
+    assert "Mastercard card ending 9876" in texts(outcome)[1]
+
+
+def test_no_on_a_quote_cancels_it():
+    outcome = conversation("PAY", "no")
+    assert outcome.actions == () and outcome.state.quote is None
+    assert text(outcome) == (
+        "OK, the payment is cancelled and nothing was charged. Reply PAY to start again."
+    )
+
+
+def test_an_unreadable_reply_to_a_quote_repeats_the_question_and_keeps_the_quote():
+    outcome = conversation("PAY", "hmm")
+    assert text(outcome) == "Reply YES to pay $250.00 with your card ending 1234, or NO to cancel."
+    assert outcome.state.quote is not None
+    assert isinstance(conversation("PAY", "hmm", "yes").actions[0], ChargeQuote)
+
+
+def test_another_request_drops_the_quote():
+    outcome = conversation("PAY", "BAL", "YES")
+    assert outcome.actions == () and keys(outcome) == ("nothing_to_confirm",)
+
+
+def test_yes_with_nothing_to_confirm_says_so():
+    assert keys(send("YES")) == ("nothing_to_confirm",)
+
+
+@pytest.mark.parametrize(
+    ("body", "changes", "policy", "key", "says"),
+    [
+        ("PAY 0.50", {}, {}, "amount_too_small", "The smallest payment by text is $1.00."),
+        ("PAY 0", {}, {}, "amount_too_small", "$1.00"),
+        ("PAY -5", {}, {}, "amount_too_small", "$1.00"),
+        ("PAY 50.555", {}, {}, "amount_format", "like PAY 50 or PAY 125.50"),
+        ("PAY 12.3.4", {}, {}, "amount_format", "like PAY 50 or PAY 125.50"),
+        ("PAY 2000", {}, {}, "amount_over_balance", "an amount up to $1,250.00"),
+        (
+            "PAY 6000",
+            {"balance_cents": 900_000},
+            {"per_payment_cap_cents": 500_000},
+            "amount_over_cap",
+            "at one time is $5,000.00",
+        ),
+        (
+            "PAY 600",
+            {"month_paid_cents": 950_000},
+            {"monthly_cap_cents": 1_000_000},
+            "amount_over_monthly",
+            "up to $10,000.00 a month by text, and $500.00 is left",
+        ),
+        (
+            "PAY 50",
+            {"month_paid_cents": 1_000_000},
+            {"monthly_cap_cents": 1_000_000},
+            "monthly_limit_reached",
+            "limit of $10,000.00",
+        ),
+    ],
+)
+def test_an_amount_we_cannot_take_gets_a_reply_that_says_what_is_allowed(
+    body, changes, policy, key, says
+):
+    known = facts(case(**changes), policy=replace(POLICY, **policy))
+    outcome = send(body, known)
+    assert keys(outcome) == (key,)
+    assert says in text(outcome)
+    assert outcome.state.quote is None and outcome.actions == ()
+
+
+def test_a_balance_under_the_minimum_can_still_be_paid_off():
+    outcome = send("PAY", facts(case(amount_due_cents=50, balance_cents=50)))
+    assert outcome.state.quote.amount_cents == 50
+
+
+def test_pay_with_nothing_owed_says_so():
+    outcome = send("PAY 50", facts(case(balance_cents=0, amount_due_cents=0)))
+    assert text(outcome) == "Case ending 4821 has no balance. Nothing is owed right now."
+    assert outcome.state.quote is None
+
+
+def test_pay_when_nothing_is_due_this_cycle_asks_for_an_amount():
+    known = facts(case(amount_due_cents=0))
+    assert keys(send("PAY", known)) == ("pay_ask_amount",)
+    assert send("PAY 50", known).state.quote.amount_cents == 5_000
+
+
+def test_pay_without_a_card_sends_a_card_link_the_web_layer_fills_in():
+    outcome = send("PAY", facts(case(card=None)))
+    assert outcome.actions == (SendCardLink(1),)
+    (reply,) = outcome.replies
+    assert "url" in placeholders(reply.key) and "url" not in reply.params
+    assert text(outcome) == (
+        f"Riverside County DCSS: To pay by text, first add a debit or credit card here: {CARD_URL} "
+        "Then reply PAY."
+    )
+    assert outcome.state.quote is None
+
+
+# Balance, history, appointments.
+
+
+def test_balance_gives_the_balance_the_amount_due_and_the_due_date():
+    assert text(send("BAL")) == (
+        "Case ending 4821: balance $1,250.00. Next payment: $250.00 due Dec 15. Reply PAY to pay."
+    )
+    assert text(send("saldo", facts(language="es"))) == (
+        "Caso que termina en 4821: saldo $1,250.00. Siguiente pago: $250.00, vence el "
+        "15 de dic. Responda PAGAR para pagar."
+    )
+
+
+def test_balance_with_no_payment_scheduled_says_so():
+    outcome = send("BAL", facts(case(amount_due_cents=0, next_due_date=None)))
+    assert "No payment is scheduled right now." in text(outcome)
+
+
+def test_history_lists_the_last_three_payments_newest_first_in_local_dates():
+    def paid(day, cents, status="succeeded"):
+        return PaymentFacts(datetime(2025, 11, day, 20, tzinfo=UTC), cents, status, "1234")
+
+    payments = (
+        paid(1, 10_000),
+        paid(3, 20_000),
+        paid(5, 30_000, "failed"),
+        paid(7, 40_000, "refunded"),
+        paid(9, 50_000, "processing"),
+        paid(8, 60_000, "canceled"),
+    )
+    outcome = send("HISTORY", facts(case(recent_payments=payments)))
+    assert text(outcome) == (
+        "Recent payments on case ending 4821:\n"
+        "Nov 9: $500.00, card 1234 (processing)\n"
+        "Nov 7: $400.00, card 1234 (refunded)\n"
+        "Nov 3: $200.00, card 1234"
+    )
+
+
+def test_a_payment_late_in_the_evening_is_dated_in_the_case_time_zone():
+    late = PaymentFacts(datetime(2025, 11, 4, 6, 30, tzinfo=UTC), 10_000, "succeeded", "1234")
+    assert "Nov 3: $100.00" in text(send("HISTORY", facts(case(recent_payments=(late,)))))
+
+
+def test_history_without_payments_says_none_yet():
+    assert text(send("HISTORY")) == "No payments yet on case ending 4821."
+
+
+def test_appointment_shows_the_kind_local_time_and_place():
+    hearing = AppointmentFacts(
+        datetime(2025, 12, 8, 17, 30, tzinfo=UTC), "court_hearing", location="Dept 12, Room 305"
+    )
+    outcome = send("APPT", facts(case(next_appointment=hearing)))
+    assert (
+        text(outcome) == "You have a court hearing on Mon, Dec 8 at 9:30 AM at Dept 12, Room 305."
+    )
+    es = send("cita", facts(case(next_appointment=hearing), language="es"))
+    assert text(es) == (
+        "Tiene una audiencia en la corte el 8 de dic. a las 9:30 a.m. en Dept 12, Room 305."
+    )
+
+
+def test_a_virtual_appointment_gives_the_video_link():
+    link = "https://zoom.us/j/123"
+    counter = AppointmentFacts(
+        datetime(2025, 12, 8, 17, 30, tzinfo=UTC), "virtual_counter", video_link=link
+    )
+    outcome = send("APPT", facts(case(next_appointment=counter)))
+    assert text(outcome).endswith(f"Join by video: {link}")
+
+
+@pytest.mark.parametrize("starts_at", [None, WED_10AM_LA - timedelta(hours=1)])
+def test_no_upcoming_appointment_says_so(starts_at):
+    appt = starts_at and AppointmentFacts(starts_at, "case_conference", location="Room 1")
+    outcome = send("APPT", facts(case(next_appointment=appt)))
+    assert text(outcome) == "You have no upcoming appointments on case ending 4821."
+
+
+# A person.
+
+
+def test_agent_during_business_hours_hands_off_and_promises_a_reply_shortly():
+    outcome = send("talk to a person")
+    assert outcome.actions == (Handoff(1, "talk to a person"),)
+    assert text(outcome) == "Thanks. We're open, so a staff member will text you back shortly."
+
+
+@pytest.mark.parametrize(
+    ("local_now", "opens"),
+    [
+        (datetime(2025, 12, 5, 16, 30), "Mon, Dec 8 at 8:30 AM"),  # Friday at closing time
+        (datetime(2025, 12, 6, 11, 0), "Mon, Dec 8 at 8:30 AM"),  # Saturday
+        (datetime(2025, 12, 3, 7, 0), "Wed, Dec 3 at 8:30 AM"),  # early on a weekday
+        (datetime(2025, 12, 3, 20, 0), "Thu, Dec 4 at 8:30 AM"),  # evening
+    ],
+)
+def test_agent_after_hours_says_when_a_person_will_text_back(local_now, opens):
+    now = local_now.replace(tzinfo=ZoneInfo(LA)).astimezone(UTC)
+    outcome = send("AGENT", facts(now=now))
+    assert isinstance(outcome.actions[0], Handoff)
+    assert text(outcome) == (
+        f"Thanks. We're closed now. A staff member will text you after we open {opens}."
+    )
+
+
+def test_business_hours_are_judged_in_the_case_time_zone():
+    five_pm_in_new_york = datetime(2025, 12, 3, 22, 0, tzinfo=UTC)  # 2 PM in Los Angeles
+    assert keys(send("AGENT", facts(now=five_pm_in_new_york))) == ("agent_open",)
+    in_ny = facts(case(timezone=NY), now=five_pm_in_new_york)
+    assert keys(send("AGENT", in_ny)) == ("agent_closed",)
+
+
+def test_the_next_opening_is_right_across_a_daylight_saving_change():
+    saturday = datetime(2025, 11, 1, 20, 0, tzinfo=UTC)  # Sat Nov 1, PDT; Monday is PST
+    (reply,) = send("AGENT", facts(now=saturday)).replies
+    opens = reply.params["opens_at"]
+    assert opens.astimezone(UTC) == datetime(2025, 11, 3, 16, 30, tzinfo=UTC)
+
+
+def test_agent_replies_follow_the_agency_hours():
+    saturday_mornings = replace(POLICY, hours=parse_business_hours("Sat 09:00-12:00"))
+    outcome = send("AGENT", facts(policy=saturday_mornings))
+    assert text(outcome).endswith("after we open Sat, Dec 6 at 9:00 AM.")
+
+
+# Menu and language.
+
+
+@pytest.mark.parametrize("body", ["MENU", "hello", "asdf", "", "👍", "9"])
+def test_menu_and_unreadable_messages_get_the_numbered_menu(body):
+    outcome = send(body)
+    assert text(outcome) == (
+        "Riverside County DCSS. Reply with a number:\n1 Pay\n2 Balance\n3 Payment history\n"
+        "4 Appointments\n5 Talk to a person\n6 Español\n0 Help"
+    )
+
+
+@pytest.mark.parametrize(
+    ("digit", "key"),
+    [
+        ("1", "pay_quote"),
+        ("2", "balance"),
+        ("3", "history_none"),
+        ("4", "appt_none"),
+        ("5", "agent_open"),
+        ("6", "language_set"),
+        ("0", "help"),
+    ],
+)
+def test_menu_digits_do_what_the_menu_says(digit, key):
+    assert keys(send(digit)) == (key,)
+
+
+def test_six_switches_to_the_other_language():
+    to_spanish = send("6")
+    assert to_spanish.actions == (SetLanguage("es"),) and to_spanish.language == "es"
+    to_english = send("6", facts(language="es"))
+    assert to_english.actions == (SetLanguage("en"),) and to_english.language == "en"
+
+
+def test_a_language_switch_confirms_in_the_new_language():
+    outcome = send("ESPAÑOL")
+    assert outcome.actions == (SetLanguage("es"),)
+    assert (
+        text(outcome)
+        == "Listo, le escribiremos en español. Responda ENGLISH para cambiar a inglés."
+    )
+
+
+def test_help_names_the_agency_its_phone_the_frequency_rates_and_how_to_stop():
+    assert text(send("HELP")) == (
+        "Riverside County DCSS: Payment and appointment texts for your case, about 6 msgs/month. "
+        "Msg & data rates may apply. For help call (866) 399-4096. "
+        "Reply MENU for options, STOP to opt out."
+    )
+
+
+# Several cases.
+
+
+TWO_CASES = facts(case(), SECOND)
+
+
+def test_a_phone_on_several_cases_is_asked_which_case_before_any_case_answer():
+    outcome = send("BAL", TWO_CASES)
+    assert text(outcome) == (
+        "You have more than one case. Reply with the last 4 digits of the case you mean: "
+        "4821 or 7730"
+    )
+    assert outcome.state.stage is Stage.CHOOSING_CASE
+
+
+def test_naming_the_case_answers_the_original_request():
+    outcome = conversation("BAL", "7730", known=TWO_CASES)
+    assert text(outcome).startswith("Case ending 7730: balance $400.00.")
+
+
+def test_a_payment_amount_survives_the_case_question():
+    outcome = conversation("PAY 50", "4821", known=TWO_CASES)
+    assert (outcome.state.quote.case_id, outcome.state.quote.amount_cents) == (1, 5_000)
+
+
+def test_the_chosen_case_is_kept_for_the_rest_of_the_conversation():
+    outcome = conversation("BAL", "7730", "APPT", known=TWO_CASES)
+    assert text(outcome) == "You have no upcoming appointments on case ending 7730."
+
+
+def test_the_chosen_case_is_forgotten_after_thirty_minutes_of_silence():
+    outcome = conversation("BAL", "7730", "APPT", known=TWO_CASES, minutes_apart=31)
+    assert keys(outcome) == ("choose_case",)
+
+
+def test_digits_that_match_no_case_ask_again_and_keep_the_request():
+    outcome = conversation("BAL", "9999", known=TWO_CASES)
+    assert text(outcome) == (
+        "None of your cases ends in 9999. Reply with the last 4 digits of one of them: 4821 or 7730"
+    )
+    assert conversation("BAL", "9999", "4821", known=TWO_CASES).replies[0].key == "balance"
+
+
+def test_another_request_while_choosing_a_case_is_answered_and_the_first_one_dropped():
+    assert keys(conversation("BAL", "HELP", known=TWO_CASES)) == ("help",)
+    outcome = conversation("BAL", "HELP", "4821", known=TWO_CASES)
+    assert keys(outcome) == ("case_selected",)  # the case is chosen, the balance not sent
+    assert text(outcome) == "OK, now using case ending 4821. Reply MENU for options."
+
+
+def test_sending_another_case_number_switches_case():
+    outcome = conversation("BAL", "7730", "4821", "BAL", known=TWO_CASES)
+    assert text(outcome).startswith("Case ending 4821:")
+
+
+def test_a_quote_on_one_case_is_charged_to_that_case():
+    outcome = conversation("BAL", "7730", "PAY 25", "YES", known=TWO_CASES)
+    assert outcome.actions[0].case_id == 2
+
+
+# State and facts.
+
+
+def test_state_survives_a_json_round_trip():
+    mid_choice = conversation("PAY 50", known=TWO_CASES).state
+    mid_quote = conversation("BAL", "7730", "PAY 25", known=TWO_CASES).state
+    for state in (State(), mid_choice, mid_quote):
+        assert State.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+def test_a_missing_or_empty_saved_state_is_a_fresh_state():
+    assert State.from_dict(None) == State.from_dict({}) == State()
+
+
+def test_facts_refuse_a_naive_clock_and_a_missing_message_id():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        facts(now=datetime(2025, 12, 3, 10, 0))
+    with pytest.raises(ValueError, match="nonce"):
+        facts(nonce="")
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+def test_every_reply_in_a_long_conversation_renders_within_two_segments(language):
+    long_case = case(
+        case_number="CS-2024-004821",
+        balance_cents=1_234_567,
+        amount_due_cents=1_234_567,
+        card=CardFacts("American Express", "1234"),
+        next_appointment=AppointmentFacts(
+            WED_10AM_LA + timedelta(days=7), "virtual_counter", video_link="https://zoom.us/j/9"
+        ),
+    )
+    known = facts(
+        long_case,
+        replace(SECOND, card=None),
+        language=language,
+        policy=replace(POLICY, agency_name="San Bernardino County Child Support Svcs"),
+        now=datetime(2025, 12, 6, 3, 0, tzinfo=UTC),  # after hours
+    )
+    bodies = ["hi", "BAL", "4821", "HISTORY", "APPT", "AGENT", "PAY 99999", "PAY", "hmm", "NO"]
+    bodies += ["PAY", "YES", "7730", "PAY", "HELP", "MENU", "9999", "6", "STOP", "START"]
+    state = State()
+    for i, body in enumerate(bodies):
+        status = PhoneStatus.OPTED_OUT if body == "START" else PhoneStatus.ACTIVE
+        turn = replace(known, nonce=f"SM{i}", phone_status=status)
+        outcome = step(state, parse(body), turn)
+        for rendered in texts(outcome):
+            assert segments(rendered) <= 2, rendered
+        state = outcome.state
