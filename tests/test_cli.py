@@ -1,0 +1,112 @@
+from sqlmodel import select
+
+from admin.users import verify_password
+from models import AdminUser, Enrollment, EnrollmentSource, EnrollmentStatus
+from tests.factories import make_case
+
+
+def enrollments(session):
+    session.expire_all()
+    return session.exec(select(Enrollment)).all()
+
+
+def test_enroll_makes_a_pending_enrollment_in_e164(runner, session):
+    case = make_case(session, case_number="CS-000777", language="es")
+    result = runner.invoke(args=["enroll", "cs-000777", "(617) 555-0134"])
+    assert result.exit_code == 0, result.output
+    assert "pending until the payer replies YES" in result.output
+    (enrollment,) = enrollments(session)
+    assert (enrollment.case_id, enrollment.phone) == (case.id, "+16175550134")
+    assert enrollment.status == EnrollmentStatus.PENDING
+    assert enrollment.source == EnrollmentSource.CLI
+    assert enrollment.language == "es"
+    assert enrollment.confirmed_at is None
+
+
+def test_confirmed_activates_a_pending_number_and_an_active_one_is_left_alone(runner, session):
+    make_case(session, case_number="CS-000778")
+    assert runner.invoke(args=["enroll", "CS-000778", "6175550134"]).exit_code == 0
+    result = runner.invoke(args=["enroll", "CS-000778", "617-555-0134", "--confirmed"])
+    assert result.exit_code == 0 and "Activated" in result.output
+    (enrollment,) = enrollments(session)
+    assert enrollment.status == EnrollmentStatus.ACTIVE and enrollment.confirmed_at is not None
+    confirmed_at = enrollment.confirmed_at
+    again = runner.invoke(args=["enroll", "CS-000778", "+1 617 555 0134", "--confirmed"])
+    assert again.exit_code == 0 and "already active" in again.output
+    (enrollment,) = enrollments(session)
+    assert enrollment.confirmed_at == confirmed_at
+
+
+def test_one_phone_may_be_enrolled_on_several_cases(runner, session):
+    make_case(session, case_number="CS-1")
+    make_case(session, case_number="CS-2")
+    for number in ("CS-1", "CS-2"):
+        assert runner.invoke(args=["enroll", number, "6175550134", "--confirmed"]).exit_code == 0
+    assert len(enrollments(session)) == 2
+
+
+def test_enroll_refuses_bad_input_with_a_clear_error(runner, session):
+    make_case(session, case_number="CS-1")
+    bad_phone = runner.invoke(args=["enroll", "CS-1", "555-01"])
+    assert bad_phone.exit_code != 0 and "not a" in bad_phone.output
+    no_case = runner.invoke(args=["enroll", "CS-404", "6175550134"])
+    assert no_case.exit_code != 0 and "no case numbered CS-404" in no_case.output
+    missing = runner.invoke(args=["enroll", "CS-1"])
+    assert missing.exit_code != 0
+    assert enrollments(session) == []
+
+
+def test_create_user_asks_for_the_password_and_stores_only_a_hash(runner, session):
+    password = "correct horse battery"
+    result = runner.invoke(
+        args=["admin", "create-user", "Staff@Agency.gov", "--role", "staff"],
+        input=f"{password}\n{password}\n",
+    )
+    assert result.exit_code == 0, result.output
+    user = session.exec(select(AdminUser)).one()
+    assert user.email == "staff@agency.gov" and user.role == "staff"
+    assert password not in user.password_hash
+    assert verify_password(user.password_hash, password)
+    assert not verify_password(user.password_hash, "wrong password!")
+
+
+def test_create_user_refuses_a_short_password_and_a_duplicate(runner, session):
+    short = runner.invoke(args=["admin", "create-user", "a@b.gov"], input="short\nshort\n")
+    assert short.exit_code != 0 and "at least 12" in short.output
+    pw = "long enough password"
+    assert (
+        runner.invoke(args=["admin", "create-user", "a@b.gov"], input=f"{pw}\n{pw}\n").exit_code
+        == 0
+    )
+    dup = runner.invoke(args=["admin", "create-user", "A@b.gov"], input=f"{pw}\n{pw}\n")
+    assert dup.exit_code != 0 and "already exists" in dup.output
+    assert len(session.exec(select(AdminUser)).all()) == 1
+
+
+def test_every_command_has_help(runner):
+    for args in (
+        ["cases", "import"],
+        ["enroll"],
+        ["admin", "create-user"],
+        ["seed-demo"],
+        ["db", "upgrade"],
+    ):
+        result = runner.invoke(args=[*args, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, args
+
+
+def test_seed_demo_adds_cases_cards_and_appointments_once(runner, session):
+    from models import Appointment, CardOnFile, Case
+
+    first = runner.invoke(args=["seed-demo"])
+    assert first.exit_code == 0, first.output
+    cases = session.exec(select(Case)).all()
+    assert len(cases) >= 4
+    cards = session.exec(select(CardOnFile)).all()
+    assert {card.last4 for card in cards} >= {"4242", "4444"}
+    assert all(card.payment_method_id and card.customer_id for card in cards)
+    assert session.exec(select(Appointment)).all()
+    second = runner.invoke(args=["seed-demo"])
+    assert second.exit_code == 0 and "0 new case(s)" in second.output
+    session.expire_all()
+    assert len(session.exec(select(Case)).all()) == len(cases)

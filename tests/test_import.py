@@ -1,0 +1,126 @@
+import io
+from datetime import date
+
+from sqlmodel import select
+
+from cases.importer import read_cases
+from models import Case, Enrollment, EnrollmentSource, EnrollmentStatus
+
+HEADER = "case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone\n"
+GOOD = (
+    HEADER
+    + "CS-100001,Ana Rivera,(617) 555-0134,es,125.00,1250.00,2026-12-01,America/New_York\n"
+    + 'CS-100002,"Smith, John",617.555.0199,en,$80,80.00,2026-12-15,\n'
+    + "cs-100003,Lee Park,,EN,0,0,,\n"
+)
+
+
+def read(text):
+    return read_cases(io.StringIO(text, newline=""))
+
+
+def test_a_good_file_reads_into_rows_in_cents_and_e164():
+    plan = read(GOOD)
+    assert plan.ok
+    first, second, third = plan.rows
+    assert (first.case_number, first.phone, first.language) == ("CS-100001", "+16175550134", "es")
+    assert (first.amount_due_cents, first.balance_cents) == (12_500, 125_000)
+    assert first.next_due_date == date(2026, 12, 1)
+    assert first.timezone == "America/New_York"
+    assert second.payer_name == "Smith, John"
+    assert second.amount_due_cents == 8_000 and second.timezone is None
+    assert third.phone is None and third.next_due_date is None and third.language == "en"
+
+
+def test_every_bad_row_is_reported_with_its_line_and_nothing_is_kept():
+    text = (
+        HEADER
+        + "CS-1,Ana,555-01,en,10.00,10.00,2026-12-01,\n"  # 2 bad phone
+        + "CS-2,Bo,6175550134,en,-5.00,10.00,2026-12-01,\n"  # 3 negative
+        + "CS-3,Cy,6175550134,en,5.00,10.00,2026-13-01,\n"  # 4 bad date
+        + "CS-4,Di,6175550134,fr,5.00,10.00,2026-12-01,\n"  # 5 unknown language
+        + "CS-5,Ed,6175550134,en,5.00,10.00,2026-12-01,\n"  # 6 fine
+        + "CS-5,Ed,6175550134,en,5.00,10.00,2026-12-01,\n"  # 7 duplicate
+        + "CS-6,Fa,6175550134,en,5.001,10.00,2026-12-01,Mars/Base\n"  # 8 two problems
+        + ",,,,,,,\n"  # blank row: skipped, not an error
+        + "CS-7,,6175550134,en,5.00,,2026-12-01,\n"  # 10 missing name and balance
+    )
+    plan = read(text)
+    assert plan.rows == []
+    lines = {error.line: error.reason for error in plan.errors}
+    assert sorted(lines) == [2, 3, 4, 5, 7, 8, 10]
+    assert "phone" in lines[2]
+    assert "negative" in lines[3]
+    assert "next_due_date" in lines[4]
+    assert "language 'fr'" in lines[5]
+    assert "already appears on line 6" in lines[7]
+    assert "two decimals" in lines[8] and "Mars/Base" in lines[8]
+    assert "payer_name is empty" in lines[10] and "balance is empty" in lines[10]
+    assert str(plan.errors[0]).startswith("line 2: ")
+
+
+def test_a_missing_column_is_reported_on_the_header_line():
+    plan = read("case_number,payer_name\nCS-1,Ana\n")
+    assert [e.line for e in plan.errors] == [1]
+    assert "phone" in plan.errors[0].reason
+
+
+def test_an_empty_file_is_an_error():
+    assert [e.line for e in read("").errors] == [1]
+
+
+def test_quoted_newlines_keep_physical_line_numbers():
+    text = HEADER + '"CS-1","Ana\nRivera",6175550134,en,1,1,2026-12-01,\nCS-2,Bo,bad,en,1,1,,\n'
+    plan = read(text)
+    assert [e.line for e in plan.errors] == [4]
+
+
+def write(tmp_path, text, name="cases.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_import_command_creates_cases_and_pending_enrollments(runner, session, tmp_path):
+    result = runner.invoke(args=["cases", "import", write(tmp_path, GOOD)])
+    assert result.exit_code == 0, result.output
+    assert "3 new, 0 updated, 2 pending enrollment(s)" in result.output
+    cases = session.exec(select(Case).order_by(Case.case_number)).all()
+    assert [c.case_number for c in cases] == ["CS-100001", "CS-100002", "CS-100003"]
+    enrollments = session.exec(select(Enrollment)).all()
+    assert {e.phone for e in enrollments} == {"+16175550134", "+16175550199"}
+    assert all(e.status == EnrollmentStatus.PENDING for e in enrollments)
+    assert all(e.source == EnrollmentSource.IMPORT for e in enrollments)
+
+
+def test_reimporting_updates_cases_instead_of_duplicating_them(runner, session, tmp_path):
+    assert runner.invoke(args=["cases", "import", write(tmp_path, GOOD)]).exit_code == 0
+    changed = GOOD.replace(
+        "CS-100001,Ana Rivera,(617) 555-0134,es,125.00,1250.00",
+        "CS-100001,Ana Rivera,(617) 555-0134,es,150.00,1100.00",
+    )
+    result = runner.invoke(args=["cases", "import", write(tmp_path, changed, "again.csv")])
+    assert result.exit_code == 0, result.output
+    assert "0 new, 3 updated, 0 pending enrollment(s)" in result.output
+    case = session.exec(select(Case).where(Case.case_number == "CS-100001")).one()
+    assert (case.amount_due_cents, case.balance_cents) == (15_000, 110_000)
+    assert len(session.exec(select(Case)).all()) == 3
+    assert len(session.exec(select(Enrollment)).all()) == 2
+
+
+def test_a_file_with_bad_rows_changes_nothing_and_exits_non_zero(runner, session, tmp_path):
+    bad = GOOD + "CS-100004,Bad Phone,12,en,1.00,1.00,2026-12-01,\n"
+    result = runner.invoke(args=["cases", "import", write(tmp_path, bad)])
+    assert result.exit_code != 0
+    assert "line 5: phone '12' is not a valid phone number" in result.output
+    assert "nothing was imported" in result.output
+    assert session.exec(select(Case)).all() == []
+
+
+def test_a_file_that_is_not_utf8_is_refused(runner, session, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes((HEADER + "CS-1,Nuñez,6175550134,es,1,1,,\n").encode("latin-1"))
+    result = runner.invoke(args=["cases", "import", str(path)])
+    assert result.exit_code != 0
+    assert "not UTF-8" in result.output
+    assert session.exec(select(Case)).all() == []

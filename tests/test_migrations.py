@@ -1,0 +1,62 @@
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+import db
+from tests.conftest import DATABASES, TEST_DATABASE_URL
+
+
+@pytest.fixture(params=DATABASES)
+def empty_database(request, tmp_path):
+    """A database with no tables at all."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    admin_url = db.make_engine(TEST_DATABASE_URL).url
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"paytext_mig_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_upgrade_from_empty_gives_exactly_the_models(empty_database):
+    db.upgrade(empty_database)
+    engine = db.make_engine(empty_database)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, SQLModel.metadata) == []
+    engine.dispose()
+
+
+def test_downgrade_to_base_and_upgrade_again(empty_database):
+    db.upgrade(empty_database)
+    command.downgrade(db.alembic_config(empty_database), "base")
+    engine = db.make_engine(empty_database)
+    assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    db.upgrade(empty_database)
+    engine = db.make_engine(empty_database)
+    assert "payments" in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_flask_db_upgrade_command_migrates_the_configured_database(config, tmp_path):
+    from app import create_app
+
+    config["DATABASE_URL"] = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    result = create_app(config).test_cli_runner().invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    engine = db.make_engine(config["DATABASE_URL"])
+    assert {"cases", "enrollments", "payments", "reminders"} <= set(
+        sa.inspect(engine).get_table_names()
+    )
+    engine.dispose()
