@@ -135,6 +135,16 @@ def _init_gateways(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from admin.views import bp as admin_bp
+    from billing.views import bp as billing_bp
+    from bot.views import bp as bot_bp
+    from jobs.views import bp as jobs_bp
+
+    app.register_blueprint(bot_bp)
+    app.register_blueprint(billing_bp)
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(admin_bp, url_prefix="/admin")
+
     @app.get("/healthz")
     def healthz():
         """Report whether the database and Redis answer."""

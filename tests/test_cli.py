@@ -110,3 +110,25 @@ def test_seed_demo_adds_cases_cards_and_appointments_once(runner, session):
     assert second.exit_code == 0 and "0 new case(s)" in second.output
     session.expire_all()
     assert len(session.exec(select(Case)).all()) == len(cases)
+
+
+def test_invite_pending_texts_each_uninvited_pending_number_once(app, runner, session):
+    from tests.factories import make_enrollment
+
+    case = make_case(session, case_number="CS-004821", language="es")
+    make_enrollment(session, case, "+16175550134", status=EnrollmentStatus.PENDING)
+    make_enrollment(session, make_case(session), "+16175550199")  # active: not invited again
+    result = runner.invoke(args=["enroll", "--invite-pending"])
+    assert result.exit_code == 0, result.output
+    assert "Invited 1 pending number(s)" in result.output
+    (sent,) = app.extensions["sms"].sent
+    assert sent.to == "+16175550134"
+    assert "4821" in sent.body and "SI" in sent.body.upper()
+    from models import ConversationTurn
+
+    (turn,) = session.exec(select(ConversationTurn)).all()
+    assert (turn.case_id, turn.direction, turn.body) == (case.id, "outbound", sent.body)
+    assert turn.provider_message_id == sent.sid
+    again = runner.invoke(args=["enroll", "--invite-pending"])
+    assert "Invited 0 pending number(s)" in again.output
+    assert len(app.extensions["sms"].sent) == 1

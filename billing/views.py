@@ -1,0 +1,5 @@
+"""HTTP routes of the billing package."""
+
+from flask import Blueprint
+
+bp = Blueprint("billing", __name__)

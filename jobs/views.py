@@ -1,0 +1,5 @@
+"""HTTP routes of the jobs package."""
+
+from flask import Blueprint
+
+bp = Blueprint("jobs", __name__)
