@@ -31,6 +31,8 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            # WAL with NORMAL survives an app crash; only an OS crash can lose the last commits.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine

@@ -82,6 +82,10 @@ def send_text(
         updated_at=now,
     )
     session.add(turn)
+    if result.sid:
+        from bot.status import apply_early
+
+        apply_early(session=session, turn=turn)
     if not result.ok:
         log.warning("text to %s failed: %s %s", _masked(phone), result.error_code, result.failure)
         mark_failure(session=session, phone=phone, failure=result.failure, code=result.error_code)

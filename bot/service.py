@@ -1,13 +1,63 @@
-"""The bot's database side: load a phone's facts and state, carry out the dialogue's actions."""
+"""The bot's database side: lock a phone's conversation, load its facts, carry out the actions."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from bot.dialogue import Policy
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, select
+
+from bot import dialogue, messages
+from bot.dialogue import (
+    Activate,
+    AppointmentFacts,
+    CardFacts,
+    CaseFacts,
+    ChargeQuote,
+    Facts,
+    Handoff,
+    OptIn,
+    OptOut,
+    PaymentFacts,
+    PhoneStatus,
+    Policy,
+    SendCardLink,
+    SetLanguage,
+    State,
+)
+from bot.parse import Intent, parse
 from jobs.schedule import parse_business_hours
+from models import (
+    Appointment,
+    AppointmentStatus,
+    CardOnFile,
+    Case,
+    CaseStatus,
+    Conversation,
+    ConversationTurn,
+    Direction,
+    Enrollment,
+    EnrollmentStatus,
+    Language,
+    Payment,
+    PaymentStatus,
+    utcnow,
+)
+from models import (
+    Handoff as HandoffRow,
+)
 from money import parse_dollars
+
+log = logging.getLogger(__name__)
+MAX_BODY = 1600
+"""Twilio's longest inbound body; anything longer is cut before it is stored."""
 
 
 def policy(config: Mapping[str, Any]) -> Policy:
@@ -18,4 +68,369 @@ def policy(config: Mapping[str, Any]) -> Policy:
         hours=parse_business_hours(config["BUSINESS_HOURS"]),
         per_payment_cap_cents=parse_dollars(config["MAX_PAYMENT"]),
         monthly_cap_cents=parse_dollars(config["MONTHLY_PAYMENT_CAP"]),
+    )
+
+
+@dataclass
+class Inbound:
+    """One message Twilio delivered, reduced to what the bot uses."""
+
+    message_sid: str
+    phone: str
+    body: str
+    media_count: int = 0
+
+
+@dataclass
+class Handled:
+    """What the webhook answers, and what to do once the transaction is committed."""
+
+    replies: list[str]
+    charge_payment_ids: list[int] = field(default_factory=list)
+    replayed: bool = False
+
+
+def lock_conversation(*, session: Session, phone: str, now: datetime) -> Conversation:
+    """The phone's conversation row, locked until commit so its messages are taken one at a time.
+
+    The first statement is a write: PostgreSQL locks the row, SQLite takes its write lock, so a
+    second message from the same phone waits here instead of reading a stale state.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Conversation)
+        .values(phone=phone, state={}, language=Language.EN, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["phone"])
+    )
+    session.execute(
+        sa.update(Conversation).where(Conversation.phone == phone).values(updated_at=now)
+    )
+    return session.exec(select(Conversation).where(Conversation.phone == phone)).one()
+
+
+def replies_already_given(*, session: Session, message_sid: str) -> list[str] | None:
+    """The replies sent to this MessageSid before, or None if it is new."""
+    inbound = session.exec(
+        select(ConversationTurn).where(
+            ConversationTurn.provider_message_id == message_sid,
+            ConversationTurn.direction == Direction.INBOUND,
+        )
+    ).first()
+    if inbound is None:
+        return None
+    replies = session.exec(
+        select(ConversationTurn.body)
+        .where(ConversationTurn.in_reply_to_id == inbound.id)
+        .order_by(ConversationTurn.id)
+    ).all()
+    return list(replies)
+
+
+def handle_inbound(*, session: Session, message: Inbound, now: datetime | None = None) -> Handled:
+    """Answer one inbound text: parse, step the dialogue, act, log every turn. Caller commits."""
+    now = now or utcnow()
+    conversation = lock_conversation(session=session, phone=message.phone, now=now)
+    earlier = replies_already_given(session=session, message_sid=message.message_sid)
+    if earlier is not None:
+        return Handled(earlier, replayed=True)
+
+    enrollments = list(
+        session.exec(select(Enrollment).where(Enrollment.phone == message.phone)).all()
+    )
+    status = phone_status(enrollments)
+    language = _language(conversation, enrollments)
+    facts = Facts(
+        now=now,
+        language=language,
+        phone_status=status,
+        policy=policy(current_app.config),
+        nonce=message.message_sid,
+        cases=case_facts(session=session, enrollments=enrollments, now=now),
+    )
+    before = State.from_dict(conversation.state)
+    command = parse(message.body)
+    outcome = dialogue.step(before, command, facts)
+
+    case_id = _turn_case(outcome.state, facts, enrollments)
+    inbound = ConversationTurn(
+        case_id=case_id,
+        enrollment_id=_enrollment_id(enrollments, case_id),
+        phone=message.phone,
+        direction=Direction.INBOUND,
+        body=message.body,
+        provider_message_id=message.message_sid,
+        delivery_status="received",
+        intent=str(command.intent),
+        state_before=conversation.state or {},
+        state_after=outcome.state.to_dict(),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(inbound)
+    session.flush()
+
+    handled = Handled(replies=[])
+    params: dict[str, Any] = {}
+    for action in outcome.actions:
+        _carry_out(
+            action,
+            session=session,
+            message=message,
+            enrollments=enrollments,
+            inbound=inbound,
+            params=params,
+            handled=handled,
+            now=now,
+            language=outcome.language,
+        )
+    for reply in outcome.replies:
+        if "url" in messages.placeholders(reply.key) and "url" in params:
+            reply = reply.with_params(url=params["url"])
+        handled.replies.append(messages.render_reply(reply, outcome.language))
+
+    for body in handled.replies:
+        session.add(reply_turn(inbound, body, now))
+    conversation.state = outcome.state.to_dict()
+    conversation.language = Language(outcome.language)
+    conversation.updated_at = now
+    session.add(conversation)
+    session.flush()
+    return handled
+
+
+def phone_status(enrollments: list[Enrollment]) -> PhoneStatus:
+    """Where a phone stands: active on any case wins, then pending, then opted out."""
+    statuses = {e.status for e in enrollments}
+    if EnrollmentStatus.ACTIVE in statuses:
+        return PhoneStatus.ACTIVE
+    if EnrollmentStatus.PENDING in statuses:
+        return PhoneStatus.PENDING
+    if statuses & {EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE}:
+        return PhoneStatus.OPTED_OUT
+    return PhoneStatus.UNENROLLED
+
+
+def case_facts(
+    *, session: Session, enrollments: list[Enrollment], now: datetime
+) -> tuple[CaseFacts, ...]:
+    """What the dialogue may know about each open case the phone is active on."""
+    from billing.service import month_paid_cents
+
+    case_ids = sorted({e.case_id for e in enrollments if e.status == EnrollmentStatus.ACTIVE})
+    if not case_ids:
+        return ()
+    default_zone = current_app.config["DEFAULT_TIMEZONE"]
+    cases = session.exec(
+        select(Case).where(Case.id.in_(case_ids), Case.status == CaseStatus.OPEN).order_by(Case.id)
+    ).all()
+    facts = []
+    for case in cases:
+        card = session.exec(
+            select(CardOnFile)
+            .where(CardOnFile.case_id == case.id, CardOnFile.active.is_(True))
+            .order_by(CardOnFile.id.desc())
+        ).first()
+        payments = session.exec(
+            select(Payment, CardOnFile.last4)
+            .join(CardOnFile, Payment.card_id == CardOnFile.id, isouter=True)
+            .where(Payment.case_id == case.id)
+            .where(Payment.status.not_in([PaymentStatus.FAILED, PaymentStatus.CANCELED]))
+            .order_by(Payment.created_at.desc())
+            .limit(dialogue.HISTORY_SIZE)
+        ).all()
+        appointment = session.exec(
+            select(Appointment)
+            .where(
+                Appointment.case_id == case.id,
+                Appointment.status == AppointmentStatus.SCHEDULED,
+                Appointment.starts_at > now,
+            )
+            .order_by(Appointment.starts_at)
+        ).first()
+        facts.append(
+            CaseFacts(
+                case_id=case.id,
+                case_number=case.case_number,
+                amount_due_cents=case.amount_due_cents,
+                balance_cents=case.balance_cents,
+                next_due_date=case.next_due_date,
+                timezone=case.timezone or default_zone,
+                card=CardFacts(card.brand, card.last4) if card else None,
+                recent_payments=tuple(
+                    PaymentFacts(p.created_at, p.amount_cents, str(p.status), last4 or "")
+                    for p, last4 in payments
+                ),
+                next_appointment=AppointmentFacts(
+                    appointment.starts_at,
+                    str(appointment.kind),
+                    appointment.location or "",
+                    appointment.video_link or "",
+                )
+                if appointment
+                else None,
+                month_paid_cents=month_paid_cents(session=session, case_id=case.id, now=now),
+            )
+        )
+    return tuple(facts)
+
+
+def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now, language):
+    if isinstance(action, OptOut):
+        opt_out(session=session, enrollments=enrollments, now=now)
+    elif isinstance(action, OptIn):
+        for enrollment in enrollments:
+            if enrollment.status == EnrollmentStatus.OPTED_OUT:
+                enrollment.status = EnrollmentStatus.ACTIVE
+                enrollment.consented_at = enrollment.confirmed_at = now
+                enrollment.opted_out_at = None
+                enrollment.status_reason = "opted back in by text"
+                enrollment.updated_at = now
+                session.add(enrollment)
+    elif isinstance(action, Activate):
+        for enrollment in enrollments:
+            if enrollment.status == EnrollmentStatus.PENDING:
+                enrollment.status = EnrollmentStatus.ACTIVE
+                enrollment.confirmed_at = now
+                enrollment.consented_at = enrollment.consented_at or now
+                enrollment.updated_at = now
+                session.add(enrollment)
+    elif isinstance(action, SetLanguage):
+        for enrollment in enrollments:
+            enrollment.language = Language(action.language)
+            session.add(enrollment)
+    elif isinstance(action, ChargeQuote):
+        from billing.service import payment_for_quote
+
+        payment = payment_for_quote(session=session, quote=action, authorized_turn_id=inbound.id)
+        if payment is not None:
+            inbound.payment_id = payment.id
+            handled.charge_payment_ids.append(payment.id)
+    elif isinstance(action, SendCardLink):
+        from billing.links import card_link_url
+
+        params["url"] = card_link_url(case_id=action.case_id)
+    elif isinstance(action, Handoff):
+        session.add(
+            HandoffRow(
+                case_id=action.case_id, phone=message.phone, turn_id=inbound.id, created_at=now
+            )
+        )
+    else:  # pragma: no cover - a new action type must be handled here
+        raise TypeError(f"unhandled action {action!r}")
+
+
+def opt_out(*, session: Session, enrollments: list[Enrollment], now: datetime) -> None:
+    """STOP: every enrollment of the phone is opted out and their cases' reminders cancelled."""
+    from jobs.reminders import cancel_pending
+
+    touched = set()
+    for enrollment in enrollments:
+        if enrollment.status != EnrollmentStatus.OPTED_OUT:
+            enrollment.status = EnrollmentStatus.OPTED_OUT
+            enrollment.opted_out_at = now
+            enrollment.status_reason = "opted out by text"
+            enrollment.updated_at = now
+            session.add(enrollment)
+        touched.add(enrollment.case_id)
+    session.flush()
+    # A case keeps its reminders while another phone on it is still active.
+    still_active = set(
+        session.exec(
+            select(Enrollment.case_id).where(
+                Enrollment.case_id.in_(touched), Enrollment.status == EnrollmentStatus.ACTIVE
+            )
+        ).all()
+    )
+    cancel_pending(session=session, case_ids=touched - still_active, reason="opted_out")
+
+
+def _language(conversation: Conversation, enrollments: list[Enrollment]) -> messages.Language:
+    if conversation.state or not enrollments:
+        return messages.Language(conversation.language)
+    # A new conversation speaks the language the payer was enrolled in.
+    return messages.Language(enrollments[0].language)
+
+
+def _turn_case(state: State, facts: Facts, enrollments: list[Enrollment]) -> int | None:
+    """The case a turn is logged on: the one being discussed, else the phone's only or newest."""
+    if state.case_id is not None:
+        return state.case_id
+    if state.quote is not None:
+        return state.quote.case_id
+    if len(facts.cases) == 1:
+        return facts.cases[0].case_id
+    if enrollments:
+        return max(
+            enrollments, key=lambda e: (e.updated_at or datetime.min.replace(tzinfo=UTC), e.id)
+        ).case_id
+    return None
+
+
+def _enrollment_id(enrollments: list[Enrollment], case_id: int | None) -> int | None:
+    return next((e.id for e in enrollments if e.case_id == case_id), None)
+
+
+def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
+    """After an error: still honour STOP, keep a record of the message, and say what happened."""
+    now = utcnow()
+    enrollments = list(
+        session.exec(
+            select(Enrollment).where(Enrollment.phone == message.phone).order_by(Enrollment.id)
+        ).all()
+    )
+    language = enrollments[0].language if enrollments else "en"
+    config = current_app.config
+    if parse(message.body).intent is Intent.STOP:
+        # Opt-out wins over everything, a broken dependency included.
+        for enrollment in enrollments:
+            enrollment.status = EnrollmentStatus.OPTED_OUT
+            enrollment.opted_out_at = enrollment.opted_out_at or now
+            enrollment.status_reason = "opted out by text"
+            session.add(enrollment)
+        reply = messages.render("opted_out", {"agency": config["AGENCY_NAME"]}, language)
+    else:
+        reply = messages.render(
+            "try_again",
+            {"agency": config["AGENCY_NAME"], "agency_phone": config["AGENCY_PHONE"]},
+            language,
+        )
+    seen = session.exec(
+        select(ConversationTurn.id).where(
+            ConversationTurn.provider_message_id == message.message_sid
+        )
+    ).first()
+    first = enrollments[0] if enrollments else None
+    inbound = ConversationTurn(
+        case_id=first.case_id if first else None,
+        enrollment_id=first.id if first else None,
+        phone=message.phone,
+        direction=Direction.INBOUND,
+        body=message.body,
+        provider_message_id=None if seen else message.message_sid,
+        delivery_status="received",
+        intent="error",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(inbound)
+    session.flush()
+    session.add(reply_turn(inbound, reply, now))
+    return reply
+
+
+def reply_turn(inbound: ConversationTurn, body: str, now: datetime) -> ConversationTurn:
+    """The turn that logs a TwiML reply to `inbound`."""
+    return ConversationTurn(
+        case_id=inbound.case_id,
+        enrollment_id=inbound.enrollment_id,
+        phone=inbound.phone,
+        direction=Direction.OUTBOUND,
+        body=body,
+        delivery_status="twiml",
+        intent=inbound.intent,
+        in_reply_to_id=inbound.id,
+        payment_id=inbound.payment_id,
+        created_at=now,
+        updated_at=now,
     )

@@ -1,5 +1,209 @@
-"""HTTP routes of the bot: Twilio webhooks and the development phone simulator."""
+"""Twilio's webhooks (inbound texts, delivery status) and the development phone simulator."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from bot import service, sms, status
+from bot.service import Inbound
+from db import get_session
+from models import ConversationTurn, Enrollment
+from phones import PhoneError, format_phone, normalize_phone
 
 bp = Blueprint("bot", __name__)
+log = logging.getLogger(__name__)
+SIMULATOR_TO = "+18005550100"
+"""The agency number the simulator pretends to text when no Twilio sender is configured."""
+
+
+def _twiml(replies: list[str]) -> Response:
+    return Response(sms.twiml(replies), content_type=sms.TWIML_CONTENT_TYPE)
+
+
+def public_url() -> str:
+    """The URL Twilio called: PUBLIC_BASE_URL stands in for our host behind a proxy."""
+    base = current_app.config["PUBLIC_BASE_URL"].rstrip("/")
+    query = request.query_string.decode("latin-1")
+    return f"{base}{request.path}" + (f"?{query}" if query else "")
+
+
+def signature_ok() -> bool:
+    """Twilio's X-Twilio-Signature on this request; the console backend has no Twilio to sign."""
+    if current_app.config["SMS_BACKEND"] != "twilio":
+        return True
+    return sms.validate_signature(
+        auth_token=current_app.config["TWILIO_AUTH_TOKEN"],
+        url=public_url(),
+        params=request.form,
+        signature=request.headers.get(sms.SIGNATURE_HEADER),
+    )
+
+
+def inbound_from_form() -> Inbound:
+    """Read Twilio's fields defensively: any body, bad bytes or missing fields still make a text."""
+    form = request.form
+    sender = form.get("From", "")
+    try:
+        phone = normalize_phone(sender)
+    except PhoneError:
+        phone = sender.strip()[:16] or "unknown"
+    body = form.get("Body", "")[: service.MAX_BODY]
+    # Bytes that were not UTF-8 arrive as surrogates or U+FFFD; neither can go in the database.
+    body = body.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    try:
+        media = int(form.get("NumMedia", "0") or 0)
+    except ValueError:
+        media = 0
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    if not sid:
+        # Without Twilio's id a retry cannot be recognised; derive one from the request itself.
+        sid = "SMlocal" + hashlib.sha256(request.get_data()).hexdigest()[:27]
+    return Inbound(message_sid=sid[:64], phone=phone, body=body, media_count=media)
+
+
+@bp.post("/sms/inbound")
+def inbound():
+    """Answer a payer's text with TwiML, within Twilio's 15 seconds, whatever it contains."""
+    if not signature_ok():
+        log.warning("inbound text refused: missing or wrong X-Twilio-Signature")
+        abort(403)
+    message = inbound_from_form()
+    session = get_session()
+    try:
+        handled = service.handle_inbound(session=session, message=message)
+        session.commit()
+    except IntegrityError:
+        # The same MessageSid is being handled by another request right now: answer like it.
+        session.rollback()
+        earlier = service.replies_already_given(session=session, message_sid=message.message_sid)
+        return _twiml(earlier or [])
+    except Exception:
+        session.rollback()
+        log.exception("inbound text %s could not be handled", message.message_sid)
+        try:
+            reply = service.handle_failed_inbound(session=session, message=message)
+            session.commit()
+        except Exception:  # the database itself is down: still answer Twilio
+            session.rollback()
+            log.exception("could not record the failed inbound text %s", message.message_sid)
+            return _twiml([])
+        return _twiml([reply])
+    if handled.charge_payment_ids:
+        from billing.service import enqueue_charge
+
+        for payment_id in handled.charge_payment_ids:
+            enqueue_charge(payment_id=payment_id)
+    return _twiml(handled.replies)
+
+
+@bp.post("/sms/status")
+def delivery_status():
+    """Twilio's delivery report for a text we sent: recorded once, whatever order they come in."""
+    if not signature_ok():
+        log.warning("status callback refused: missing or wrong X-Twilio-Signature")
+        abort(403)
+    form = request.form
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    new_status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if not sid or not new_status:
+        return Response("missing MessageSid or MessageStatus", status=400)
+    code = form.get("ErrorCode")
+    status.record(
+        session=get_session(),
+        sid=sid,
+        status=new_status,
+        error_code=int(code) if code and code.isdigit() else None,
+    )
+    get_session().commit()
+    return Response(status=204)
+
+
+def _simulator_enabled() -> None:
+    if current_app.config["SMS_BACKEND"] != "console":
+        abort(404)
+
+
+@bp.get("/dev/phone")
+def phone_simulator():
+    """Text the bot as a payer would (console backend only)."""
+    _simulator_enabled()
+    session = get_session()
+    phones = sorted(set(session.exec(select(Enrollment.phone)).all()))
+    phone = request.args.get("phone") or (phones[0] if phones else "")
+    return render_template(
+        "dev/phone.html",
+        phones=[(p, format_phone(p)) for p in phones],
+        phone=phone,
+        turns=_thread(phone),
+        error=request.args.get("error"),
+    )
+
+
+@bp.get("/dev/phone/thread")
+def phone_thread():
+    """The thread alone, polled by the simulator so receipts and reminders appear as they come."""
+    _simulator_enabled()
+    return render_template("dev/_thread.html", turns=_thread(request.args.get("phone", "")))
+
+
+@bp.post("/dev/phone")
+def phone_send():
+    """Send the typed text through /sms/inbound, signed the way Twilio signs it."""
+    _simulator_enabled()
+    raw_phone = request.form.get("phone", "")
+    body = request.form.get("body", "")
+    try:
+        phone = normalize_phone(raw_phone)
+    except PhoneError as exc:
+        return redirect(url_for("bot.phone_simulator", phone=raw_phone, error=str(exc)))
+    config = current_app.config
+    params = {
+        "MessageSid": "SM" + uuid.uuid4().hex,
+        "AccountSid": config["TWILIO_ACCOUNT_SID"] or "ACconsole",
+        "From": phone,
+        "To": config["TWILIO_FROM_NUMBER"] or SIMULATOR_TO,
+        "Body": body,
+        "NumMedia": "0",
+    }
+    url = config["PUBLIC_BASE_URL"].rstrip("/") + url_for("bot.inbound")
+    token = hashlib.sha256(f"console:{config['SECRET_KEY']}".encode()).hexdigest()
+    signature = sms.sign(auth_token=token, url=url, params=params)
+    with current_app.test_client() as client:
+        response = client.post(
+            url_for("bot.inbound"), data=params, headers={sms.SIGNATURE_HEADER: signature}
+        )
+    if response.status_code != 200:
+        return redirect(
+            url_for(
+                "bot.phone_simulator", phone=phone, error=f"webhook answered {response.status_code}"
+            )
+        )
+    return redirect(url_for("bot.phone_simulator", phone=phone))
+
+
+def _thread(phone: str) -> list[ConversationTurn]:
+    if not phone:
+        return []
+    session = get_session()
+    return list(
+        session.exec(
+            select(ConversationTurn)
+            .where(ConversationTurn.phone == phone)
+            .order_by(ConversationTurn.created_at, ConversationTurn.id)
+        ).all()
+    )[-200:]

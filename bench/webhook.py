@@ -1,0 +1,252 @@
+"""Benchmark: /sms/inbound (signed, enrolled number, BAL) under gunicorn with 2 workers.
+
+It runs next to a bare Flask endpoint returning fixed TwiML, in the same run:
+
+    .venv/bin/python -m bench.webhook [--seconds 10] [--rate 200] [--pg POSTGRES_URL]
+
+Prints, for each endpoint: the most requests per second it answers (closed loop, 8 clients) and
+the p50/p99 latency when offered a steady 200 requests per second (open loop).
+Targets: PayText at least half the bare endpoint's throughput, and p99 under 25 ms at 200/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+
+from bot import sms
+from scripts import embedded_redis
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-auth-token"
+PUBLIC = "http://paytext.bench"
+PHONES = 500
+"""Payers texting at once; one phone's texts are handled one at a time, by design."""
+
+
+def seed(database_url: str) -> None:
+    """PHONES payers, each with a case and an active enrollment, as the webhook sees them."""
+    from sqlmodel import Session
+
+    import db
+    from models import Case, Enrollment, EnrollmentStatus
+
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    with Session(engine) as session:
+        for n in range(PHONES):
+            case = Case(
+                case_number=f"BENCH-{n:05d}",
+                payer_name=f"Bench Payer {n}",
+                amount_due_cents=25_000,
+                balance_cents=100_000,
+                timezone="America/New_York",
+            )
+            session.add(case)
+            session.flush()
+            session.add(
+                Enrollment(
+                    case_id=case.id,
+                    phone=phone(n),
+                    status=EnrollmentStatus.ACTIVE,
+                    consent_version="bench",
+                )
+            )
+        session.commit()
+    engine.dispose()
+
+
+def phone(n: int) -> str:
+    return f"+1617555{n:04d}"
+
+
+def start_gunicorn(app_spec: str, port: int, env: dict) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [
+            str(ROOT / ".venv/bin/gunicorn"),
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            app_spec,
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    sys.exit(f"gunicorn {app_spec} did not start")
+
+
+_senders = itertools.cycle(range(PHONES))
+
+
+def request_body() -> tuple[bytes, dict]:
+    params = {
+        "MessageSid": f"SM{uuid.uuid4().hex}",
+        "AccountSid": "AC" + "0" * 32,
+        "From": phone(next(_senders)),
+        "To": "+18005550100",
+        "Body": "BAL",
+        "NumMedia": "0",
+    }
+    signature = sms.sign(auth_token=TOKEN, url=PUBLIC + "/sms/inbound", params=params)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", sms.SIGNATURE_HEADER: signature}
+    return urlencode(params).encode(), headers
+
+
+def one(connection: http.client.HTTPConnection) -> float:
+    body, headers = request_body()
+    started = time.perf_counter()
+    connection.request("POST", "/sms/inbound", body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    elapsed = time.perf_counter() - started
+    if response.status != 200:
+        raise RuntimeError(f"status {response.status}")
+    return elapsed
+
+
+def closed_loop(port: int, seconds: float, clients: int = 8) -> float:
+    """Requests per second with `clients` connections sending back to back."""
+    stop = time.monotonic() + seconds
+    counts = [0] * clients
+
+    def worker(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while time.monotonic() < stop:
+            one(connection)
+            counts[index] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+def open_loop(port: int, seconds: float, rate: float) -> list[float]:
+    """Latencies when requests are offered at a steady `rate`, whatever the answers take."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    interval = 1 / rate
+    total = int(seconds * rate)
+    next_index = itertools.count()
+    started = time.perf_counter()
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            index = next(next_index)
+            if index >= total:
+                return
+            due = started + index * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            # Latency counts from when the request was due, so a slow server cannot hide queueing.
+            one(connection)
+            with lock:
+                latencies.append(time.perf_counter() - due)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def report(label: str, rps: float, latencies: list[float], rate: float) -> None:
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    print(
+        f"{label:<22} max {rps:7.0f} req/s   at {rate:.0f} req/s: p50 {p50:5.1f} ms  "
+        f"p99 {p99:5.1f} ms  ({len(latencies)} requests)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--pg", help="PostgreSQL server URL: a scratch database is made there")
+    options = parser.parse_args()
+    redis = embedded_redis.start()
+    tmp = tempfile.mkdtemp(prefix="paytext-bench-")
+    database_url = f"sqlite:///{tmp}/bench.sqlite3"
+    admin = name = None
+    if options.pg:
+        admin = sa.create_engine(
+            options.pg.replace("postgresql://", "postgresql+psycopg://"),
+            isolation_level="AUTOCOMMIT",
+        )
+        name = f"paytext_bench_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        database_url = sa.make_url(options.pg).set(database=name).render_as_string(False)
+    seed(database_url)
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        REDIS_URL=f"{redis.url}/0",
+        SECRET_KEY="bench",
+        TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+        TWILIO_AUTH_TOKEN=TOKEN,
+        TWILIO_FROM_NUMBER="+18005550100",
+        TWILIO_API_BASE_URL="http://127.0.0.1:9",
+        PUBLIC_BASE_URL=PUBLIC,
+        LOG_LEVEL="WARNING",
+        FLASK_DEBUG="1",
+    )
+    database = "postgresql" if options.pg else "sqlite"
+    try:
+        for label, spec in (
+            (f"paytext BAL ({database})", "app:create_app()"),
+            ("bare Flask TwiML", "bench.bare_app:create_app()"),
+        ):
+            port = embedded_redis.free_port()
+            process = start_gunicorn(spec, port, env)
+            try:
+                one(http.client.HTTPConnection("127.0.0.1", port))  # warm up both workers
+                rps = closed_loop(port, options.seconds)
+                latencies = open_loop(port, options.seconds, options.rate)
+                report(label, rps, latencies, options.rate)
+            finally:
+                process.terminate()
+                process.wait(10)
+    finally:
+        redis.stop()
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()

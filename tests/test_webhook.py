@@ -1,0 +1,359 @@
+"""POST /sms/inbound and /sms/status: signatures, replays, any body, and the turn log."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import func, select
+
+from models import (
+    Conversation,
+    ConversationTurn,
+    Enrollment,
+    EnrollmentStatus,
+    Handoff,
+    Reminder,
+    ReminderKind,
+    ReminderStatus,
+    utcnow,
+)
+from tests.factories import make_case, make_enrollment
+from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+from tests.sms_helpers import inbound_params, new_sid, post_signed, replies
+
+TOKEN = DEFAULT_AUTH_TOKEN
+
+
+@pytest.fixture
+def fake_twilio():
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def config(config, fake_twilio):
+    """The Twilio backend against the local fake, so signatures are enforced."""
+    config.update(
+        TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=TOKEN,
+        TWILIO_FROM_NUMBER="+18005550100",
+        TWILIO_API_BASE_URL=fake_twilio.url,
+    )
+    return config
+
+
+def text(client, body, phone="+16175550134", sid=None, token=TOKEN):
+    return post_signed(client, "/sms/inbound", inbound_params(body, phone, sid), token)
+
+
+def turns(session):
+    session.expire_all()
+    return session.exec(select(ConversationTurn).order_by(ConversationTurn.id)).all()
+
+
+def count_turns(session) -> int:
+    session.expire_all()
+    return session.exec(select(func.count()).select_from(ConversationTurn)).one()
+
+
+@pytest.fixture
+def payer(session):
+    case = make_case(session, case_number="CS-004821", balance_cents=100_000)
+    return case, make_enrollment(session, case, "+16175550134")
+
+
+def test_balance_request_is_answered_and_both_turns_are_logged(client, session, payer):
+    case, enrollment = payer
+    (reply,) = replies(text(client, "BAL"))
+    assert "$1,000.00" in reply
+    inbound, outbound = turns(session)
+    assert (inbound.direction, inbound.body, inbound.intent) == ("inbound", "BAL", "balance")
+    assert inbound.case_id == case.id and inbound.enrollment_id == enrollment.id
+    assert inbound.state_before == {} and inbound.state_after is not None
+    assert (outbound.direction, outbound.body, outbound.in_reply_to_id) == (
+        "outbound",
+        reply,
+        inbound.id,
+    )
+
+
+def test_a_forged_signature_gets_403_and_changes_nothing(client, session, payer):
+    assert text(client, "STOP", token="not-the-token").status_code == 403
+    assert text(client, "STOP", token=None).status_code == 403
+    assert count_turns(session) == 0
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
+
+
+def test_a_signature_for_other_parameters_is_refused(client, session, payer):
+    params = inbound_params("BAL")
+    from bot import sms
+
+    signature = sms.sign(auth_token=TOKEN, url="http://paytext.test/sms/inbound", params=params)
+    forged = dict(params, Body="STOP")
+    response = client.post("/sms/inbound", data=forged, headers={sms.SIGNATURE_HEADER: signature})
+    assert response.status_code == 403
+    assert count_turns(session) == 0
+
+
+def test_a_replayed_message_sid_gets_the_same_reply_and_is_acted_on_once(client, session, payer):
+    sid = new_sid()
+    first = replies(text(client, "AGENT", sid=sid))
+    again = replies(text(client, "AGENT", sid=sid))
+    assert first == again and first
+    assert len(session.exec(select(Handoff)).all()) == 1
+    assert count_turns(session) == 1 + len(first)
+
+
+def test_numbers_not_enrolled_get_a_generic_reply_that_reveals_nothing(client, session, payer):
+    (reply,) = replies(text(client, "BAL", phone="+13125550188"))
+    assert "800-555-0134" in reply and "Demo County Child Support" in reply
+    assert "4821" not in reply and "$" not in reply
+    inbound = turns(session)[0]
+    assert inbound.case_id is None and inbound.phone == "+13125550188"
+
+
+def test_stop_opts_out_every_case_cancels_reminders_and_confirms_once(client, session, payer):
+    case, _ = payer
+    other = make_case(session, case_number="CS-009999")
+    make_enrollment(session, other, "+16175550134")
+    session.add(
+        Reminder(case_id=case.id, kind=ReminderKind.DUE_SOON, cycle="2026-12-01", send_at=utcnow())
+    )
+    session.commit()
+    (confirmation,) = replies(text(client, "Stop texting me please"))
+    assert "STOP" not in confirmation.upper() or "START" in confirmation.upper()
+    session.expire_all()
+    assert {e.status for e in session.exec(select(Enrollment)).all()} == {"opted_out"}
+    assert all(e.opted_out_at for e in session.exec(select(Enrollment)).all())
+    reminder = session.exec(select(Reminder)).one()
+    assert (reminder.status, reminder.reason) == (ReminderStatus.CANCELED, "opted_out")
+    assert replies(text(client, "STOP")) == []
+    assert replies(text(client, "BAL")) == []
+
+
+def test_start_after_stop_resubscribes(client, session, payer):
+    replies(text(client, "ALTO"))
+    (reply,) = replies(text(client, "START"))
+    assert reply
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
+
+
+def test_stop_wins_even_in_the_middle_of_a_payment(client, session, payer):
+    from models import Payment
+
+    replies(text(client, "PAY"))
+    replies(text(client, "STOP"))
+    # YES after STOP re-subscribes; it does not confirm the quote STOP threw away.
+    (reply,) = replies(text(client, "YES"))
+    session.expire_all()
+    assert session.exec(select(Payment)).all() == []
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
+    assert "$" not in reply
+
+
+def test_a_pending_number_is_activated_by_si_and_welcomed(client, session):
+    case = make_case(session, language="es")
+    make_enrollment(
+        session,
+        case,
+        "+16175550177",
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        language="es",
+    )
+    (welcome,) = replies(text(client, "Sí", phone="+16175550177"))
+    assert "STOP" in welcome.upper()
+    enrollment = session.exec(select(Enrollment)).one()
+    session.refresh(enrollment)
+    assert enrollment.status == EnrollmentStatus.ACTIVE and enrollment.confirmed_at is not None
+
+
+def test_agent_records_a_handoff_for_staff(client, session, payer):
+    case, _ = payer
+    (reply,) = replies(text(client, "I need to talk to a person"))
+    handoff = session.exec(select(Handoff)).one()
+    assert (handoff.case_id, handoff.phone, handoff.status) == (case.id, "+16175550134", "waiting")
+    assert handoff.turn_id == turns(session)[0].id
+    assert reply
+
+
+def test_a_phone_on_two_cases_is_asked_which_case_first(client, session, payer):
+    other = make_case(session, case_number="CS-007310", balance_cents=5_000)
+    make_enrollment(session, other, "+16175550134")
+    (question,) = replies(text(client, "BAL"))
+    assert "4821" in question and "7310" in question
+    (answer,) = replies(text(client, "7310"))
+    assert "$50.00" in answer
+
+
+def test_spanish_payers_are_answered_in_spanish_and_can_switch(client, session):
+    case = make_case(session, language="es", balance_cents=12_345)
+    make_enrollment(session, case, "+16175550166", language="es")
+    (reply,) = replies(text(client, "saldo", phone="+16175550166"))
+    assert "$123.45" in reply and "saldo" in reply.lower()
+    replies(text(client, "ENGLISH", phone="+16175550166"))
+    (english,) = replies(text(client, "BAL", phone="+16175550166"))
+    assert "balance" in english.lower()
+    session.expire_all()
+    assert session.exec(select(Conversation)).one().language == "en"
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"Body": ""},
+        {"Body": "", "NumMedia": "1", "MediaUrl0": "https://api.twilio.com/media/1"},
+        {"Body": "💸💸💸 🙏"},
+        {"Body": "x" * 1600},
+        {"Body": "\x00\x01 null bytes"},
+        {"NumMedia": "lots"},
+        {"From": "not a phone"},
+    ],
+)
+def test_odd_bodies_still_get_valid_twiml_and_a_turn(client, session, payer, form):
+    params = inbound_params("placeholder")
+    params.update(form)
+    if "Body" not in form:
+        params["Body"] = "hello"
+    response = post_signed(client, "/sms/inbound", params, TOKEN)
+    replies(response)
+    assert count_turns(session) >= 1
+
+
+def test_invalid_utf8_bytes_get_a_valid_reply(client, session, payer):
+    from bot import sms
+
+    params = inbound_params("ignored")
+    signature = sms.sign(auth_token=TOKEN, url="http://paytext.test/sms/inbound", params=params)
+    raw = "&".join(f"{k}={v}" for k, v in params.items() if k != "Body") + "&Body=%FF%FEpay%C3"
+    response = client.post(
+        "/sms/inbound",
+        data=raw,
+        content_type="application/x-www-form-urlencoded",
+        headers={sms.SIGNATURE_HEADER: signature},
+    )
+    # The body differs from what was signed, so Twilio's check refuses it; unsigned it is answered.
+    assert response.status_code in (200, 403)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=st.text(max_size=400))
+def test_no_body_breaks_the_webhook_and_every_request_is_logged(client, session, payer, body):
+    before = count_turns(session)
+    response = text(client, body)
+    replies(response)
+    assert count_turns(session) > before
+
+
+def status_callback(client, fake, sid, status, error_code=None):
+    params = fake.deliver(sid, status, error_code)
+    return post_signed(client, "/sms/status", params, TOKEN)
+
+
+def send(app, phone="+16175550134"):
+    from bot.outbound import send_text
+    from db import session_scope
+
+    with app.app_context(), session_scope() as s:
+        return send_text(session=s, phone=phone, body="Your payment is due", case_id=None).turn
+
+
+def test_outbound_texts_go_through_twilio_with_a_status_callback(app, fake_twilio, session, payer):
+    turn = send(app)
+    (message,) = fake_twilio.messages
+    assert message["to"] == "+16175550134" and message["status_callback"] == (
+        "http://paytext.test/sms/status"
+    )
+    assert turn.provider_message_id == message["sid"]
+
+
+def test_delivery_reports_are_recorded_once_in_order(app, client, fake_twilio, session, payer):
+    turn = send(app)
+    assert (
+        status_callback(client, fake_twilio, turn.provider_message_id, "delivered").status_code
+        == 204
+    )
+    assert status_callback(client, fake_twilio, turn.provider_message_id, "sent").status_code == 204
+    session.expire_all()
+    assert session.get(ConversationTurn, turn.id).delivery_status == "delivered"
+
+
+def test_a_report_that_arrives_before_the_turn_is_applied_when_it_is_saved(
+    app, client, fake_twilio, session
+):
+    import uuid
+
+    from bot import sms
+
+    sid = "SM" + uuid.uuid4().hex
+    params = {"MessageSid": sid, "MessageStatus": "delivered", "AccountSid": DEFAULT_ACCOUNT_SID}
+    assert post_signed(client, "/sms/status", params, TOKEN).status_code == 204
+    from bot.outbound import send_text
+    from db import session_scope
+
+    class Early:
+        name = "early"
+
+        def send(self, *, to, body, status_callback=None):
+            return sms.SendResult(ok=True, sid=sid, status="queued")
+
+    app.extensions["sms"] = Early()
+    with app.app_context(), session_scope() as s:
+        turn = send_text(session=s, phone="+16175550134", body="hi", case_id=None).turn
+    session.expire_all()
+    assert session.get(ConversationTurn, turn.id).delivery_status == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [(21610, "opted_out"), (30006, "undeliverable"), (30005, "undeliverable")]
+)
+def test_carrier_errors_stop_further_texts(app, client, fake_twilio, session, payer, code, status):
+    turn = send(app)
+    status_callback(client, fake_twilio, turn.provider_message_id, "undelivered", code)
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == status
+    from bot.outbound import may_text
+
+    assert not may_text(session=session, phone="+16175550134")
+
+
+def test_a_forged_status_callback_changes_nothing(app, client, fake_twilio, session, payer):
+    turn = send(app)
+    params = fake_twilio.deliver(turn.provider_message_id, "undelivered", 21610)
+    assert post_signed(client, "/sms/status", params, "wrong-token").status_code == 403
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
+    assert session.get(ConversationTurn, turn.id).delivery_status != "undelivered"
+
+
+def test_the_phone_simulator_is_only_there_with_the_console_backend(client):
+    assert client.get("/dev/phone").status_code == 404
+
+
+def test_when_handling_breaks_the_payer_gets_an_apology_and_the_turn_is_kept(
+    client, session, payer, monkeypatch
+):
+    def broken(**_):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("bot.service.case_facts", broken)
+    (reply,) = replies(text(client, "BAL"))
+    assert "try again" in reply.lower() and "800-555-0134" in reply
+    inbound, outbound = turns(session)
+    assert (inbound.body, inbound.intent, outbound.body) == ("BAL", "error", reply)
+
+
+def test_stop_is_honoured_even_when_handling_breaks(client, session, payer, monkeypatch):
+    def broken(**_):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("bot.service.case_facts", broken)
+    (reply,) = replies(text(client, "STOP"))
+    assert "unsubscribed" in reply
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.OPTED_OUT
