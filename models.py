@@ -107,6 +107,7 @@ class ReminderKind(StrEnum):
 class ReminderStatus(StrEnum):
     SCHEDULED = "scheduled"
     QUEUED = "queued"
+    SENDING = "sending"
     SENT = "sent"
     DEFERRED = "deferred"
     SKIPPED = "skipped"

@@ -1,0 +1,753 @@
+"""Reminders end to end on a real database and Redis: plan, dispatch, send, skip, defer."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from rq import SimpleWorker
+from sqlmodel import select
+
+from jobs import reminders
+from jobs.reminders import cancel_pending, dispatch_due, plan_all, plan_case
+from models import (
+    Appointment,
+    AppointmentKind,
+    AppointmentStatus,
+    CardOnFile,
+    ConversationTurn,
+    Enrollment,
+    EnrollmentStatus,
+    Payment,
+    PaymentStatus,
+    Reminder,
+    ReminderKind,
+    ReminderStatus,
+    utcnow,
+)
+from tests.factories import make_case, make_enrollment
+from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+
+PHONE = "+16175550134"  # Massachusetts: the plain 08:00-21:00 window
+FLORIDA_PHONE = "+13055550100"
+
+
+def zone_at(hour: int) -> str:
+    """An Etc/GMT zone whose clock reads `hour` o'clock right now."""
+    offset = (hour - datetime.now(UTC).hour + 12) % 24 - 12
+    return f"Etc/GMT{-offset:+d}" if offset else "Etc/GMT"
+
+
+def local_today(zone: str) -> date:
+    return datetime.now(ZoneInfo(zone)).date()
+
+
+@pytest.fixture
+def ctx(app):
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def sms(ctx):
+    """The console gateway's record of what was sent."""
+    return ctx.extensions["sms"].sent
+
+
+def rows(session, case_id: int) -> dict[ReminderKind, Reminder]:
+    session.expire_all()
+    found = session.exec(select(Reminder).where(Reminder.case_id == case_id)).all()
+    return {row.kind: row for row in found}
+
+
+def turns(session, **where) -> list[ConversationTurn]:
+    session.expire_all()
+    query = select(ConversationTurn).order_by(ConversationTurn.id)
+    for name, value in where.items():
+        query = query.where(getattr(ConversationTurn, name) == value)
+    return list(session.exec(query).all())
+
+
+def due_today_case(session, *, hour: int = 13, phone: str = PHONE, **fields):
+    """A case due today in a zone where it is `hour` o'clock now, enrolled, with its plan."""
+    zone = zone_at(hour)
+    values = {"timezone": zone, "next_due_date": local_today(zone), **fields}
+    case = make_case(session, **values)
+    make_enrollment(session, case, phone)
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    return case
+
+
+def add_card(session, case, last4: str = "4242") -> None:
+    session.add(
+        CardOnFile(
+            case_id=case.id,
+            processor="sandbox",
+            customer_id="cus_test",
+            payment_method_id=f"pm_{case.id}",
+            brand="Visa",
+            last4=last4,
+            exp_month=12,
+            exp_year=2030,
+        )
+    )
+    session.commit()
+
+
+def pay(session, case, amount: int, *, at: datetime) -> None:
+    session.add(
+        Payment(
+            case_id=case.id,
+            amount_cents=amount,
+            status=PaymentStatus.SUCCEEDED,
+            idempotency_key=f"test-{case.id}-{at.timestamp()}",
+            created_at=at,
+            succeeded_at=at,
+        )
+    )
+    session.commit()
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def test_planning_puts_the_three_due_reminders_in_the_database_at_ten_local(ctx, session):
+    case = make_case(session, timezone="America/Chicago", next_due_date=date(2030, 6, 14))
+    make_enrollment(session, case)
+    plan_case(session=session, case_id=case.id, now=datetime(2030, 6, 1, tzinfo=UTC))
+    session.commit()
+    found = rows(session, case.id)
+    chicago = ZoneInfo("America/Chicago")
+    assert {kind: row.send_at.astimezone(chicago) for kind, row in found.items()} == {
+        ReminderKind.DUE_SOON: datetime(2030, 6, 11, 10, tzinfo=chicago),
+        ReminderKind.DUE_TODAY: datetime(2030, 6, 14, 10, tzinfo=chicago),
+        ReminderKind.OVERDUE: datetime(2030, 6, 15, 10, tzinfo=chicago),
+    }
+    assert {row.cycle for row in found.values()} == {"2030-06-14"}
+    assert {row.status for row in found.values()} == {ReminderStatus.SCHEDULED}
+
+
+def test_planning_again_changes_nothing(ctx, session):
+    case = make_case(session, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, case)
+    now = datetime(2030, 6, 1, tzinfo=UTC)
+    plan_case(session=session, case_id=case.id, now=now)
+    session.commit()
+    before = {
+        kind: (row.id, row.send_at, row.updated_at) for kind, row in rows(session, case.id).items()
+    }
+    plan_case(session=session, case_id=case.id, now=now + timedelta(hours=1))
+    session.commit()
+    after = {
+        kind: (row.id, row.send_at, row.updated_at) for kind, row in rows(session, case.id).items()
+    }
+    assert after == before
+
+
+def test_a_moved_due_date_moves_the_unsent_rows_instead_of_adding_new_ones(ctx, session):
+    case = make_case(session, timezone="America/New_York", next_due_date=date(2030, 6, 14))
+    make_enrollment(session, case)
+    now = datetime(2030, 6, 12, 12, tzinfo=UTC)
+    plan_case(session=session, case_id=case.id, now=now)
+    first = rows(session, case.id)
+    first[ReminderKind.DUE_SOON].status = ReminderStatus.SENT  # went out on Jun 11
+    case.next_due_date = date(2030, 6, 20)
+    session.add_all([first[ReminderKind.DUE_SOON], case])
+    session.commit()
+
+    plan_case(session=session, case_id=case.id, now=now)
+    session.commit()
+    session.expire_all()
+    everything = session.exec(select(Reminder).where(Reminder.case_id == case.id)).all()
+    assert len(everything) == 4  # the sent due-soon row stays; one new due-soon for Jun 20
+    moved = {row.kind: row for row in everything if row.cycle == "2030-06-20"}
+    assert moved[ReminderKind.DUE_TODAY].id == first[ReminderKind.DUE_TODAY].id
+    assert moved[ReminderKind.OVERDUE].id == first[ReminderKind.OVERDUE].id
+    ny = ZoneInfo("America/New_York")
+    assert moved[ReminderKind.DUE_TODAY].send_at == datetime(2030, 6, 20, 10, tzinfo=ny)
+    assert moved[ReminderKind.DUE_SOON].send_at == datetime(2030, 6, 17, 10, tzinfo=ny)
+
+
+def test_an_appointment_reminder_follows_its_appointment_and_goes_when_it_is_cancelled(
+    ctx, session
+):
+    case = make_case(session, timezone="America/New_York", next_due_date=None)
+    make_enrollment(session, case)
+    ny = ZoneInfo("America/New_York")
+    appointment = Appointment(
+        case_id=case.id,
+        starts_at=datetime(2030, 6, 20, 14, tzinfo=ny),
+        kind=AppointmentKind.COURT_HEARING,
+        location="Family Court, Room 4",
+    )
+    session.add(appointment)
+    session.commit()
+    now = datetime(2030, 6, 1, tzinfo=UTC)
+    plan_case(session=session, case_id=case.id, now=now)
+    session.commit()
+    planned = rows(session, case.id)[ReminderKind.APPOINTMENT]
+    assert (planned.cycle, planned.send_at) == (
+        f"appt:{appointment.id}",
+        datetime(2030, 6, 19, 14, tzinfo=ny),
+    )
+
+    appointment.starts_at = datetime(2030, 6, 25, 9, tzinfo=ny)
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id, now=now)
+    session.commit()
+    moved = rows(session, case.id)[ReminderKind.APPOINTMENT]
+    assert (moved.id, moved.send_at) == (planned.id, datetime(2030, 6, 24, 9, tzinfo=ny))
+
+    appointment.status = AppointmentStatus.CANCELED
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id, now=now)
+    session.commit()
+    gone = rows(session, case.id)[ReminderKind.APPOINTMENT]
+    assert (gone.status, gone.reason) == (ReminderStatus.CANCELED, "appointment_canceled")
+
+
+def test_reminders_whose_day_has_passed_are_recorded_as_too_late(ctx, session):
+    case = make_case(session, timezone="America/New_York", next_due_date=date(2030, 6, 14))
+    make_enrollment(session, case)
+    # Enrolled at noon on the due date: "due Jun 14" can no longer go out before Jun 14.
+    noon = datetime(2030, 6, 14, 16, tzinfo=UTC)
+    plan_case(session=session, case_id=case.id, now=noon)
+    session.commit()
+    found = rows(session, case.id)
+    assert (found[ReminderKind.DUE_SOON].status, found[ReminderKind.DUE_SOON].reason) == (
+        ReminderStatus.SKIPPED,
+        "too_late",
+    )
+    assert found[ReminderKind.DUE_TODAY].status == ReminderStatus.SCHEDULED
+    assert found[ReminderKind.DUE_TODAY].send_at == noon  # its 10:00 passed: as soon as allowed
+
+
+def test_a_send_time_after_a_florida_numbers_window_moves_inside_it(config, session):
+    config["REMINDER_SEND_TIME"] = "20:30"
+    from app import create_app
+
+    app = create_app(config)
+    with app.app_context():
+        florida = make_case(session, timezone="America/New_York", next_due_date=date(2030, 6, 14))
+        make_enrollment(session, florida, FLORIDA_PHONE)
+        boston = make_case(session, timezone="America/New_York", next_due_date=date(2030, 6, 14))
+        make_enrollment(session, boston, PHONE)
+        for case in (florida, boston):
+            plan_case(session=session, case_id=case.id, now=datetime(2030, 6, 1, tzinfo=UTC))
+        session.commit()
+    ny = ZoneInfo("America/New_York")
+
+    def local_time(case) -> time:
+        return rows(session, case.id)[ReminderKind.DUE_TODAY].send_at.astimezone(ny).time()
+
+    assert local_time(florida) == time(19)  # an hour before Florida's 20:00 close
+    assert local_time(boston) == time(20, 30)
+
+
+def test_plan_all_plans_enrolled_cases_and_cancels_those_left_without_a_phone(ctx, session):
+    enrolled = make_case(session, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, enrolled)
+    never = make_case(session, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, never, "+16175550199", status=EnrollmentStatus.PENDING)
+    left = make_case(session, next_due_date=date(2030, 6, 14))
+    leaving = make_enrollment(session, left, "+16175550177")
+    now = datetime(2030, 6, 1, tzinfo=UTC)
+    summary = plan_all(now=now)
+    assert (summary.cases, summary.planned) == (2, 6)
+    assert rows(session, never.id) == {}
+
+    leaving.status = EnrollmentStatus.OPTED_OUT
+    session.add(leaving)
+    session.commit()
+    summary = plan_all(now=now)
+    assert summary.canceled == {"not_enrolled": 3}
+    assert {row.status for row in rows(session, left.id).values()} == {ReminderStatus.CANCELED}
+    assert summary.unchanged == 3
+
+
+# --- sending -----------------------------------------------------------------------------------
+
+
+def test_a_due_reminder_goes_out_once_with_amount_date_card_and_how_to_stop(ctx, session, sms):
+    case = due_today_case(session, case_number="CS-004821")
+    add_card(session, case, "4242")
+    summary = dispatch_due()
+    assert (summary.enqueued, summary.sent) == (1, 1)
+    assert [message.to for message in sms] == [PHONE]
+    today = local_today(case.timezone)
+    assert sms[0].body == (
+        "Demo County Child Support: Your payment of $250.00 for case ending 4821 is due today, "
+        f"{today.strftime('%b')} {today.day}. Reply PAY to pay $250.00 with your card ending "
+        "4242. Reply STOP to opt out."
+    )
+    sent = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (sent.status, sent.sent_at is not None) == (ReminderStatus.SENT, True)
+    (turn,) = turns(session, reminder_id=sent.id)
+    assert (turn.phone, turn.body, turn.intent) == (PHONE, sms[0].body, "reminder_due_today")
+
+    assert dispatch_due().enqueued == 0
+    assert len(sms) == 1
+
+
+def test_the_reminder_speaks_the_payers_language_and_says_how_to_add_a_card(ctx, session, sms):
+    due_today_case(session, language="es")
+    dispatch_due()
+    assert "Responda PAGAR para agregar una tarjeta" in sms[0].body
+    assert "vence hoy" in sms[0].body
+
+
+def test_every_active_phone_of_the_case_gets_its_own_logged_text(ctx, session, sms):
+    case = due_today_case(session)
+    make_enrollment(session, case, "+16175550188", language="es")
+    make_enrollment(session, case, "+16175550177", status=EnrollmentStatus.PENDING)
+    dispatch_due()
+    assert sorted(message.to for message in sms) == [PHONE, "+16175550188"]
+    reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert {turn.phone for turn in turns(session, reminder_id=reminder.id)} == {
+        PHONE,
+        "+16175550188",
+    }
+
+
+def test_a_changed_amount_is_what_the_reminder_says(ctx, session, sms):
+    case = due_today_case(session)
+    case.amount_due_cents = 31_250
+    session.add(case)
+    session.commit()
+    dispatch_due()
+    assert "Your payment of $312.50" in sms[0].body
+
+
+def test_a_due_date_moved_after_planning_is_replanned_not_sent_with_the_old_date(ctx, session, sms):
+    case = due_today_case(session)
+    case.next_due_date = case.next_due_date + timedelta(days=10)
+    session.add(case)
+    session.commit()
+    summary = dispatch_due()
+    assert summary.skipped == {"rescheduled": 1} and summary.sent == 0
+    assert list(sms) == []
+    moved = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (moved.cycle, moved.status) == (case.next_due_date.isoformat(), ReminderStatus.SCHEDULED)
+    assert moved.send_at > utcnow() + timedelta(days=9)
+
+
+def test_paid_this_cycle_skips_the_overdue_reminder_with_reason_paid(ctx, session, sms):
+    zone = zone_at(13)
+    yesterday = local_today(zone) - timedelta(days=1)
+    case = make_case(session, timezone=zone, next_due_date=yesterday, balance_cents=75_000)
+    make_enrollment(session, case)
+    pay(session, case, 25_000, at=utcnow() - timedelta(days=1))
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    summary = dispatch_due()
+    overdue = rows(session, case.id)[ReminderKind.OVERDUE]
+    assert (overdue.status, overdue.reason) == (ReminderStatus.SKIPPED, "paid")
+    assert summary.skipped["paid"] == 1
+    assert list(sms) == []
+
+
+def test_a_payment_for_the_previous_cycle_does_not_count_as_paid(ctx, session, sms):
+    case = due_today_case(session)
+    pay(session, case, 25_000, at=utcnow() - timedelta(days=40))
+    dispatch_due()
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+
+
+def test_a_partial_payment_does_not_count_as_paid(ctx, session, sms):
+    case = due_today_case(session)
+    pay(session, case, 10_000, at=utcnow() - timedelta(hours=2))
+    dispatch_due()
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+
+
+def test_a_closed_case_or_zero_balance_sends_nothing(ctx, session, sms):
+    paid_off = due_today_case(session, balance_cents=0)
+    closed = due_today_case(session, phone="+16175550111")
+    closed.status = "closed"
+    session.add(closed)
+    session.commit()
+    summary = dispatch_due()
+    assert summary.skipped == {"paid": 1, "case_closed": 1}
+    assert rows(session, paid_off.id)[ReminderKind.DUE_TODAY].reason == "paid"
+    assert list(sms) == []
+
+
+def test_an_appointment_reminder_says_what_when_and_where(ctx, session, sms):
+    zone = zone_at(13)
+    case = make_case(session, timezone=zone, next_due_date=None)
+    make_enrollment(session, case)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
+    session.add(
+        Appointment(
+            case_id=case.id,
+            starts_at=starts,
+            kind=AppointmentKind.VIRTUAL_COUNTER,
+            video_link="https://meet.example/abc",
+        )
+    )
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    (message,) = sms
+    clock = starts.astimezone(ZoneInfo(zone))
+    hour = clock.hour % 12 or 12
+    assert f"{hour}:{clock.minute:02d} {'AM' if clock.hour < 12 else 'PM'}" in message.body
+    assert "https://meet.example/abc" in message.body and "STOP" in message.body
+
+
+# --- quiet hours -------------------------------------------------------------------------------
+
+
+def test_a_reminder_due_in_quiet_hours_is_deferred_to_eight_local_not_dropped(ctx, session, sms):
+    case = due_today_case(session)
+    night = zone_at(23)
+    case.timezone = night  # the payer turns out to live where it is 11 PM now
+    session.add(case)
+    session.commit()
+    summary = dispatch_due()
+    assert (summary.deferred, summary.enqueued) == (1, 0)
+    deferred = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (deferred.status, deferred.reason) == (ReminderStatus.DEFERRED, "quiet_hours")
+    local = deferred.send_at.astimezone(ZoneInfo(night))
+    assert local.time() == time(8) and local.date() == local_today(night) + timedelta(days=1)
+    assert list(sms) == []
+    # Still on the schedule: the dispatch at that hour picks it up again.
+    assert dispatch_due(now=deferred.send_at, dry_run=True).enqueued == 1
+
+
+def test_each_phone_is_held_to_its_own_window_while_the_batch_runs(config, session, sms):
+    config["RQ_ASYNC"] = True  # dispatch only enqueues; the test runs the job with its clock
+    from app import create_app
+
+    app = create_app(config)
+    with app.app_context():
+        ny = ZoneInfo("America/New_York")
+        case = make_case(session, timezone=None, next_due_date=date(2030, 6, 14))
+        make_enrollment(session, case, PHONE)  # Boston, 08:00-21:00
+        make_enrollment(session, case, "+12135550100")  # Los Angeles, three hours behind
+        plan_case(session=session, case_id=case.id, now=datetime(2030, 6, 1, tzinfo=UTC))
+        session.commit()
+        half_past_ten = datetime(2030, 6, 14, 10, 30, tzinfo=ny)  # 7:30 AM in Los Angeles
+        assert dispatch_due(now=half_past_ten).enqueued == 2  # today's, and the stale due-soon
+        (job,) = app.extensions["queues"]["sms"].get_jobs()
+        summary = reminders.send_reminders(claims=job.args[0], clock=lambda: half_past_ten)
+        assert (summary.texts, summary.deferred, summary.skipped) == (1, 1, {"too_late": 1})
+        assert [message.to for message in app.extensions["sms"].sent] == [PHONE]
+        waiting = rows(session, case.id)[ReminderKind.DUE_TODAY]
+        assert waiting.status == ReminderStatus.DEFERRED
+        assert waiting.send_at == datetime(2030, 6, 14, 8, tzinfo=ZoneInfo("America/Los_Angeles"))
+
+        later = waiting.send_at
+        dispatch_due(now=later)
+        job = app.extensions["queues"]["sms"].get_jobs()[-1]
+        reminders.send_reminders(claims=job.args[0], clock=lambda: later)
+        assert [message.to for message in app.extensions["sms"].sent] == [PHONE, "+12135550100"]
+        assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+
+
+# --- STOP, twice, and concurrency --------------------------------------------------------------
+
+
+@pytest.fixture
+def queued_app(config):
+    """An app whose dispatch enqueues to Redis without running the jobs."""
+    config["RQ_ASYNC"] = True
+    from app import create_app
+
+    application = create_app(config)
+    with application.app_context():
+        yield application
+
+
+def run_queued_jobs(app) -> None:
+    queues = list(app.extensions["queues"].values())
+    SimpleWorker(queues, connection=app.extensions["redis"]).work(burst=True)
+
+
+def test_stop_after_the_reminder_was_enqueued_but_before_it_ran_sends_nothing(queued_app, session):
+    case = due_today_case(session)
+    assert dispatch_due().enqueued == 1
+    # The STOP webhook: every enrollment of the number opts out, the case's reminders cancel.
+    enrollment = session.exec(select(Enrollment).where(Enrollment.phone == PHONE)).one()
+    enrollment.status = EnrollmentStatus.OPTED_OUT
+    session.add(enrollment)
+    # Today's (queued) and tomorrow's overdue one (scheduled).
+    assert cancel_pending(session=session, case_ids=[case.id], reason="opted_out") == 2
+    session.commit()
+    run_queued_jobs(queued_app)
+    assert list(queued_app.extensions["sms"].sent) == []
+    stopped = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (stopped.status, stopped.reason) == (ReminderStatus.CANCELED, "opted_out")
+
+
+def test_stop_on_another_case_keeps_the_number_from_getting_this_reminder(queued_app, session):
+    case = due_today_case(session)
+    other = make_case(session)
+    make_enrollment(session, other, PHONE, status=EnrollmentStatus.OPTED_OUT)
+    dispatch_due()
+    run_queued_jobs(queued_app)
+    assert list(queued_app.extensions["sms"].sent) == []
+    skipped = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (skipped.status, skipped.reason) == (ReminderStatus.SKIPPED, "opted_out")
+
+
+def test_a_send_job_run_twice_sends_nothing_twice(queued_app, session):
+    case = due_today_case(session)
+    dispatch_due()
+    (job,) = queued_app.extensions["queues"]["sms"].get_jobs()
+    first = reminders.send_reminders(claims=job.args[0])
+    second = reminders.send_reminders(claims=job.args[0])
+    assert (first.texts, second.texts, second.reminders) == (1, 0, 0)
+    assert len(queued_app.extensions["sms"].sent) == 1
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+
+
+def test_two_dispatchers_at_once_claim_each_reminder_once(queued_app, session):
+    for n in range(60):
+        due_today_case(session, phone=f"+1617555{n:04d}")
+    results = []
+
+    def dispatch() -> None:
+        with queued_app.app_context():
+            results.append(dispatch_due())
+
+    threads = [threading.Thread(target=dispatch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(result.enqueued for result in results) == 60
+    claims = [
+        claim for job in queued_app.extensions["queues"]["sms"].get_jobs() for claim in job.args[0]
+    ]
+    assert len(claims) == len({reminder_id for reminder_id, _ in claims}) == 60
+    run_queued_jobs(queued_app)
+    assert len(queued_app.extensions["sms"].sent) == 60
+
+
+def test_a_lost_job_is_recovered_and_phones_already_texted_are_not_texted_again(
+    queued_app, session
+):
+    case = due_today_case(session)
+    make_enrollment(session, case, "+16175550188")
+    make_enrollment(session, case, "+16175550177")
+    dispatch_due()
+    reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    # A worker took the job and died: one text went and was recorded, one was in flight.
+    queued_app.extensions["redis"].flushdb()
+    reminder.status = ReminderStatus.SENDING
+    session.add(reminder)
+    for phone, sid, status in (
+        (PHONE, "SM" + "1" * 32, "queued"),
+        ("+16175550188", None, "claimed"),
+    ):
+        session.add(
+            ConversationTurn(
+                case_id=case.id,
+                phone=phone,
+                direction="outbound",
+                body="...",
+                provider_message_id=sid,
+                delivery_status=status,
+                reminder_id=reminder.id,
+            )
+        )
+    session.commit()
+
+    assert dispatch_due().recovered == 0  # not yet: the job may still be running
+    later = utcnow() + reminders.SENDING_TIMEOUT + timedelta(minutes=1)
+    summary = dispatch_due(now=later)
+    assert (summary.recovered, summary.enqueued) == (1, 1)
+    run_queued_jobs(queued_app)
+    assert [message.to for message in queued_app.extensions["sms"].sent] == ["+16175550177"]
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+    by_phone = {
+        turn.phone: turn.delivery_status for turn in turns(session, reminder_id=reminder.id)
+    }
+    assert by_phone["+16175550188"] == "unknown"
+
+
+def test_a_reminder_whose_only_text_is_in_doubt_is_failed_for_staff_not_resent(queued_app, session):
+    case = due_today_case(session)
+    dispatch_due()
+    reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    session.add(
+        ConversationTurn(
+            case_id=case.id,
+            phone=PHONE,
+            direction="outbound",
+            body="...",
+            delivery_status="claimed",
+            reminder_id=reminder.id,
+        )
+    )
+    session.commit()
+    run_queued_jobs(queued_app)
+    assert list(queued_app.extensions["sms"].sent) == []
+    failed = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (failed.status, failed.reason) == (ReminderStatus.FAILED, "outcome_unknown")
+
+
+def test_cancel_pending_cancels_waiting_and_queued_rows_but_not_sent_ones(ctx, session):
+    case = make_case(session, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, case)
+    plan_case(session=session, case_id=case.id, now=datetime(2030, 6, 1, tzinfo=UTC))
+    found = rows(session, case.id)
+    found[ReminderKind.DUE_SOON].status = ReminderStatus.SENT
+    found[ReminderKind.DUE_TODAY].status = ReminderStatus.QUEUED
+    session.add_all(found.values())
+    session.commit()
+    assert cancel_pending(session=session, case_ids=[case.id], reason="opted_out") == 2
+    session.commit()
+    after = rows(session, case.id)
+    assert after[ReminderKind.DUE_SOON].status == ReminderStatus.SENT
+    assert {after[k].reason for k in (ReminderKind.DUE_TODAY, ReminderKind.OVERDUE)} == {
+        "opted_out"
+    }
+    assert cancel_pending(session=session, case_ids=[], reason="opted_out") == 0
+
+
+# --- Twilio errors (the real SDK against the local fake) ---------------------------------------
+
+
+@pytest.fixture
+def twilio(config):
+    with FakeTwilio() as fake:
+        config.update(
+            TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID,
+            TWILIO_AUTH_TOKEN=DEFAULT_AUTH_TOKEN,
+            TWILIO_FROM_NUMBER="+15005550006",
+            TWILIO_API_BASE_URL=fake.url,
+            SMS_RATE_PER_SECOND=1000,
+        )
+        from app import create_app
+
+        application = create_app(config)
+        with application.app_context():
+            yield fake
+
+
+def test_a_transient_error_is_retried_with_backoff_then_sent_once(twilio, session):
+    case = due_today_case(session)
+    twilio.fail_next(20429, status=429)
+    summary = dispatch_due()
+    assert summary.deferred == 1 and twilio.messages == []
+    waiting = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (waiting.status, waiting.reason) == (ReminderStatus.DEFERRED, "retry:20429")
+    assert timedelta(seconds=50) < waiting.send_at - utcnow() <= timedelta(minutes=1)
+
+    assert dispatch_due().enqueued == 0  # not before the backoff
+    dispatch_due(now=waiting.send_at)
+    assert [message["to"] for message in twilio.messages] == [PHONE]
+    sent = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (sent.status, sent.attempts) == (ReminderStatus.SENT, 2)
+    (turn,) = turns(session, reminder_id=sent.id)
+    assert turn.provider_message_id == twilio.messages[0]["sid"]
+
+
+def test_a_server_error_is_transient_too(twilio, session):
+    case = due_today_case(session)
+    twilio.fail_next(20500, status=500)
+    dispatch_due()
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].reason == "retry:20500"
+
+
+@pytest.mark.parametrize(
+    ("code", "enrollment_status", "reminder_status", "reason"),
+    [
+        (21610, EnrollmentStatus.OPTED_OUT, ReminderStatus.SKIPPED, "opted_out"),
+        (21211, EnrollmentStatus.UNDELIVERABLE, ReminderStatus.FAILED, "undeliverable"),
+        (30006, EnrollmentStatus.UNDELIVERABLE, ReminderStatus.FAILED, "undeliverable"),
+    ],
+)
+def test_a_permanent_error_stops_further_texts_to_the_number_with_the_reason(
+    twilio, session, code, enrollment_status, reminder_status, reason
+):
+    case = due_today_case(session)
+    other = due_today_case(session)  # the same number on a second case
+    twilio.fail_for(PHONE, code)
+    dispatch_due()
+    assert len(twilio.messages) == 0
+    enrollments = session.exec(select(Enrollment).where(Enrollment.phone == PHONE)).all()
+    assert {e.status for e in enrollments} == {enrollment_status}
+    assert all(str(code) in e.status_reason for e in enrollments)
+    outcomes = {
+        (r.status, r.reason)
+        for c in (case, other)
+        for r in [rows(session, c.id)[ReminderKind.DUE_TODAY]]
+    }
+    # The first text failed permanently; the second case's reminder was never tried.
+    assert (reminder_status, reason) in outcomes
+    attempted = session.execute(
+        sa.select(sa.func.count())
+        .select_from(ConversationTurn)
+        .where(ConversationTurn.phone == PHONE)
+    ).scalar_one()
+    assert attempted == 1
+
+
+# --- triggers ----------------------------------------------------------------------------------
+
+
+def test_the_http_trigger_needs_the_bearer_token(config, session):
+    from app import create_app
+
+    assert create_app(config).test_client().post("/jobs/reminders/dispatch").status_code == 404
+    config["JOBS_TOKEN"] = "s3cret-token"
+    client = create_app(config).test_client()
+    missing = client.post("/jobs/reminders/dispatch")
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = client.post("/jobs/reminders/dispatch", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    right = client.post(
+        "/jobs/reminders/dispatch", headers={"Authorization": "Bearer s3cret-token"}
+    )
+    assert right.status_code == 200
+    assert right.get_json()["due"] == 0
+
+
+def test_the_http_trigger_sends_what_is_due(config, session):
+    config["JOBS_TOKEN"] = "s3cret-token"
+    from app import create_app
+
+    app = create_app(config)
+    with app.app_context():
+        due_today_case(session)
+    response = app.test_client().post(
+        "/jobs/reminders/dispatch", headers={"Authorization": "Bearer s3cret-token"}
+    )
+    assert response.get_json()["sent"] == 1
+    assert len(app.extensions["sms"].sent) == 1
+
+
+def test_the_cli_plans_and_dispatches_with_a_summary_and_dry_run_changes_nothing(
+    app, runner, session
+):
+    with app.app_context():
+        case = make_case(session, timezone=zone_at(13), next_due_date=None)
+        make_enrollment(session, case)
+        case.next_due_date = local_today(case.timezone)
+        session.add(case)
+        session.commit()
+    planned = runner.invoke(args=["reminders", "plan"])
+    assert planned.exit_code == 0, planned.output
+    assert "Cases: 1. Planned: 2 new" in planned.output
+    assert "1 too late" in planned.output
+
+    dry = runner.invoke(args=["reminders", "dispatch", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "Due: 1. Would enqueue: 1" in dry.output
+    assert list(app.extensions["sms"].sent) == []
+
+    sent = runner.invoke(args=["reminders", "dispatch"])
+    assert sent.exit_code == 0, sent.output
+    assert "Enqueued: 1 in 1 job(s)" in sent.output and "Sent: 1." in sent.output
+    assert "Skipped: none." in sent.output
+    assert len(app.extensions["sms"].sent) == 1

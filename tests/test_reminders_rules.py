@@ -1,0 +1,311 @@
+"""Reminder rules without a database: planning, quiet hours, paid this cycle, texts."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.segments import segments
+from jobs import schedule
+from jobs.reminders import (
+    AppointmentInfo,
+    Planned,
+    Reach,
+    ReminderPolicy,
+    amount_owed,
+    case_reach,
+    clamp_send_time,
+    common_window,
+    cycle_start,
+    effective_send_at,
+    expires_at,
+    is_paid,
+    minus_one_month,
+    phone_reach,
+    plan_reminders,
+    reminder_text,
+    retry_delay,
+)
+from jobs.schedule import QuietHours, Window
+from models import ReminderKind
+
+NY = ZoneInfo("America/New_York")
+DEFAULT = Window(time(8), time(21))
+FLORIDA = Window(time(8), time(20))
+POLICY = ReminderPolicy(agency="Demo County Child Support", agency_phone="800-555-0134")
+
+
+def local(instant: datetime, zone: ZoneInfo) -> datetime:
+    return instant.astimezone(zone)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def test_a_due_date_gets_three_reminders_at_ten_local_three_days_before_on_and_after():
+    plans = plan_reminders(
+        due_date=date(2026, 12, 1), appointments=(), reach=Reach(NY, DEFAULT), policy=POLICY
+    )
+    assert [(p.kind, p.cycle) for p in plans] == [
+        (ReminderKind.DUE_SOON, "2026-12-01"),
+        (ReminderKind.DUE_TODAY, "2026-12-01"),
+        (ReminderKind.OVERDUE, "2026-12-01"),
+    ]
+    assert [local(p.send_at, NY) for p in plans] == [
+        datetime(2026, 11, 28, 10, tzinfo=NY),
+        datetime(2026, 12, 1, 10, tzinfo=NY),
+        datetime(2026, 12, 2, 10, tzinfo=NY),
+    ]
+
+
+def test_an_appointment_is_reminded_a_day_before_and_its_cycle_names_it():
+    starts = datetime(2026, 12, 3, 15, 30, tzinfo=NY)
+    (plan,) = plan_reminders(
+        due_date=None, appointments=[(42, starts)], reach=Reach(NY, DEFAULT), policy=POLICY
+    )
+    assert (plan.kind, plan.cycle, plan.appointment_id) == (ReminderKind.APPOINTMENT, "appt:42", 42)
+    assert plan.send_at == starts - timedelta(days=1)
+    assert plan.expires_at == starts
+
+
+def test_a_send_time_outside_the_window_moves_inside_the_same_day():
+    assert clamp_send_time(time(7), DEFAULT) == time(8)
+    assert clamp_send_time(time(22, 30), DEFAULT) == time(20)
+    assert clamp_send_time(time(20, 30), FLORIDA) == time(19)
+    assert clamp_send_time(time(12), FLORIDA) == time(12)
+
+
+def test_phones_in_different_states_share_the_narrower_window():
+    assert common_window([DEFAULT, FLORIDA]) == FLORIDA
+    assert common_window([Window(time(8), time(9)), Window(time(10), time(11))]) == Window(
+        time(8), time(9)
+    )
+
+
+def test_a_case_zone_wins_over_the_phone_and_the_phone_gives_the_state():
+    florida = phone_reach(case_tz="America/Chicago", phone="+13055550100", policy=POLICY)
+    assert (florida.zone.key, florida.window) == ("America/Chicago", FLORIDA)
+    by_phone = phone_reach(case_tz=None, phone="+12135550100", policy=POLICY)
+    assert (by_phone.zone.key, by_phone.window) == ("America/Los_Angeles", DEFAULT)
+    nowhere = phone_reach(case_tz=None, phone="+18005550100", policy=POLICY)
+    assert nowhere.zone.key == POLICY.default_tz
+    both = case_reach(case_tz=None, phones=["+16175550100", "+13055550100"], policy=POLICY)
+    assert (both.zone.key, both.window) == ("America/New_York", FLORIDA)
+
+
+def test_a_missed_send_time_becomes_the_next_allowed_moment_unless_too_late():
+    plan = Planned(
+        kind=ReminderKind.DUE_TODAY,
+        cycle="2026-12-01",
+        send_at=datetime(2026, 12, 1, 15, tzinfo=UTC),
+        expires_at=datetime(2026, 12, 2, 5, tzinfo=UTC),
+    )
+    reach = Reach(NY, DEFAULT)
+    before = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    assert effective_send_at(plan, now=before, reach=reach) == plan.send_at
+    evening = datetime(2026, 12, 1, 23, tzinfo=UTC)  # 18:00 in New York
+    assert effective_send_at(plan, now=evening, reach=reach) == evening
+    night = datetime(2026, 12, 2, 3, tzinfo=UTC)  # 22:00: the next allowed moment is tomorrow
+    assert effective_send_at(plan, now=night, reach=reach) is None
+
+
+def test_reminders_expire_when_they_stop_being_true():
+    due = date(2026, 12, 1)
+    midnight = datetime(2026, 12, 1, tzinfo=NY)
+    assert expires_at(ReminderKind.DUE_SOON, zone=NY, due_date=due) == midnight
+    assert expires_at(ReminderKind.DUE_TODAY, zone=NY, due_date=due) == midnight + timedelta(1)
+    overdue = expires_at(ReminderKind.OVERDUE, zone=NY, due_date=due, offset_days=1)
+    assert overdue == datetime(2026, 12, 9, tzinfo=NY)
+
+
+# --- paid this cycle ---------------------------------------------------------------------------
+
+
+def test_the_cycle_starts_the_day_after_the_previous_due_date_in_local_time():
+    assert cycle_start(date(2026, 12, 1), NY) == datetime(2026, 11, 2, tzinfo=NY)
+    assert minus_one_month(date(2026, 3, 31)) == date(2026, 2, 28)
+    assert minus_one_month(date(2028, 3, 30)) == date(2028, 2, 29)
+    assert minus_one_month(date(2026, 1, 15)) == date(2025, 12, 15)
+
+
+def test_paid_means_nothing_owed_or_this_cycles_payments_cover_the_installment():
+    assert is_paid(amount_due_cents=25_000, balance_cents=0, paid_in_cycle_cents=0)
+    assert is_paid(amount_due_cents=0, balance_cents=90_000, paid_in_cycle_cents=0)
+    assert is_paid(amount_due_cents=25_000, balance_cents=75_000, paid_in_cycle_cents=25_000)
+    assert not is_paid(amount_due_cents=25_000, balance_cents=75_000, paid_in_cycle_cents=10_000)
+    # Owing less than the installment, paying that balance is enough.
+    assert is_paid(amount_due_cents=25_000, balance_cents=5_000, paid_in_cycle_cents=5_000)
+    assert amount_owed(amount_due_cents=25_000, balance_cents=5_000) == 5_000
+
+
+def test_transient_failures_back_off_up_to_an_hour():
+    assert [retry_delay(n).total_seconds() // 60 for n in (1, 2, 3, 7, 30)] == [1, 2, 4, 60, 60]
+
+
+# --- texts -------------------------------------------------------------------------------------
+
+
+def due_text(language: str, **overrides) -> str:
+    values = {
+        "kind": ReminderKind.DUE_SOON,
+        "language": language,
+        "policy": POLICY,
+        "case_number": "CS-004821",
+        "zone": NY,
+        "amount_cents": 25_000,
+        "due_date": date(2026, 12, 1),
+        "card_last4": "1234",
+    }
+    values.update(overrides)
+    return reminder_text(**values)
+
+
+def test_a_due_reminder_names_amount_date_card_agency_and_how_to_stop():
+    text = due_text("en")
+    assert text == (
+        "Demo County Child Support: Your payment of $250.00 for case ending 4821 is due Dec 1. "
+        "Reply PAY to pay $250.00 with your card ending 1234. Reply STOP to opt out."
+    )
+    assert segments(text) <= 2
+
+
+def test_without_a_card_the_reminder_says_how_to_add_one_in_spanish_too():
+    assert "Reply PAY to add a card" in due_text("en", card_last4=None)
+    spanish = due_text("es", kind=ReminderKind.OVERDUE, card_last4=None)
+    assert "PAGAR para agregar una tarjeta" in spanish
+    assert "1 de dic." in spanish and "STOP" in spanish
+
+
+def test_an_appointment_reminder_says_what_when_in_local_time_and_where_or_the_link():
+    starts = datetime(2026, 12, 3, 20, 30, tzinfo=UTC)  # 3:30 PM in New York
+    at_office = AppointmentInfo("court_hearing", starts, location="Family Court, Room 4")
+    text = reminder_text(
+        kind=ReminderKind.APPOINTMENT,
+        language="en",
+        policy=POLICY,
+        case_number="CS-1",
+        zone=NY,
+        appointment=at_office,
+    )
+    assert "Thu, Dec 3 at 3:30 PM at Family Court, Room 4" in text
+    by_video = AppointmentInfo("virtual_counter", starts, video_link="https://meet.example/x")
+    spanish = reminder_text(
+        kind=ReminderKind.APPOINTMENT,
+        language="es",
+        policy=POLICY,
+        case_number="CS-1",
+        zone=NY,
+        appointment=by_video,
+    )
+    assert "https://meet.example/x" in spanish and "3:30 p.m." in spanish
+
+
+# --- property: quiet hours across time zones and both clock changes --------------------------
+
+ZONES = [
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Phoenix",
+    "America/Los_Angeles",
+    "America/Anchorage",
+    "Pacific/Honolulu",
+    "America/Puerto_Rico",
+    "America/St_Johns",
+    "Europe/London",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+]
+
+
+def _changeover_days() -> list[date]:
+    """Days on which some zone above moves its clocks, 2025-2028, with the days around them."""
+    days = set()
+    for name in ZONES:
+        zone = ZoneInfo(name)
+        moment = datetime(2025, 1, 1, tzinfo=UTC)
+        while moment.year < 2029:
+            later = moment + timedelta(hours=6)
+            if moment.astimezone(zone).utcoffset() != later.astimezone(zone).utcoffset():
+                day = later.astimezone(zone).date()
+                days.update(day + timedelta(n) for n in range(-4, 5))
+            moment = later
+    return sorted(days)
+
+
+CHANGEOVER_DAYS = _changeover_days()
+due_dates = st.one_of(
+    st.sampled_from(CHANGEOVER_DAYS),
+    st.dates(min_value=date(2025, 1, 1), max_value=date(2028, 12, 31)),
+)
+clock_times = st.times().map(lambda t: t.replace(microsecond=0))
+windows = st.sampled_from([DEFAULT, FLORIDA])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    zone_name=st.sampled_from(ZONES),
+    due=due_dates,
+    send_time=clock_times,
+    window=windows,
+    appointment_clock=clock_times,
+    appointment_days=st.integers(min_value=1, max_value=30),
+)
+def test_no_send_time_falls_in_quiet_hours_and_no_reminder_is_lost(
+    zone_name, due, send_time, window, appointment_clock, appointment_days
+):
+    zone = ZoneInfo(zone_name)
+    policy = ReminderPolicy(quiet=QuietHours(default=window, by_state={}), send_time=send_time)
+    starts = datetime.combine(due + timedelta(appointment_days), appointment_clock, tzinfo=zone)
+    plans = plan_reminders(
+        due_date=due, appointments=[(7, starts)], reach=Reach(zone, window), policy=policy
+    )
+    assert sorted(p.kind for p in plans) == sorted(ReminderKind)  # none lost, none doubled
+    for plan in plans:
+        assert local(plan.send_at, zone).time() in window, plan
+        if plan.kind != ReminderKind.APPOINTMENT:
+            # Each due reminder goes out on its own day, so it is never too late to be true.
+            offset = policy.offsets[plan.kind]
+            assert local(plan.send_at, zone).date() == due + timedelta(offset), plan
+            assert plan.send_at < plan.expires_at
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    zone_name=st.sampled_from(ZONES),
+    day=st.sampled_from(CHANGEOVER_DAYS),
+    clock=clock_times,
+    window=windows,
+)
+def test_a_reminder_caught_in_quiet_hours_is_deferred_into_the_window_not_dropped(
+    zone_name, day, clock, window
+):
+    zone = ZoneInfo(zone_name)
+    now = datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)
+    plan = Planned(
+        kind=ReminderKind.OVERDUE,
+        cycle=day.isoformat(),
+        send_at=now - timedelta(hours=1),
+        expires_at=now + timedelta(days=7),
+    )
+    at = effective_send_at(plan, now=now, reach=Reach(zone, window))
+    assert at is not None and at >= now
+    assert local(at, zone).time() in window
+    assert at - now < timedelta(days=1, hours=2)  # the next opening, not a later one
+    if schedule.is_allowed(now, tz=zone, window=window):
+        assert at == now
+
+
+@pytest.mark.parametrize("zone_name", ["America/New_York", "America/Los_Angeles"])
+def test_reminders_on_both_clock_change_days_still_go_at_ten_local(zone_name):
+    zone = ZoneInfo(zone_name)
+    # The due-soon reminders fall on the changeover days themselves (Mar 8 and Nov 1, 2026).
+    for due in (date(2026, 3, 11), date(2026, 11, 4)):
+        for plan in plan_reminders(
+            due_date=due, appointments=(), reach=Reach(zone, DEFAULT), policy=POLICY
+        ):
+            assert local(plan.send_at, zone).time() == time(10)
