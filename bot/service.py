@@ -88,6 +88,7 @@ class Handled:
     replies: list[str]
     charge_payment_ids: list[int] = field(default_factory=list)
     replayed: bool = False
+    refusal: messages.Reply | None = None
 
 
 def lock_conversation(*, session: Session, phone: str, now: datetime) -> Conversation:
@@ -98,15 +99,14 @@ def lock_conversation(*, session: Session, phone: str, now: datetime) -> Convers
     """
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(Conversation)
-        .values(phone=phone, state={}, language=Language.EN, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["phone"])
+    statement = insert(Conversation).values(
+        phone=phone, state={}, language=Language.EN, updated_at=now
     )
-    session.execute(
-        sa.update(Conversation).where(Conversation.phone == phone).values(updated_at=now)
-    )
-    return session.exec(select(Conversation).where(Conversation.phone == phone)).one()
+    # One statement creates the row or takes its lock (ON CONFLICT DO UPDATE locks the row).
+    statement = statement.on_conflict_do_update(
+        index_elements=["phone"], set_={"updated_at": statement.excluded.updated_at}
+    ).returning(Conversation)
+    return session.exec(sa.select(Conversation).from_statement(statement)).scalar_one()
 
 
 def replies_already_given(*, session: Session, message_sid: str) -> list[str] | None:
@@ -184,7 +184,8 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
             now=now,
             language=outcome.language,
         )
-    for reply in outcome.replies:
+    replies = (handled.refusal,) if handled.refusal is not None else outcome.replies
+    for reply in replies:
         if "url" in messages.placeholders(reply.key) and "url" in params:
             reply = reply.with_params(url=params["url"])
         handled.replies.append(messages.render_reply(reply, outcome.language))
@@ -300,12 +301,18 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
             enrollment.language = Language(action.language)
             session.add(enrollment)
     elif isinstance(action, ChargeQuote):
-        from billing.service import payment_for_quote
+        from billing.service import PaymentRefused, payment_for_quote
 
-        payment = payment_for_quote(session=session, quote=action, authorized_turn_id=inbound.id)
-        if payment is not None:
-            inbound.payment_id = payment.id
-            handled.charge_payment_ids.append(payment.id)
+        try:
+            payment = payment_for_quote(
+                session=session, quote=action, authorized_turn_id=inbound.id
+            )
+        except PaymentRefused as refused:
+            # Caps or balance changed since the quote (an earlier YES not charged yet, say).
+            handled.refusal = refused.reply
+            return
+        inbound.payment_id = payment.id
+        handled.charge_payment_ids.append(payment.id)
     elif isinstance(action, SendCardLink):
         from billing.links import card_link_url
 

@@ -136,6 +136,8 @@ class TwilioGateway:
             # threads sharing one could read each other's answers. Each keeps its own
             # keep-alive connection pool.
             http_client = TwilioHttpClient(pool_connections=True, timeout=self._timeout)
+            # requests otherwise re-reads proxy settings from the environment on every send.
+            http_client.session.trust_env = False
             client = Client(self._account_sid, self._auth_token, http_client=http_client)
             if self._base_url:
                 client.api.base_url = self._base_url

@@ -1,0 +1,507 @@
+"""Billing through the real stripe SDK against the local Stripe fake: charges, retries, webhook."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import stripe
+from rq import SimpleWorker
+from sqlmodel import select
+
+from billing import links, service
+from billing.jobs import MAX_ATTEMPTS, RETRY_INTERVALS, charge_job_id
+from models import CardOnFile, Case, Payment, PaymentStatus, Refund
+from models import WebhookEvent as WebhookEventRow
+from tests.billing_helpers import (
+    AUTHENTICATION,
+    INSUFFICIENT,
+    WEBHOOK_SECRET,
+    add_card,
+    confirmed_payment,
+    csrf_field,
+    path_of,
+    payment,
+    reload,
+    stripe_config,
+    texts,
+)
+from tests.factories import make_case, make_enrollment
+from tests.fakes.stripe_api import FakeStripe
+
+
+@pytest.fixture
+def fake():
+    with FakeStripe() as running:
+        yield running
+
+
+@pytest.fixture
+def config(config, fake):
+    return stripe_config(config, fake)
+
+
+@pytest.fixture
+def payer(app, session):
+    case = make_case(session)
+    make_enrollment(session, case)
+    return case, add_card(app, session, case)
+
+
+def charge_now(app, session, case, card, amount=25_000):
+    created = confirmed_payment(app, session, case, card, amount)
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)
+    return payment(session, created.id)
+
+
+def post_event(app, fake, event_type, obj, *, secret=WEBHOOK_SECRET, age=0):
+    payload, header = fake.signed_event(event_type, obj, secret, int(time.time()) - age)
+    response = app.test_client().post(
+        "/stripe/webhook",
+        data=payload,
+        headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+    )
+    return response, payload, header
+
+
+def browser(app) -> stripe.StripeClient:
+    """What the payer's browser (Stripe.js) or the Stripe dashboard does, through the SDK."""
+    return stripe.StripeClient(
+        app.config["STRIPE_SECRET_KEY"], base_addresses={"api": app.config["STRIPE_API_BASE_URL"]}
+    )
+
+
+# -- charging ---------------------------------------------------------------------------------
+
+
+def test_a_charge_is_one_confirmed_off_session_payment_intent_carrying_the_payment(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+
+    assert paid.status == PaymentStatus.SUCCEEDED
+    assert fake.payment_intents_created == 1 and fake.charges_created == 1
+    intent = fake.get(paid.processor_payment_id)
+    assert (intent["amount"], intent["currency"], intent["status"]) == (25_000, "usd", "succeeded")
+    assert (intent["customer"], intent["payment_method"]) == (
+        card.customer_id,
+        card.payment_method_id,
+    )
+    assert intent["metadata"] == {"case_number": case.case_number, "payment_id": str(paid.id)}
+    assert paid.processor_charge_id == intent["latest_charge"]
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert len(texts(session, intent="receipt")) == 1
+
+
+def test_a_job_rerun_after_stripe_answered_finds_the_charge_instead_of_charging_again(
+    app, session, fake, payer
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    with app.app_context():
+        # The first run got as far as Stripe and died before recording anything.
+        request = service.charge_request(session=session, payment_id=created.id)
+        service.charge(app.extensions["payments"], request)
+        service.enqueue_charge(payment_id=created.id)
+    assert fake.payment_intents_created == 1
+    assert payment(session, created.id).status == PaymentStatus.SUCCEEDED
+    assert len(texts(session, intent="receipt")) == 1
+
+
+def test_stripe_keeps_the_payments_idempotency_key_so_a_retried_request_charges_once(
+    app, session, fake, payer
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    gateway = app.extensions["payments"]
+    with app.app_context():
+        request = service.charge_request(session=session, payment_id=created.id)
+    first = gateway.charge(
+        customer_id=request.customer_id,
+        payment_method_id=request.payment_method_id,
+        amount_cents=request.amount_cents,
+        idempotency_key=request.idempotency_key,
+        metadata=request.metadata,
+    )
+    replay = gateway.charge(
+        customer_id=request.customer_id,
+        payment_method_id=request.payment_method_id,
+        amount_cents=request.amount_cents,
+        idempotency_key=request.idempotency_key,
+        metadata=request.metadata,
+    )
+    assert request.idempotency_key == created.idempotency_key
+    assert replay.intent_id == first.intent_id and fake.payment_intents_created == 1
+
+
+def test_a_stripe_decline_reaches_the_payer_in_plain_words_with_a_card_link(app, session, fake):
+    case = make_case(session, language="es")
+    make_enrollment(session, case)
+    card = add_card(app, session, case, INSUFFICIENT)
+    failed = charge_now(app, session, case, card)
+    assert (failed.status, failed.failure_code) == (PaymentStatus.FAILED, "insufficient_funds")
+    [declined] = texts(session, intent="declined")
+    assert "La tarjeta no tiene fondos suficientes." in declined.body
+    assert "http://paytext.test/pay/card/" in declined.body
+    assert reload(session, Case, case.id).balance_cents == 100_000
+
+
+def test_authentication_is_finished_on_a_stripe_js_page_with_the_client_secret(app, session, fake):
+    case = make_case(session)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    assert held.status == PaymentStatus.REQUIRES_ACTION
+    intent = fake.get(held.processor_payment_id)
+    [asked] = texts(session, intent="auth_required")
+    path = path_of(asked.body.split("finish: ", 1)[1].split(" ", 1)[0])
+
+    client = app.test_client()
+    page = client.get(path)
+    assert page.status_code == 200
+    assert '<script src="https://js.stripe.com/v3/"' in page.text
+    assert intent["client_secret"] in page.text and card.payment_method_id in page.text
+    assert "js.stripe.com" in page.headers["Content-Security-Policy"]
+
+    fake.complete_authentication(held.processor_payment_id)  # what confirmCardPayment does
+    done = client.post(path, data=csrf_field(page.text))
+    assert "went through" in done.text
+    assert payment(session, held.id).status == PaymentStatus.SUCCEEDED
+    assert len(texts(session, intent="receipt")) == 1
+    assert fake.payment_intents_created == 1
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queued(config):
+    """Jobs go to Redis and a worker runs them, as in production."""
+    config["RQ_ASYNC"] = True
+
+
+def work(app):
+    """Run the payments queue until it is empty, in this process."""
+    queue = app.extensions["queues"]["payments"]
+    with app.app_context():
+        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+
+def retry_now(app):
+    """Move retries waiting for their backoff into the queue (the RQ scheduler's job)."""
+    registry = app.extensions["queues"]["payments"].scheduled_job_registry
+    ids = registry.get_job_ids()
+    for job_id in ids:
+        registry.requeue(job_id)
+    return ids
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_rate_limits_and_outages_are_retried_with_backoff_until_the_charge_goes_through(
+    queued, app, session, fake, payer, status
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    fake.fail_next(status)
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)
+    before = time.time()
+    work(app)
+
+    waiting = payment(session, created.id)
+    assert (waiting.status, waiting.attempts) == (PaymentStatus.PROCESSING, 1)
+    assert texts(session, payment_id=created.id) == []
+    registry = app.extensions["queues"]["payments"].scheduled_job_registry
+    when = registry.get_scheduled_time(charge_job_id(created.id)).timestamp()
+    assert before + RETRY_INTERVALS[0] - 2 <= when <= time.time() + RETRY_INTERVALS[0] + 2
+
+    assert retry_now(app) == [charge_job_id(created.id)]
+    work(app)
+    paid = payment(session, created.id)
+    assert (paid.status, paid.attempts) == (PaymentStatus.SUCCEEDED, 2)
+    assert fake.payment_intents_created == 1
+    assert len(texts(session, intent="receipt")) == 1
+
+
+def test_after_the_last_retry_the_payer_is_told_nothing_was_charged(
+    queued, app, session, fake, payer
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    fake.fail_next(503, times=100)
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)
+    work(app)
+    rounds = 1
+    while retry_now(app):
+        work(app)
+        rounds += 1
+
+    failed = payment(session, created.id)
+    assert rounds == MAX_ATTEMPTS == failed.attempts
+    assert failed.status == PaymentStatus.FAILED and failed.failure_code
+    [told] = texts(session, intent="payment_failed")
+    assert "did not go through, and nothing was charged" in told.body
+    assert fake.payment_intents_created == 0
+    assert reload(session, Case, case.id).balance_cents == 100_000
+
+
+def test_a_charge_queued_twice_runs_once(queued, app, session, fake, payer):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)
+        service.enqueue_charge(payment_id=created.id)
+    assert app.extensions["queues"]["payments"].count == 1
+    work(app)
+    assert fake.payment_intents_created == 1
+
+
+# -- the webhook ------------------------------------------------------------------------------
+
+
+def died_after_stripe_answered(app, session, case, card, amount=25_000):
+    """A payment whose job charged at Stripe and died before recording the outcome."""
+    created = confirmed_payment(app, session, case, card, amount)
+    with app.app_context():
+        request = service.begin_charge(session=session, payment_id=created.id)
+        session.commit()
+        result = service.charge(app.extensions["payments"], request)
+    return created, result
+
+
+def test_the_webhook_settles_a_payment_whose_job_died_after_stripe_answered(
+    app, session, fake, payer
+):
+    case, card = payer
+    created, result = died_after_stripe_answered(app, session, case, card)
+    assert payment(session, created.id).status == PaymentStatus.PROCESSING
+
+    response, _, _ = post_event(app, fake, "payment_intent.succeeded", fake.get(result.intent_id))
+
+    assert response.status_code == 200 and response.json["outcome"] == "succeeded"
+    assert payment(session, created.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)  # the retried job now finds it settled
+    assert len(texts(session, intent="receipt")) == 1
+    assert fake.payment_intents_created == 1
+
+
+def test_a_forged_signature_is_rejected_and_changes_nothing(app, session, fake, payer):
+    case, card = payer
+    created, result = died_after_stripe_answered(app, session, case, card)
+    response, _, _ = post_event(
+        app, fake, "payment_intent.succeeded", fake.get(result.intent_id), secret="whsec_forged"
+    )
+    assert response.status_code == 400
+    assert payment(session, created.id).status == PaymentStatus.PROCESSING
+    assert session.exec(select(WebhookEventRow)).all() == []
+
+
+def test_a_stale_signature_is_rejected_and_changes_nothing(app, session, fake, payer):
+    case, card = payer
+    created, result = died_after_stripe_answered(app, session, case, card)
+    response, _, _ = post_event(
+        app, fake, "payment_intent.succeeded", fake.get(result.intent_id), age=301
+    )
+    assert response.status_code == 400
+    assert payment(session, created.id).status == PaymentStatus.PROCESSING
+
+
+def test_a_body_changed_after_signing_or_sent_unsigned_is_rejected(app, session, fake, payer):
+    case, card = payer
+    created, result = died_after_stripe_answered(app, session, case, card)
+    payload, header = fake.signed_event(
+        "payment_intent.succeeded", fake.get(result.intent_id), WEBHOOK_SECRET
+    )
+    client = app.test_client()
+    tampered = payload.replace(b'"livemode": false', b'"livemode": true')
+    assert tampered != payload
+    changed = client.post("/stripe/webhook", data=tampered, headers={"Stripe-Signature": header})
+    assert changed.status_code == 400
+    assert client.post("/stripe/webhook", data=payload).status_code == 400
+    assert payment(session, created.id).status == PaymentStatus.PROCESSING
+
+
+def test_a_replayed_event_changes_nothing(app, session, fake, payer):
+    case, card = payer
+    _, result = died_after_stripe_answered(app, session, case, card)
+    first, payload, header = post_event(
+        app, fake, "payment_intent.succeeded", fake.get(result.intent_id)
+    )
+    replay = app.test_client().post(
+        "/stripe/webhook", data=payload, headers={"Stripe-Signature": header}
+    )
+    assert (first.json["outcome"], replay.json["outcome"]) == ("succeeded", "duplicate")
+    assert len(session.exec(select(WebhookEventRow)).all()) == 1
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert len(texts(session, intent="receipt")) == 1
+
+
+@pytest.mark.parametrize("order", ["failed_first", "succeeded_first"])
+def test_events_out_of_order_end_in_the_right_state(app, session, fake, order):
+    case = make_case(session)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    failed_event = ("payment_intent.payment_failed", fake.get(held.processor_payment_id))
+    succeeded_event = (
+        "payment_intent.succeeded",
+        fake.complete_authentication(held.processor_payment_id),
+    )
+    events = [failed_event, succeeded_event]
+    if order == "succeeded_first":
+        events.reverse()
+    for event_type, obj in events:
+        assert post_event(app, fake, event_type, obj)[0].status_code == 200
+
+    assert payment(session, held.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert len(texts(session, intent="receipt")) == 1
+    assert texts(session, intent="declined") == []
+
+
+def test_a_refund_event_before_the_success_event_leaves_both_applied(app, session, fake, payer):
+    case, card = payer
+    created, result = died_after_stripe_answered(app, session, case, card)
+    intent = fake.get(result.intent_id)
+    browser(app).v1.refunds.create(params={"payment_intent": result.intent_id, "amount": 5_000})
+    charge = fake.get(intent["latest_charge"])
+
+    post_event(app, fake, "charge.refunded", charge)
+    post_event(app, fake, "payment_intent.succeeded", intent)
+
+    settled = payment(session, created.id)
+    assert (settled.status, settled.refunded_cents) == (PaymentStatus.SUCCEEDED, 5_000)
+    assert reload(session, Case, case.id).balance_cents == 100_000 - 25_000 + 5_000
+    assert len(texts(session, intent="receipt")) == 1
+    assert len(texts(session, intent="refund")) == 1
+
+
+def test_a_refund_made_in_the_stripe_dashboard_goes_back_on_the_balance_once(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    browser(app).v1.refunds.create(params={"payment_intent": paid.processor_payment_id})
+    charge = fake.get(paid.processor_charge_id)
+    post_event(app, fake, "charge.refunded", charge)
+    post_event(app, fake, "charge.refunded", charge)  # a second delivery with a new event id
+
+    [refund] = session.exec(select(Refund)).all()
+    assert (refund.amount_cents, refund.status, refund.admin_user_id) == (25_000, "succeeded", None)
+    assert reload(session, Case, case.id).balance_cents == 100_000
+    assert len(texts(session, intent="refund")) == 1
+
+
+def test_a_refund_through_paytext_and_its_webhook_put_the_balance_back_once(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    with app.app_context():
+        made = service.refund_payment(
+            session=session, payment_id=paid.id, amount_cents=10_000, admin_user_id=None
+        )
+    post_event(app, fake, "charge.refunded", fake.get(paid.processor_charge_id))
+    assert fake.refunds_created == 1
+    assert made.processor_refund_id.startswith("re_")
+    assert reload(session, Case, case.id).balance_cents == 85_000
+    assert len(session.exec(select(Refund)).all()) == 1
+    assert len(texts(session, intent="refund")) == 1
+
+
+def test_setup_intent_succeeded_saves_the_card_and_texts_the_payer_once(app, session, fake):
+    case = make_case(session)
+    make_enrollment(session, case)
+    with app.app_context():
+        url = links.card_link_url(case_id=case.id)
+    client = app.test_client()
+    page = client.get(path_of(url))
+    setup_id = _setup_id_from(page.text)
+    browser(app).v1.setup_intents.confirm(setup_id, params={"payment_method": "pm_card_visa"})
+
+    event = post_event(app, fake, "setup_intent.succeeded", fake.get(setup_id))[0]
+    back = client.post(path_of(url), data=csrf_field(page.text))  # the browser comes back too
+
+    assert event.json["outcome"] == "card_saved"
+    assert back.status_code == 200 and "Visa card ending 4242 is saved" in back.text
+    [card] = session.exec(select(CardOnFile)).all()
+    assert (card.last4, card.brand, card.customer_id) == (
+        "4242",
+        "visa",
+        fake.get(setup_id)["customer"],
+    )
+    assert len(texts(session, intent="card_saved")) == 1
+
+
+def _setup_id_from(html: str) -> str:
+    secret = html.split("confirmCardSetup(", 1)[1].split('"', 2)[1]
+    return secret.split("_secret_", 1)[0]
+
+
+def test_the_stripe_card_page_uses_an_off_session_setup_intent_on_the_cases_customer(
+    app, session, fake
+):
+    case = make_case(session)
+    with app.app_context():
+        url = links.card_link_url(case_id=case.id)
+    client = app.test_client()
+    page = client.get(path_of(url))
+    assert page.status_code == 200
+    assert '<script src="https://js.stripe.com/v3/"' in page.text and "pk_test_fake" in page.text
+    setup = fake.get(_setup_id_from(page.text))
+    assert setup["usage"] == "off_session"
+    assert setup["customer"] == reload(session, Case, case.id).processor_customer_id
+    assert _setup_id_from(client.get(path_of(url)).text) == setup["id"]  # a reload reuses it
+
+
+def test_saving_before_stripe_js_finished_says_so_and_keeps_the_link(app, session, fake):
+    case = make_case(session)
+    with app.app_context():
+        url = links.card_link_url(case_id=case.id)
+    client = app.test_client()
+    page = client.get(path_of(url))
+    early = client.post(path_of(url), data=csrf_field(page.text))
+    assert early.status_code == 400 and "was not saved" in early.text
+    browser(app).v1.setup_intents.confirm(
+        _setup_id_from(page.text), params={"payment_method": "pm_card_mastercard"}
+    )
+    assert "ending 4444 is saved" in client.post(path_of(url), data=csrf_field(page.text)).text
+
+
+def test_an_event_for_a_payment_intent_paytext_did_not_make_is_ignored(app, session, fake, payer):
+    _, card = payer
+    foreign = browser(app).v1.payment_intents.create(
+        params={
+            "amount": 1_000,
+            "currency": "usd",
+            "customer": card.customer_id,
+            "payment_method": card.payment_method_id,
+            "confirm": True,
+            "off_session": True,
+        },
+        options={"idempotency_key": str(uuid.uuid4())},
+    )
+    response = post_event(app, fake, "payment_intent.succeeded", fake.get(foreign.id))[0]
+    assert response.json["outcome"] == "ignored"
+    assert session.exec(select(Payment)).all() == []
+
+
+def test_a_refused_api_key_fails_the_payment_at_once_and_tells_the_payer(
+    queued, app, session, fake, payer
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    fake.secret_key = "sk_test_rotated"  # the key was revoked: retrying cannot help
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)
+    work(app)
+    failed = payment(session, created.id)
+    assert (failed.status, failed.attempts) == (PaymentStatus.FAILED, 1)
+    assert retry_now(app) == []
+    assert len(texts(session, intent="payment_failed")) == 1
