@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test lint format bench clean
+.PHONY: run test chromium lint format bench clean
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "PayText needs Python 3.11 or newer (set PYTHON=python3.12, say)")'
@@ -20,9 +21,14 @@ run: $(VENV)/.runtime
 	$(BIN)/python -m scripts.run
 
 ## test: the whole suite; also on PostgreSQL when TEST_DATABASE_URL is set
-test: $(VENV)/.dev
+test: $(VENV)/.dev chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser test drives Debian's chromium (never `playwright install`); add it when missing.
+chromium:
+	@[ -x /usr/bin/chromium ] || ! command -v apt-get >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

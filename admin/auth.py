@@ -1,0 +1,187 @@
+"""Staff sign-in: Flask-Login sessions, CSRF on every form, lock-out after repeated failures."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask, abort, render_template
+from flask_login import LoginManager, UserMixin, current_user
+from flask_wtf.csrf import CSRFProtect
+from redis import Redis
+from sqlmodel import Session, select
+
+from admin.users import hash_password, verify_password
+from models import AdminUser, Role, utcnow
+
+MAX_FAILURES = 5
+"""Failed sign-ins in a row before the account is locked."""
+
+LOCKOUT = timedelta(minutes=15)
+"""How long a lock lasts; every further failure after it starts a new one."""
+
+SESSION_LIFETIME = timedelta(hours=12)
+"""A sign-in lasts a working day; then the staff member signs in again."""
+
+MAX_ADDRESS_FAILURES = 20
+"""Failed sign-ins from one network address per LOCKOUT before it must wait, whatever emails."""
+
+# Verifying against a real hash when the email is unknown keeps both answers equally slow, so
+# the response time does not tell an attacker which emails have accounts.
+_DUMMY_HASH = hash_password("not-a-real-password-for-timing")
+
+# Routes that take no sign-in and no CSRF token because a signature or bearer token checks them.
+SIGNED_PATHS = ("/sms/inbound", "/sms/status", "/stripe/webhook")
+SIGNED_PREFIXES = ("/jobs/",)
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+login_manager.login_view = "admin.login"
+login_manager.login_message = "Please sign in to see that page."
+login_manager.login_message_category = "info"
+login_manager.session_protection = "strong"
+
+
+class StaffUser(UserMixin):
+    """The signed-in staff member, detached from the database session."""
+
+    def __init__(self, user: AdminUser):
+        self.id = user.id
+        self.email = user.email
+        self.role = Role(user.role)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> StaffUser | None:
+    from db import get_session
+
+    if not user_id.isdigit():
+        return None
+    user = get_session().get(AdminUser, int(user_id))
+    return StaffUser(user) if user is not None else None
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """The outcome of a sign-in attempt: the user, or why not."""
+
+    user: AdminUser | None
+    error: str | None = None
+    locked_until: datetime | None = None
+
+
+def is_locked(user: AdminUser, now: datetime) -> bool:
+    """True while the account is locked after too many failures."""
+    return user.locked_until is not None and user.locked_until > now
+
+
+def after_failure(failures: int, now: datetime) -> tuple[int, datetime | None]:
+    """The failure count and lock end after one more wrong password."""
+    failures += 1
+    return failures, (now + LOCKOUT if failures >= MAX_FAILURES else None)
+
+
+def authenticate(
+    *, session: Session, email: str, password: str, now: datetime | None = None
+) -> SignIn:
+    """Check an email and password, counting failures and locking the account; caller commits."""
+    now = now or utcnow()
+    user = session.exec(select(AdminUser).where(AdminUser.email == email.strip().lower())).first()
+    if user is None:
+        verify_password(_DUMMY_HASH, password)
+        return SignIn(None, "The email or password is wrong.")
+    if is_locked(user, now):
+        return SignIn(None, "Too many failed sign-ins.", user.locked_until)
+    if not verify_password(user.password_hash, password):
+        user.failed_logins, user.locked_until = after_failure(user.failed_logins, now)
+        user.updated_at = now
+        session.add(user)
+        if user.locked_until is not None:
+            return SignIn(None, "Too many failed sign-ins.", user.locked_until)
+        return SignIn(None, "The email or password is wrong.")
+    user.failed_logins = 0
+    user.locked_until = None
+    user.last_login_at = now
+    user.updated_at = now
+    session.add(user)
+    return SignIn(user)
+
+
+def _address_key(address: str) -> str:
+    return f"paytext:admin:login-failures:{address}"
+
+
+def address_blocked(redis: Redis, address: str) -> bool:
+    """True when one address failed too often lately (guessing across many emails)."""
+    count = redis.get(_address_key(address))
+    return count is not None and int(count) >= MAX_ADDRESS_FAILURES
+
+
+def count_address_failure(redis: Redis, address: str) -> None:
+    """Count a failed sign-in from an address; the count lapses LOCKOUT after the first one."""
+    key = _address_key(address)
+    if redis.incr(key) == 1:
+        redis.expire(key, int(LOCKOUT.total_seconds()))
+
+
+def role_required(role: Role) -> Callable:
+    """Let only signed-in users with this role through; others get 403."""
+
+    def decorator(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any):
+            if not current_user.is_authenticated:
+                return login_manager.unauthorized()
+            if current_user.role != role:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _exempt_signed_routes(app: Flask) -> None:
+    """Webhooks and the jobs trigger are verified by signatures or bearer tokens, not cookies."""
+    for rule in app.url_map.iter_rules():
+        if rule.rule in SIGNED_PATHS or rule.rule.startswith(SIGNED_PREFIXES):
+            csrf.exempt(app.view_functions[rule.endpoint])
+
+
+def _cookie_flags(app: Flask) -> None:
+    config = app.config
+    production = not (app.debug or app.testing) and (
+        config["SMS_BACKEND"] == "twilio" or config["PAYMENT_BACKEND"] == "stripe"
+    )
+    # Over plain http (development, tests) a Secure cookie would never come back.
+    secure = production or str(config["PUBLIC_BASE_URL"]).startswith("https://")
+    config["SESSION_COOKIE_SECURE"] = secure
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    config["REMEMBER_COOKIE_SECURE"] = secure
+    config["REMEMBER_COOKIE_HTTPONLY"] = True
+    config["REMEMBER_COOKIE_SAMESITE"] = "Lax"
+    config["PERMANENT_SESSION_LIFETIME"] = SESSION_LIFETIME
+
+
+def init_app(app: Flask) -> None:
+    """Install CSRF protection, Flask-Login, cookie flags and the upload limit."""
+    _cookie_flags(app)
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
+    # A form left open all day still submits; the token dies with the session anyway.
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", int(SESSION_LIFETIME.total_seconds()))
+    csrf.init_app(app)
+    _exempt_signed_routes(app)
+    login_manager.init_app(app)
+
+    @app.errorhandler(413)
+    def too_large(_error):
+        limit = app.config["MAX_UPLOAD_MB"]
+        return render_template("admin/error.html", status=413, limit=limit), 413

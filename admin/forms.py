@@ -1,0 +1,214 @@
+"""Admin forms (Flask-WTF): every one carries a CSRF token; values are checked before any write."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
+from wtforms import (
+    BooleanField,
+    DateField,
+    EmailField,
+    HiddenField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+    TimeField,
+)
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, InputRequired, Length, Optional, ValidationError
+
+from admin.users import MIN_PASSWORD
+from bot.messages import render
+from bot.segments import segments
+from cases.importer import CASE_NUMBER, MAX_NAME
+from models import AppointmentKind, Language, Role
+from money import AmountError, format_cents, parse_dollars
+from phones import PhoneError, normalize_phone
+
+MAX_AMOUNT_CENTS = 1_000_000_000
+"""$10,000,000.00: no case owes more; anything larger is a typing mistake."""
+
+MAX_SMS_SEGMENTS = 2
+
+
+def choices(pairs: list[tuple[str, str]]) -> list[SelectChoice]:
+    """Select options from (value, label) pairs."""
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
+LANGUAGE_CHOICES = choices(
+    [(Language.EN.value, "English"), (Language.ES.value, "Spanish (español)")]
+)
+ROLE_CHOICES = choices([(Role.STAFF.value, "Staff"), (Role.ADMIN.value, "Admin")])
+_UNSAFE_NAME = re.compile(r"[<>\x00-\x1f\x7f]")
+
+
+def dollars(text: str, *, label: str, allow_zero: bool = True) -> int:
+    """Cents from a typed dollar amount, or ValidationError with a message a person can act on."""
+    try:
+        cents = parse_dollars(text, allow_zero=allow_zero)
+    except AmountError as exc:
+        if exc.code == "negative":
+            raise ValidationError(f"{label} cannot be negative.") from exc
+        if exc.code == "too_many_decimals":
+            raise ValidationError(f"{label} has more than two decimals.") from exc
+        if exc.code == "zero":
+            raise ValidationError(f"{label} must be more than $0.00.") from exc
+        raise ValidationError(f"{label} must be a dollar amount like 125.00.") from exc
+    if cents > MAX_AMOUNT_CENTS:
+        raise ValidationError(f"{label} is larger than {format_cents(MAX_AMOUNT_CENTS)}.")
+    return cents
+
+
+def clean_name(text: str) -> str:
+    """A payer name with its spacing tidied; ValidationError for markup or control characters."""
+    name = " ".join((text or "").split())
+    if _UNSAFE_NAME.search(text or ""):
+        raise ValidationError("Payer name cannot contain < or > or control characters.")
+    if len(name) > MAX_NAME:
+        raise ValidationError(f"Payer name is longer than {MAX_NAME} characters.")
+    return name
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+class EnrollForm(FlaskForm):
+    """Put a phone number on an existing case, or on a new one described here."""
+
+    case_number = StringField("Case number", validators=[DataRequired(), Length(max=32)])
+    payer_name = StringField("Payer name", validators=[Optional()])
+    amount_due = StringField("Amount due each cycle ($)", validators=[Optional()])
+    balance = StringField("Balance ($)", validators=[Optional()])
+    next_due_date = DateField("Next due date", validators=[Optional()])
+    phone = StringField("Mobile phone", validators=[DataRequired(), Length(max=40)])
+    language = SelectField("Language of the texts", choices=LANGUAGE_CHOICES)
+    consent = BooleanField("The payer agreed to the consent wording above", validators=[])
+
+    phone_e164: str | None = None
+    amount_due_cents: int | None = None
+    balance_cents: int | None = None
+
+    def validate_case_number(self, field) -> None:
+        field.data = (field.data or "").strip().upper()
+        if not CASE_NUMBER.match(field.data):
+            raise ValidationError("Case number must be 1-32 letters, digits or dashes.")
+
+    def validate_payer_name(self, field) -> None:
+        field.data = clean_name(field.data)
+
+    def validate_amount_due(self, field) -> None:
+        self.amount_due_cents = dollars(field.data, label="Amount due")
+
+    def validate_balance(self, field) -> None:
+        self.balance_cents = dollars(field.data, label="Balance")
+
+    def validate_phone(self, field) -> None:
+        try:
+            self.phone_e164 = normalize_phone(field.data)
+        except PhoneError as exc:
+            raise ValidationError(
+                "Enter a valid mobile number, like (617) 555-0134 or +1 617 555 0134."
+            ) from exc
+
+    def validate_consent(self, field) -> None:
+        if not field.data:
+            raise ValidationError("Tick the box only after the payer agreed to get texts.")
+
+    def new_case_given(self) -> bool:
+        """True when any new-case field was filled in."""
+        return any(
+            (self.payer_name.data, self.amount_due.data, self.balance.data, self.next_due_date.data)
+        )
+
+
+class AppointmentForm(FlaskForm):
+    kind = SelectField(
+        "Kind",
+        choices=choices(
+            [
+                (AppointmentKind.CASE_CONFERENCE.value, "Case conference"),
+                (AppointmentKind.COURT_HEARING.value, "Court hearing"),
+                (AppointmentKind.VIRTUAL_COUNTER.value, "Virtual counter"),
+            ]
+        ),
+    )
+    day = DateField("Date", validators=[InputRequired(message="Enter the date.")])
+    time = TimeField("Time", validators=[InputRequired(message="Enter the time.")])
+    location = StringField("Location", validators=[Optional(), Length(max=200)])
+    video_link = StringField("Video link (https://...)", validators=[Optional(), Length(max=300)])
+
+    def validate_location(self, field) -> None:
+        field.data = " ".join((field.data or "").split()) or None
+
+    def validate_video_link(self, field) -> None:
+        link = (field.data or "").strip()
+        if link and (not link.startswith("https://") or re.search(r"\s", link)):
+            raise ValidationError("The video link must be a https:// address without spaces.")
+        field.data = link or None
+
+
+class MoveAppointmentForm(FlaskForm):
+    day = DateField("New date", validators=[InputRequired(message="Enter the date.")])
+    time = TimeField("New time", validators=[InputRequired(message="Enter the time.")])
+
+
+class ButtonForm(FlaskForm):
+    """A form that is only a button: the CSRF token is its whole content."""
+
+
+class PhoneChoiceForm(FlaskForm):
+    phone = SelectField("Send to", choices=[])
+
+
+class ReplyForm(FlaskForm):
+    phone = SelectField("Send to", choices=[])
+    text = TextAreaField("Reply", validators=[DataRequired(message="Write a reply first.")])
+
+    agency: str = ""
+
+    def validate_text(self, field) -> None:
+        field.data = (field.data or "").strip()
+        body = render("staff_reply", {"agency": self.agency, "text": field.data})
+        if segments(body) > MAX_SMS_SEGMENTS:
+            raise ValidationError(
+                f"The reply is too long for {MAX_SMS_SEGMENTS} text messages "
+                f"({segments(body)} needed); shorten it."
+            )
+
+
+class RefundForm(FlaskForm):
+    amount = StringField("Amount to refund ($, empty for all)", validators=[Optional()])
+    nonce = HiddenField(default=lambda: secrets.token_urlsafe(16))
+
+    amount_cents: int | None = None
+
+    def validate_amount(self, field) -> None:
+        self.amount_cents = dollars(field.data, label="Refund amount", allow_zero=False)
+
+
+class ImportForm(FlaskForm):
+    file = FileField("Cases CSV file", validators=[FileRequired(message="Choose a CSV file.")])
+
+
+class ImportConfirmForm(FlaskForm):
+    token = HiddenField(validators=[DataRequired()])
+
+
+class UserForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(
+        f"Password (at least {MIN_PASSWORD} characters)",
+        validators=[DataRequired(), Length(min=MIN_PASSWORD, max=1024)],
+    )
+    role = SelectField("Role", choices=ROLE_CHOICES)
+
+
+class RoleForm(FlaskForm):
+    role = SelectField("Role", choices=ROLE_CHOICES)

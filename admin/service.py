@@ -1,0 +1,863 @@
+"""What the staff pages read and write; views only parse forms and render these results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from redis import Redis
+from sqlmodel import Session, select
+
+from admin import dashboard as figures
+from bot import messages
+from bot.outbound import Sent, may_text, send_text
+from cases import service as cases
+from cases.importer import ImportPlan, read_cases
+from models import (
+    AdminUser,
+    Appointment,
+    AppointmentKind,
+    AppointmentStatus,
+    CardOnFile,
+    Case,
+    ConversationTurn,
+    Direction,
+    Enrollment,
+    EnrollmentSource,
+    EnrollmentStatus,
+    Handoff,
+    HandoffStatus,
+    Payment,
+    PaymentStatus,
+    Refund,
+    Reminder,
+    ReminderStatus,
+    Role,
+    utcnow,
+)
+
+PER_PAGE = 25
+TIMELINE_LIMIT = 500
+"""Most recent turns shown on a case page; the CSV export has every one."""
+
+IMPORT_TTL = timedelta(minutes=30)
+"""How long an uploaded CSV waits in Redis for its preview to be confirmed."""
+
+FILTERS = {
+    "overdue": "Overdue",
+    "opted_out": "Opted out",
+    "pending": "Pending opt-in",
+    "no_card": "No card on file",
+    "handoff": "Handoff waiting",
+}
+
+CONSENT_WORDING = (
+    "{agency} may send automated texts about payments, due dates, appointments and receipts "
+    "for case {case_number} to {phone}, about {per_month} messages a month. Message and data "
+    "rates may apply. Consent is not required to pay. Reply STOP to opt out, HELP for help."
+)
+"""What the payer agrees to; shown on the form and stored, filled in, with the enrollment."""
+
+
+class AdminError(ValueError):
+    """A request the staff pages refuse, with the field it concerns and a message to show."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# --- Cases list ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseListRow:
+    case: Case
+    phones: list[tuple[str, str]]  # (last 4, enrollment status)
+    handoff_waiting: bool
+
+
+@dataclass(frozen=True)
+class CasePage:
+    rows: list[CaseListRow]
+    total: int
+    page: int
+    pages: int
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _has(model: Any, *conditions: Any) -> Any:
+    return sa.exists().where(model.case_id == Case.id, *conditions)
+
+
+def search_cases(
+    *,
+    session: Session,
+    query: str = "",
+    case_filter: str | None = None,
+    page: int = 1,
+    today: date,
+    per_page: int = PER_PAGE,
+) -> CasePage:
+    """Cases matching a case number, name or phone's last digits, with a filter, one page."""
+    statement = select(Case)
+    query = query.strip()
+    if query:
+        matches = [
+            Case.case_number.ilike(_like(query), escape="\\"),
+            Case.payer_name.ilike(_like(query), escape="\\"),
+        ]
+        digits = "".join(ch for ch in query if ch.isdigit())
+        if len(digits) >= 4 and not any(ch.isalpha() for ch in query):
+            matches.append(_has(Enrollment, Enrollment.phone.like(f"%{digits}")))
+        statement = statement.where(sa.or_(*matches))
+    if case_filter == "overdue":
+        statement = statement.where(Case.next_due_date < today, Case.balance_cents > 0)
+    elif case_filter == "opted_out":
+        statement = statement.where(_has(Enrollment, Enrollment.status == "opted_out"))
+    elif case_filter == "pending":
+        statement = statement.where(_has(Enrollment, Enrollment.status == "pending"))
+    elif case_filter == "no_card":
+        statement = statement.where(~_has(CardOnFile, CardOnFile.active.is_(True)))
+    elif case_filter == "handoff":
+        statement = statement.where(_has(Handoff, Handoff.status == HandoffStatus.WAITING))
+
+    total = session.exec(select(sa.func.count()).select_from(statement.subquery())).one()
+    pages = max(1, math.ceil(total / per_page))
+    page = min(max(page, 1), pages)
+    found = list(
+        session.exec(
+            statement.order_by(Case.case_number).offset((page - 1) * per_page).limit(per_page)
+        ).all()
+    )
+    ids = [case.id for case in found]
+    phones: dict[int, list[tuple[str, str]]] = {case_id: [] for case_id in ids}
+    waiting: set[int] = set()
+    if ids:
+        for case_id, phone, status in session.exec(
+            select(Enrollment.case_id, Enrollment.phone, Enrollment.status)
+            .where(Enrollment.case_id.in_(ids))
+            .order_by(Enrollment.id)
+        ).all():
+            phones[case_id].append((phone[-4:], status))
+        waiting = set(
+            session.exec(
+                select(Handoff.case_id).where(
+                    Handoff.case_id.in_(ids), Handoff.status == HandoffStatus.WAITING
+                )
+            ).all()
+        )
+    rows = [CaseListRow(case, phones[case.id], case.id in waiting) for case in found]
+    return CasePage(rows, total, page, pages)
+
+
+# --- Case page -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseDetail:
+    case: Case
+    enrollments: list[Enrollment]
+    turns: list[ConversationTurn]
+    turns_total: int
+    payments: list[Payment]
+    refunds: dict[int, list[Refund]]
+    reminders: list[Reminder]
+    appointments: list[Appointment]
+    card: CardOnFile | None
+    handoffs: list[Handoff]
+    staff: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def textable_phones(self) -> list[str]:
+        """Numbers on the case that may be texted now (active, not opted out anywhere)."""
+        return [e.phone for e in self.enrollments if e.status == EnrollmentStatus.ACTIVE]
+
+    @property
+    def waiting_handoffs(self) -> list[Handoff]:
+        return [h for h in self.handoffs if h.status == HandoffStatus.WAITING]
+
+
+def case_detail(*, session: Session, case_id: int) -> CaseDetail | None:
+    """Everything the case page shows, newest turns last."""
+    case = session.get(Case, case_id)
+    if case is None:
+        return None
+    turns_total = session.exec(
+        select(sa.func.count()).where(ConversationTurn.case_id == case_id)
+    ).one()
+    turns = list(
+        session.exec(
+            select(ConversationTurn)
+            .where(ConversationTurn.case_id == case_id)
+            .order_by(ConversationTurn.created_at.desc(), ConversationTurn.id.desc())
+            .limit(TIMELINE_LIMIT)
+        ).all()
+    )[::-1]
+    payments = list(
+        session.exec(
+            select(Payment).where(Payment.case_id == case_id).order_by(Payment.created_at.desc())
+        ).all()
+    )
+    refunds: dict[int, list[Refund]] = {}
+    if payments:
+        for refund in session.exec(
+            select(Refund)
+            .where(Refund.payment_id.in_([p.id for p in payments]))
+            .order_by(Refund.created_at)
+        ).all():
+            refunds.setdefault(refund.payment_id, []).append(refund)
+    staff_ids = {t.staff_user_id for t in turns if t.staff_user_id}
+    handoffs = list(
+        session.exec(
+            select(Handoff).where(Handoff.case_id == case_id).order_by(Handoff.created_at.desc())
+        ).all()
+    )
+    staff_ids |= {h.answered_by for h in handoffs if h.answered_by}
+    staff = {}
+    if staff_ids:
+        staff = dict(
+            session.exec(
+                select(AdminUser.id, AdminUser.email).where(AdminUser.id.in_(staff_ids))
+            ).all()
+        )
+    return CaseDetail(
+        case=case,
+        enrollments=list(
+            session.exec(
+                select(Enrollment).where(Enrollment.case_id == case_id).order_by(Enrollment.id)
+            ).all()
+        ),
+        turns=turns,
+        turns_total=turns_total,
+        payments=payments,
+        refunds=refunds,
+        reminders=list(
+            session.exec(
+                select(Reminder).where(Reminder.case_id == case_id).order_by(Reminder.send_at)
+            ).all()
+        ),
+        appointments=list(
+            session.exec(
+                select(Appointment)
+                .where(Appointment.case_id == case_id)
+                .order_by(Appointment.starts_at)
+            ).all()
+        ),
+        card=session.exec(
+            select(CardOnFile).where(CardOnFile.case_id == case_id, CardOnFile.active.is_(True))
+        ).first(),
+        handoffs=handoffs,
+        staff=staff,
+    )
+
+
+# --- Enrollment ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewCase:
+    payer_name: str
+    amount_due_cents: int
+    balance_cents: int
+    next_due_date: date | None
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    case: Case
+    enrollment: Enrollment
+    outcome: cases.EnrollOutcome
+    case_created: bool
+    invite: Sent | None
+
+
+def consent_text(*, config: Mapping[str, Any], case_number: str, phone: str) -> str:
+    """The consent wording filled in for one case and number, as stored with the enrollment."""
+    from bot.service import policy
+    from phones import format_phone
+
+    return CONSENT_WORDING.format(
+        agency=config["AGENCY_NAME"],
+        case_number=case_number,
+        phone=format_phone(phone) if phone.startswith("+") else phone,
+        per_month=policy(config).messages_per_month,
+    )
+
+
+def enroll_number(
+    *,
+    session: Session,
+    config: Mapping[str, Any],
+    case_number: str,
+    new_case: NewCase | None,
+    phone: str,
+    language: str,
+    now: datetime | None = None,
+) -> Enrolled:
+    """Enroll a number (creating the case if asked) and text the double opt-in; caller commits.
+
+    Raises AdminError, having written nothing, when the case is missing or already exists.
+    """
+    now = now or utcnow()
+    case = cases.get_by_number(session=session, case_number=case_number)
+    created = False
+    if case is None:
+        if new_case is None:
+            raise AdminError(
+                f"No case numbered {case_number}. To create it, fill in the payer name, "
+                "amount due and balance below.",
+                field="case_number",
+            )
+        case = Case(
+            case_number=case_number.upper(),
+            payer_name=new_case.payer_name,
+            amount_due_cents=new_case.amount_due_cents,
+            balance_cents=new_case.balance_cents,
+            next_due_date=new_case.next_due_date,
+            language=language,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(case)
+        session.flush()
+        created = True
+    elif new_case is not None:
+        raise AdminError(
+            f"Case {case.case_number} already exists; leave the new-case fields empty to "
+            "enroll a number on it (its amounts are changed by the import).",
+            field="case_number",
+        )
+    enrollment, outcome = cases.enroll(
+        session=session,
+        case=case,
+        phone=phone,
+        language=language,
+        source=EnrollmentSource.ADMIN,
+        confirmed=False,
+        consent_version=config["CONSENT_VERSION"],
+        consent_text=consent_text(config=config, case_number=case.case_number, phone=phone),
+        now=now,
+    )
+    invite = None
+    # An imported number never invited gets its invitation now; one invited already does not.
+    uninvited = enrollment.status == EnrollmentStatus.PENDING and enrollment.invited_at is None
+    if uninvited and may_text(session=session, phone=phone):
+        invite = send_invite(session=session, config=config, case=case, enrollment=enrollment)
+    if outcome != cases.EnrollOutcome.ALREADY_ACTIVE:
+        replan(session=session, case_id=case.id)
+    return Enrolled(case, enrollment, outcome, created, invite)
+
+
+def send_invite(
+    *, session: Session, config: Mapping[str, Any], case: Case, enrollment: Enrollment
+) -> Sent:
+    """Text the double opt-in invitation now; the enrollment stays pending until YES."""
+    from bot.service import policy
+
+    body = messages.render(
+        "optin_invite",
+        {
+            "agency": config["AGENCY_NAME"],
+            "case_last4": "".join(ch for ch in case.case_number if ch.isdigit())[-4:],
+            "per_month": policy(config).messages_per_month,
+        },
+        enrollment.language,
+    )
+    sent = send_text(
+        session=session,
+        phone=enrollment.phone,
+        body=body,
+        case_id=case.id,
+        enrollment_id=enrollment.id,
+        intent="optin_invite",
+    )
+    if sent.result.ok:
+        enrollment.invited_at = utcnow()
+        session.add(enrollment)
+    return sent
+
+
+# --- Texts from staff ------------------------------------------------------------------------
+
+
+def _textable(session: Session, case_id: int, phone: str) -> Enrollment:
+    enrollment = session.exec(
+        select(Enrollment).where(Enrollment.case_id == case_id, Enrollment.phone == phone)
+    ).first()
+    if enrollment is None:
+        raise AdminError("That number is not on this case.", field="phone")
+    if enrollment.status != EnrollmentStatus.ACTIVE or not may_text(session=session, phone=phone):
+        raise AdminError(
+            f"That number is {enrollment.status.replace('_', ' ')}; it cannot be texted.",
+            field="phone",
+        )
+    return enrollment
+
+
+def send_staff_reply(
+    *,
+    session: Session,
+    config: Mapping[str, Any],
+    case_id: int,
+    phone: str,
+    text: str,
+    staff_user_id: int,
+) -> Sent:
+    """Text a staff member's reply, logged as theirs, and mark the case's handoffs answered."""
+    enrollment = _textable(session, case_id, phone)
+    body = messages.render(
+        "staff_reply", {"agency": config["AGENCY_NAME"], "text": text}, enrollment.language
+    )
+    sent = send_text(
+        session=session,
+        phone=phone,
+        body=body,
+        case_id=case_id,
+        enrollment_id=enrollment.id,
+        staff_user_id=staff_user_id,
+        intent="staff_reply",
+    )
+    if sent.result.ok:
+        now = utcnow()
+        for handoff in session.exec(
+            select(Handoff).where(
+                Handoff.case_id == case_id, Handoff.status == HandoffStatus.WAITING
+            )
+        ).all():
+            handoff.status = HandoffStatus.ANSWERED
+            handoff.answered_by = staff_user_id
+            handoff.answered_at = now
+            session.add(handoff)
+    return sent
+
+
+def send_card_link(
+    *, session: Session, config: Mapping[str, Any], case_id: int, phone: str, staff_user_id: int
+) -> Sent:
+    """Text the payer a link to add or replace the card on file."""
+    from billing.links import card_link_url
+
+    enrollment = _textable(session, case_id, phone)
+    body = messages.render(
+        "card_link",
+        {"agency": config["AGENCY_NAME"], "url": card_link_url(case_id=case_id)},
+        enrollment.language,
+    )
+    return send_text(
+        session=session,
+        phone=phone,
+        body=body,
+        case_id=case_id,
+        enrollment_id=enrollment.id,
+        staff_user_id=staff_user_id,
+        intent="card_link",
+    )
+
+
+# --- Payments --------------------------------------------------------------------------------
+
+
+def refundable_cents(payment: Payment) -> int:
+    """What is left to refund on a payment."""
+    if payment.status != PaymentStatus.SUCCEEDED:
+        return 0
+    return max(payment.amount_cents - payment.refunded_cents, 0)
+
+
+def refund(
+    *,
+    session: Session,
+    payment_id: int,
+    amount_cents: int | None,
+    admin_user_id: int,
+    nonce: str | None = None,
+) -> Refund:
+    """Refund all or part of a succeeded payment (admins only); AdminError when not possible.
+
+    The form's nonce becomes the idempotency key, so a double-click refunds once.
+    """
+    from billing.service import RefundRefused, refund_payment
+
+    payment = session.get(Payment, payment_id)
+    if payment is None:
+        raise AdminError("No such payment.")
+    left = refundable_cents(payment)
+    if left <= 0:
+        raise AdminError("Nothing is left to refund on this payment.", field="amount")
+    if amount_cents is not None and amount_cents > left:
+        from money import format_cents
+
+        raise AdminError(
+            f"At most {format_cents(left)} can be refunded on this payment.", field="amount"
+        )
+    try:
+        return refund_payment(
+            session=session,
+            payment_id=payment_id,
+            amount_cents=amount_cents,
+            admin_user_id=admin_user_id,
+            idempotency_key=f"admin-refund:{payment_id}:{nonce}" if nonce else None,
+        )
+    except RefundRefused as exc:
+        raise AdminError(str(exc), field="amount") from exc
+
+
+# --- Appointments ----------------------------------------------------------------------------
+
+
+def local_to_utc(day: date, clock: time, zone: str) -> datetime:
+    """A wall-clock date and time in `zone` as an aware UTC instant."""
+    return datetime.combine(day, clock, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+def replan(*, session: Session, case_id: int) -> None:
+    """Re-plan the case's reminders after its appointments or due date changed."""
+    from jobs.reminders import plan_case
+
+    plan_case(session=session, case_id=case_id)
+
+
+def add_appointment(
+    *,
+    session: Session,
+    case_id: int,
+    starts_at: datetime,
+    kind: AppointmentKind,
+    location: str | None,
+    video_link: str | None,
+    now: datetime | None = None,
+) -> Appointment:
+    """Schedule an appointment in the future and re-plan reminders; caller commits."""
+    now = now or utcnow()
+    if starts_at <= now:
+        raise AdminError("The appointment must be in the future.", field="day")
+    appointment = Appointment(
+        case_id=case_id,
+        starts_at=starts_at,
+        kind=kind,
+        location=location,
+        video_link=video_link,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(appointment)
+    session.flush()
+    replan(session=session, case_id=case_id)
+    return appointment
+
+
+def move_appointment(
+    *, session: Session, appointment_id: int, starts_at: datetime, now: datetime | None = None
+) -> Appointment:
+    """Move a scheduled appointment to a future time and re-plan reminders; caller commits."""
+    now = now or utcnow()
+    appointment = _scheduled(session, appointment_id)
+    if starts_at <= now:
+        raise AdminError("The new time must be in the future.", field="day")
+    appointment.starts_at = starts_at
+    appointment.updated_at = now
+    session.add(appointment)
+    session.flush()
+    replan(session=session, case_id=appointment.case_id)
+    return appointment
+
+
+def cancel_appointment(
+    *, session: Session, appointment_id: int, now: datetime | None = None
+) -> Appointment:
+    """Cancel a scheduled appointment and re-plan reminders; caller commits."""
+    appointment = _scheduled(session, appointment_id)
+    appointment.status = AppointmentStatus.CANCELED
+    appointment.updated_at = now or utcnow()
+    session.add(appointment)
+    session.flush()
+    replan(session=session, case_id=appointment.case_id)
+    return appointment
+
+
+def _scheduled(session: Session, appointment_id: int) -> Appointment:
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None:
+        raise AdminError("No such appointment.")
+    if appointment.status != AppointmentStatus.SCHEDULED:
+        raise AdminError("That appointment is already canceled.")
+    return appointment
+
+
+# --- Export ----------------------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "record",
+    "time_utc",
+    "time_local",
+    "phone",
+    "direction",
+    "status",
+    "text",
+    "intent",
+    "consent_version",
+    "source",
+    "staff",
+)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # A payer's text starting with '=' would run as a formula when the file is opened.
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def export_rows(*, session: Session, case_id: int, zone: str) -> Iterator[list[str]]:
+    """The consent records and every turn of a case as CSV rows, header first."""
+    tz = ZoneInfo(zone)
+
+    def times(moment: datetime | None) -> list[str]:
+        if moment is None:
+            return ["", ""]
+        return [moment.isoformat(), moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")]
+
+    yield list(EXPORT_COLUMNS)
+    for e in session.exec(
+        select(Enrollment).where(Enrollment.case_id == case_id).order_by(Enrollment.id)
+    ).all():
+        events = [
+            ("consented", e.consented_at),
+            ("invited", e.invited_at),
+            ("confirmed", e.confirmed_at),
+            ("opted_out", e.opted_out_at),
+        ]
+        for name, moment in events:
+            if moment is None:
+                continue
+            text = e.consent_text if name == "consented" else (e.status_reason or "")
+            yield [
+                _cell(v)
+                for v in [
+                    f"consent:{name}",
+                    *times(moment),
+                    e.phone,
+                    "",
+                    e.status,
+                    text,
+                    "",
+                    e.consent_version,
+                    e.source,
+                    "",
+                ]
+            ]
+    staff = dict(session.exec(select(AdminUser.id, AdminUser.email)).all())
+    last_id = 0
+    while True:
+        # Batches keep a case with years of texts from being loaded at once.
+        batch = session.exec(
+            select(ConversationTurn)
+            .where(ConversationTurn.case_id == case_id, ConversationTurn.id > last_id)
+            .order_by(ConversationTurn.id)
+            .limit(1000)
+        ).all()
+        if not batch:
+            return
+        for t in batch:
+            yield [
+                _cell(v)
+                for v in [
+                    "turn",
+                    *times(t.created_at),
+                    t.phone,
+                    t.direction,
+                    t.delivery_status or "",
+                    t.body,
+                    t.intent or "",
+                    "",
+                    "",
+                    staff.get(t.staff_user_id, ""),
+                ]
+            ]
+        last_id = batch[-1].id
+
+
+def csv_text(rows: Iterator[list[str]]) -> Iterator[str]:
+    """CSV lines, one string per row, for a streamed response."""
+    for row in rows:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow(row)
+        yield buffer.getvalue()
+
+
+# --- Import ----------------------------------------------------------------------------------
+
+
+def decode_upload(data: bytes) -> str:
+    """The uploaded file as text; AdminError when it is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AdminError(
+            f"The file is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8.", field="file"
+        ) from exc
+
+
+def plan_import(text: str) -> ImportPlan:
+    """Check every line with the same rules as `flask cases import`."""
+    return read_cases(io.StringIO(text, newline=""))
+
+
+def existing_case_numbers(*, session: Session, plan: ImportPlan) -> set[str]:
+    """Which of the plan's case numbers are already cases (they will be updated)."""
+    numbers = [row.case_number.upper() for row in plan.rows]
+    found: set[str] = set()
+    for start in range(0, len(numbers), cases.CHUNK):
+        chunk = numbers[start : start + cases.CHUNK]
+        found.update(session.exec(select(Case.case_number).where(Case.case_number.in_(chunk))))
+    return found
+
+
+def _import_key(token: str) -> str:
+    return f"paytext:admin:import:{token}"
+
+
+def stash_import(*, redis: Redis, text: str, user_id: int, filename: str) -> str:
+    """Keep a checked upload until the preview is confirmed; returns the token to confirm with."""
+    token = secrets.token_urlsafe(24)
+    payload = json.dumps({"user_id": user_id, "filename": filename, "text": text})
+    redis.set(_import_key(token), payload, ex=int(IMPORT_TTL.total_seconds()))
+    return token
+
+
+def take_import(*, redis: Redis, token: str, user_id: int) -> tuple[str, str]:
+    """The stashed upload (filename, text) for its uploader, removed so it applies once."""
+    raw = redis.getdel(_import_key(token))
+    if raw is None:
+        raise AdminError("That preview has expired or was already imported; upload the file again.")
+    payload = json.loads(raw)
+    if payload["user_id"] != user_id:
+        raise AdminError("That preview belongs to someone else; upload the file again.")
+    return payload["filename"], payload["text"]
+
+
+# --- Handoffs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    handoff: Handoff
+    case: Case
+    request: ConversationTurn | None
+
+
+def handoff_inbox(*, session: Session, limit: int = 200) -> list[InboxRow]:
+    """Waiting AGENT requests, oldest first, with their case and the payer's message."""
+    rows = session.exec(
+        select(Handoff, Case)
+        .join(Case, Case.id == Handoff.case_id)
+        .where(Handoff.status == HandoffStatus.WAITING)
+        .order_by(Handoff.created_at)
+        .limit(limit)
+    ).all()
+    turn_ids = [h.turn_id for h, _ in rows if h.turn_id]
+    turns = {}
+    if turn_ids:
+        turns = {
+            t.id: t
+            for t in session.exec(
+                select(ConversationTurn).where(ConversationTurn.id.in_(turn_ids))
+            ).all()
+        }
+    return [InboxRow(h, c, turns.get(h.turn_id)) for h, c in rows]
+
+
+def waiting_handoff_count(*, session: Session) -> int:
+    """How many AGENT requests wait for a reply."""
+    return session.exec(
+        select(sa.func.count()).where(Handoff.status == HandoffStatus.WAITING)
+    ).one()
+
+
+# --- Dashboard -------------------------------------------------------------------------------
+
+
+def dashboard(*, session: Session, zone: str, days: int = 14, now: datetime | None = None):
+    """The dashboard's figures for the last `days` local days."""
+    now = now or utcnow()
+    day_list, start = figures.window(now, days, zone)
+    outbound = session.exec(
+        select(ConversationTurn.created_at, ConversationTurn.delivery_status).where(
+            ConversationTurn.direction == Direction.OUTBOUND,
+            ConversationTurn.created_at >= start,
+        )
+    ).all()
+    paid = session.exec(
+        select(Payment.succeeded_at, Payment.amount_cents).where(
+            Payment.status == PaymentStatus.SUCCEEDED, Payment.succeeded_at >= start
+        )
+    ).all()
+    opted = session.exec(
+        select(Enrollment.opted_out_at).where(Enrollment.opted_out_at >= start)
+    ).all()
+    reminders = session.exec(
+        select(Reminder.case_id, Reminder.sent_at).where(
+            Reminder.status == ReminderStatus.SENT, Reminder.sent_at >= start
+        )
+    ).all()
+    inbound = session.exec(
+        select(ConversationTurn.case_id, ConversationTurn.created_at).where(
+            ConversationTurn.direction == Direction.INBOUND,
+            ConversationTurn.created_at >= start,
+            ConversationTurn.case_id.is_not(None),
+        )
+    ).all()
+    return figures.Dashboard(
+        days=day_list,
+        texts=figures.texts_per_day(outbound, day_list, zone),
+        payments=figures.payments_per_day(paid, day_list, zone),
+        opt_outs=figures.opt_outs_per_day(opted, day_list, zone),
+        replies=figures.replies_per_day(reminders, inbound, day_list, zone),
+    )
+
+
+# --- Users -----------------------------------------------------------------------------------
+
+
+def list_users(*, session: Session) -> list[AdminUser]:
+    """Every staff account, by email."""
+    return list(session.exec(select(AdminUser).order_by(AdminUser.email)).all())
+
+
+def set_role(*, session: Session, user_id: int, role: Role, acting_user_id: int) -> AdminUser:
+    """Change a user's role; an admin cannot demote themself (someone must stay admin)."""
+    user = session.get(AdminUser, user_id)
+    if user is None:
+        raise AdminError("No such user.")
+    if user_id == acting_user_id and role != Role.ADMIN:
+        raise AdminError("You cannot remove your own admin role; ask another admin.")
+    user.role = role
+    user.updated_at = utcnow()
+    session.add(user)
+    return user
+
+
+def unlock_user(*, session: Session, user_id: int) -> AdminUser:
+    """Lift a sign-in lock-out."""
+    user = session.get(AdminUser, user_id)
+    if user is None:
+        raise AdminError("No such user.")
+    user.failed_logins = 0
+    user.locked_until = None
+    user.updated_at = utcnow()
+    session.add(user)
+    return user

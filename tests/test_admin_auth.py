@@ -1,0 +1,316 @@
+"""Sign-in, sessions, CSRF and roles on the staff pages."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+
+import pytest
+from sqlmodel import select
+
+from admin.auth import LOCKOUT, MAX_FAILURES, after_failure, is_locked
+from models import AdminUser, Case, Payment, PaymentStatus, Refund, Role, utcnow
+from tests.admin_helpers import (
+    PASSWORD,
+    csrf_token,
+    make_user,
+    post_form,
+    reload,
+    sign_in,
+    signed_in,
+)
+from tests.factories import make_case
+
+
+def admin_rules(app):
+    """Every /admin route and method, with sample values for its URL arguments."""
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/admin") or rule.endpoint == "admin.login":
+            continue
+        url = re.sub(r"<(?:\w+:)?\w+>", "1", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield method, url, rule.endpoint
+
+
+def test_the_admin_has_the_routes_the_issue_asks_for(app):
+    endpoints = {endpoint for _, _, endpoint in admin_rules(app)}
+    assert {
+        "admin.dashboard",
+        "admin.cases",
+        "admin.case",
+        "admin.enroll",
+        "admin.handoffs",
+        "admin.import_cases",
+        "admin.refund",
+        "admin.users",
+        "admin.dispatch_reminders",
+        "admin.export_case",
+    } <= endpoints
+
+
+def test_every_admin_route_sends_a_visitor_without_a_session_to_sign_in(app, client):
+    token = csrf_token(client)
+    checked = 0
+    for method, url, endpoint in admin_rules(app):
+        if method == "GET":
+            response = client.get(url)
+        else:
+            # A valid token, so it is the missing sign-in that turns the request away.
+            response = client.post(url, data={"csrf_token": token})
+        assert response.status_code in (302, 403), (method, url, endpoint)
+        if response.status_code == 302:
+            assert response.headers["Location"].startswith("/admin/login"), (method, url)
+        checked += 1
+    assert checked >= 20
+
+
+def test_every_admin_post_without_a_csrf_token_is_refused(app, client, session):
+    signed_in(client, session)
+    case = make_case(session)
+    cases_before = len(session.exec(select(Case)).all())
+    for method, url, endpoint in admin_rules(app):
+        if method != "POST":
+            continue
+        url = url.replace("/cases/1", f"/cases/{case.id}")
+        response = client.post(url, data={"text": "hello", "phone": "6175550134"})
+        assert response.status_code == 400, (url, endpoint)
+        assert "Nothing was changed" in response.get_data(as_text=True)
+    session.expire_all()
+    assert len(session.exec(select(Case)).all()) == cases_before
+
+
+def test_signing_in_without_a_csrf_token_is_refused(client, session):
+    make_user(session, "ana@agency.test")
+    response = client.post("/admin/login", data={"email": "ana@agency.test", "password": PASSWORD})
+    assert response.status_code == 400
+    assert client.get("/admin/").status_code == 302
+
+
+def test_only_the_signed_webhooks_and_jobs_triggers_skip_csrf(app, client):
+    from admin.auth import SIGNED_PATHS, SIGNED_PREFIXES, csrf
+
+    outside = [
+        rule
+        for rule in app.url_map.iter_rules()
+        if "POST" in rule.methods and not rule.rule.startswith("/admin")
+    ]
+    for rule in outside:
+        view = app.view_functions[rule.endpoint]
+        exempt = f"{view.__module__}.{view.__name__}" in csrf._exempt_views
+        signed = rule.rule in SIGNED_PATHS or rule.rule.startswith(SIGNED_PREFIXES)
+        assert exempt == signed, rule.rule
+    # The webhook's own checks answer, not CSRF (which would refuse with 400).
+    assert client.post("/sms/inbound", data={"Body": "YES"}).status_code != 400
+    assert client.post("/dev/phone", data={"phone": "6175550134", "body": "YES"}).status_code == 400
+
+
+def test_staff_cannot_refund_or_manage_users(client, session):
+    staff = signed_in(client, session, Role.STAFF)
+    other = make_user(session, "someone@agency.test", Role.STAFF)
+    case = make_case(session)
+    payment = Payment(
+        case_id=case.id,
+        amount_cents=25_000,
+        status=PaymentStatus.SUCCEEDED,
+        idempotency_key="pay-1",
+        succeeded_at=utcnow(),
+    )
+    session.add(payment)
+    session.commit()
+
+    page = client.get(f"/admin/cases/{case.id}").get_data(as_text=True)
+    assert "Refund" not in page
+    assert (
+        post_form(
+            client, f"/admin/payments/{payment.id}/refund", prefix=f"refund{payment.id}"
+        ).status_code
+        == 403
+    )
+    assert session.exec(select(Refund)).all() == []
+
+    assert client.get("/admin/users").status_code == 403
+    created = post_form(
+        client, "/admin/users", {"email": "new@agency.test", "password": PASSWORD, "role": "admin"}
+    )
+    assert created.status_code == 403
+    assert (
+        post_form(
+            client, f"/admin/users/{other.id}/role", {"role": "admin"}, prefix=f"role{other.id}"
+        ).status_code
+        == 403
+    )
+    assert (
+        post_form(
+            client, f"/admin/users/{staff.id}/role", {"role": "admin"}, prefix=f"role{staff.id}"
+        ).status_code
+        == 403
+    )
+    assert post_form(client, f"/admin/users/{other.id}/unlock", prefix="unlock").status_code == 403
+    assert post_form(client, "/admin/reminders/dispatch", prefix="dispatch").status_code == 403
+    session.expire_all()
+    assert {u.email: u.role for u in session.exec(select(AdminUser)).all()} == {
+        "staff@agency.test": "staff",
+        "someone@agency.test": "staff",
+    }
+    assert "Users" not in client.get("/admin/").get_data(as_text=True).split("<main")[0]
+
+
+def test_an_admin_adds_a_staff_account_and_a_short_password_is_refused(client, session):
+    signed_in(client, session)
+    short = post_form(
+        client, "/admin/users", {"email": "b@agency.test", "password": "short", "role": "staff"}
+    )
+    assert short.status_code == 400
+    assert "at least 12" in short.get_data(as_text=True)
+    made = post_form(
+        client, "/admin/users", {"email": "b@agency.test", "password": PASSWORD, "role": "staff"}
+    )
+    assert made.status_code == 302
+    user = session.exec(select(AdminUser).where(AdminUser.email == "b@agency.test")).one()
+    assert user.role == Role.STAFF and PASSWORD not in user.password_hash
+    again = post_form(
+        client, "/admin/users", {"email": "B@agency.test", "password": PASSWORD, "role": "staff"}
+    )
+    assert again.status_code == 400 and "already exists" in again.get_data(as_text=True)
+
+
+def test_an_admin_cannot_demote_themself(client, session):
+    admin = signed_in(client, session)
+    response = post_form(
+        client,
+        f"/admin/users/{admin.id}/role",
+        {"role": "staff"},
+        prefix=f"role{admin.id}",
+        follow_redirects=True,
+    )
+    assert "cannot remove your own admin role" in response.get_data(as_text=True)
+    assert reload(session, AdminUser, admin.id).role == Role.ADMIN
+
+
+def test_five_wrong_passwords_lock_the_account_even_against_the_right_one(client, session):
+    user = make_user(session, "ana@agency.test")
+    for _ in range(MAX_FAILURES - 1):
+        response = sign_in(client, "ana@agency.test", "wrong password!!")
+        assert response.status_code == 401
+        assert "The email or password is wrong." in response.get_data(as_text=True)
+    locked = sign_in(client, "ana@agency.test", "wrong password!!")
+    assert locked.status_code == 429
+    assert "locked until" in locked.get_data(as_text=True)
+    right = sign_in(client, "ana@agency.test")
+    assert right.status_code == 429
+    assert client.get("/admin/").status_code == 302
+    stored = reload(session, AdminUser, user.id)
+    assert stored.failed_logins == MAX_FAILURES and is_locked(stored, utcnow())
+
+
+def test_an_admin_unlocks_a_locked_account(client, session):
+    locked = make_user(session, "ana@agency.test", Role.STAFF)
+    locked.failed_logins, locked.locked_until = MAX_FAILURES, utcnow() + LOCKOUT
+    session.add(locked)
+    session.commit()
+    signed_in(client, session)
+    response = post_form(client, f"/admin/users/{locked.id}/unlock", prefix="unlock")
+    assert response.status_code == 302
+    assert reload(session, AdminUser, locked.id).locked_until is None
+    client.post("/admin/logout", data={"logout-csrf_token": csrf_token(client, "/admin/")})
+    assert sign_in(client, "ana@agency.test").status_code == 302
+
+
+def test_an_unknown_email_gets_the_same_answer_as_a_wrong_password(client, session):
+    make_user(session, "ana@agency.test")
+    unknown = sign_in(client, "nobody@agency.test")
+    wrong = sign_in(client, "ana@agency.test", "not the password")
+    assert unknown.status_code == wrong.status_code == 401
+    assert "The email or password is wrong." in unknown.get_data(as_text=True)
+
+
+def test_a_good_sign_in_clears_earlier_failures(client, session):
+    user = make_user(session, "ana@agency.test")
+    sign_in(client, "ana@agency.test", "nope nope nope")
+    assert sign_in(client, "ANA@agency.test ").status_code == 302
+    stored = reload(session, AdminUser, user.id)
+    assert stored.failed_logins == 0 and stored.last_login_at is not None
+
+
+def test_a_lock_lasts_fifteen_minutes_and_the_next_failure_relocks():
+    now = utcnow()
+    assert after_failure(0, now) == (1, None)
+    failures, until = after_failure(MAX_FAILURES - 1, now)
+    assert failures == MAX_FAILURES and until == now + timedelta(minutes=15)
+    user = AdminUser(email="a@b.c", password_hash="x", locked_until=until)
+    assert is_locked(user, now + timedelta(minutes=14))
+    assert not is_locked(user, now + timedelta(minutes=15))
+    assert after_failure(MAX_FAILURES, now + timedelta(minutes=20))[1] is not None
+
+
+def test_sign_in_never_redirects_off_the_admin(client, session):
+    make_user(session, "ana@agency.test")
+    token = csrf_token(client)
+    response = client.post(
+        "/admin/login?next=https://evil.example/admin",
+        data={"email": "ana@agency.test", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/admin/"
+
+
+def test_sign_in_returns_to_the_page_asked_for(client, session):
+    make_user(session, "ana@agency.test")
+    assert client.get("/admin/handoffs").headers["Location"].startswith("/admin/login?next=")
+    token = csrf_token(client)
+    response = client.post(
+        "/admin/login?next=/admin/handoffs",
+        data={"email": "ana@agency.test", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/admin/handoffs"
+
+
+def test_sign_out_ends_the_session(client, session):
+    signed_in(client, session)
+    assert client.get("/admin/").status_code == 200
+    response = client.post(
+        "/admin/logout", data={"logout-csrf_token": csrf_token(client, "/admin/")}
+    )
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_session_cookie_is_httponly_and_lax_and_not_secure_over_http(client, session):
+    make_user(session, "ana@agency.test")
+    cookie = sign_in(client, "ana@agency.test").headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie
+
+
+@pytest.mark.parametrize("base_url", ["https://pay.agency.test"])
+def test_the_session_cookie_is_secure_when_served_over_https(config, base_url):
+    from app import create_app
+
+    config["PUBLIC_BASE_URL"] = base_url
+    app = create_app(config)
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert app.config["REMEMBER_COOKIE_SECURE"] is True
+
+
+def test_passwords_are_stored_as_argon2_hashes(session):
+    user = make_user(session, "ana@agency.test")
+    assert user.password_hash.startswith("$argon2id$")
+
+
+def test_many_failures_from_one_address_slow_it_down_across_emails(client, session):
+    from admin.auth import MAX_ADDRESS_FAILURES
+
+    make_user(session, "ana@agency.test")
+    for n in range(MAX_ADDRESS_FAILURES):
+        assert sign_in(client, f"guess{n}@agency.test", "wrong wrong wrong").status_code == 401
+    blocked = sign_in(client, "ana@agency.test")
+    assert blocked.status_code == 429
+    assert "Too many failed sign-ins from this network" in blocked.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_a_session_lasts_twelve_hours_at_most(client, session):
+    make_user(session, "ana@agency.test")
+    cookie = sign_in(client, "ana@agency.test").headers["Set-Cookie"]
+    expires = parsedate_to_datetime(re.search(r"Expires=([^;]+)", cookie).group(1))
+    assert timedelta(hours=11) < expires - utcnow() <= timedelta(hours=12)

@@ -1,0 +1,793 @@
+"""The staff pages: enroll, cases, the case page, handoffs, import, export, dashboard."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlmodel import select
+
+from admin.service import search_cases
+from models import (
+    AdminUser,
+    Appointment,
+    CardOnFile,
+    Case,
+    ConversationTurn,
+    Direction,
+    Enrollment,
+    EnrollmentStatus,
+    Handoff,
+    HandoffStatus,
+    Payment,
+    PaymentStatus,
+    Refund,
+    Reminder,
+    ReminderKind,
+    ReminderStatus,
+    Role,
+    utcnow,
+)
+from tests.admin_helpers import post_form, reload, signed_in
+from tests.factories import make_case, make_enrollment
+
+SCRIPT = "<script>alert('x')</script>"
+NEW_CASE = {
+    "case_number": "ma-2026-000123",
+    "payer_name": "Ana Rivera",
+    "amount_due": "250.00",
+    "balance": "1,250.00",
+    "next_due_date": "2030-12-01",
+    "phone": "(617) 555-0134",
+    "language": "es",
+    "consent": "y",
+}
+
+
+@pytest.fixture
+def admin(client, session):
+    return signed_in(client, session, Role.ADMIN)
+
+
+@pytest.fixture
+def staff(client, session):
+    return signed_in(client, session, Role.STAFF)
+
+
+def texts(app) -> list:
+    return list(app.extensions["sms"].sent)
+
+
+def count(session, model) -> int:
+    session.expire_all()
+    return len(session.exec(select(model)).all())
+
+
+def text_of(response) -> str:
+    return response.get_data(as_text=True)
+
+
+def turn(session, case, body, direction=Direction.INBOUND, **fields) -> ConversationTurn:
+    row = ConversationTurn(
+        case_id=case.id, phone="+16175550134", direction=direction, body=body, **fields
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+# --- Enroll ----------------------------------------------------------------------------------
+
+
+def test_enrolling_a_number_on_a_new_case_sends_the_double_opt_in_and_stays_pending(
+    app, client, session, staff
+):
+    response = post_form(client, "/admin/enroll", NEW_CASE)
+    assert response.status_code == 302
+    case = session.exec(select(Case)).one()
+    assert (case.case_number, case.payer_name) == ("MA-2026-000123", "Ana Rivera")
+    assert (case.amount_due_cents, case.balance_cents) == (25_000, 125_000)
+    assert case.next_due_date.isoformat() == "2030-12-01"
+    enrollment = session.exec(select(Enrollment)).one()
+    assert enrollment.phone == "+16175550134" and enrollment.language == "es"
+    assert enrollment.status == EnrollmentStatus.PENDING and enrollment.source == "admin"
+    assert enrollment.consent_version == app.config["CONSENT_VERSION"]
+    assert (
+        "MA-2026-000123" in enrollment.consent_text and "(617) 555-0134" in enrollment.consent_text
+    )
+    assert enrollment.consented_at is not None and enrollment.invited_at is not None
+    (sms,) = texts(app)
+    assert sms.to == "+16175550134" and "SI" in sms.body.upper() and "0123" in sms.body
+    invite = session.exec(select(ConversationTurn)).one()
+    assert invite.intent == "optin_invite" and invite.enrollment_id == enrollment.id
+
+    page = text_of(client.get(response.headers["Location"]))
+    assert "(617) 555-0134" in page and "pending" in page and "The opt-in text was sent" in page
+
+
+def test_enrolling_on_an_existing_case_needs_no_case_details(app, client, session, staff):
+    case = make_case(session, case_number="CS-777001")
+    response = post_form(
+        client,
+        "/admin/enroll",
+        {"case_number": "cs-777001", "phone": "617.555.0199", "language": "en", "consent": "y"},
+    )
+    assert response.status_code == 302
+    enrollment = session.exec(select(Enrollment)).one()
+    assert (enrollment.case_id, enrollment.phone) == (case.id, "+16175550199")
+    assert len(texts(app)) == 1
+
+
+def test_a_number_already_active_on_the_case_is_not_enrolled_twice(app, client, session, staff):
+    case = make_case(session, case_number="CS-777002")
+    make_enrollment(session, case, "+16175550134")
+    response = post_form(
+        client,
+        "/admin/enroll",
+        {"case_number": "CS-777002", "phone": "617-555-0134", "language": "en", "consent": "y"},
+        follow_redirects=True,
+    )
+    assert "already active on this case; nothing changed" in text_of(response)
+    assert count(session, Enrollment) == 1
+    assert texts(app) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("phone", "555-1234", "Enter a valid mobile number"),
+        ("phone", "not a phone", "Enter a valid mobile number"),
+        ("amount_due", "-25.00", "Amount due cannot be negative."),
+        ("balance", "-1", "Balance cannot be negative."),
+        ("balance", "12.345", "Balance has more than two decimals."),
+        ("amount_due", "lots", "Amount due must be a dollar amount like 125.00."),
+        ("payer_name", SCRIPT, "Payer name cannot contain &lt; or &gt;"),
+        ("case_number", "CS 1; DROP", "Case number must be 1-32 letters, digits or dashes."),
+        ("consent", "", "Tick the box only after the payer agreed to get texts."),
+        ("next_due_date", "12/01/2030", "Not a valid date value."),
+    ],
+)
+def test_bad_enrollment_input_is_explained_inline_and_writes_nothing(
+    app, client, session, staff, field, value, message
+):
+    data = {**NEW_CASE, field: value}
+    if field == "consent":
+        del data["consent"]
+    response = post_form(client, "/admin/enroll", data)
+    assert response.status_code == 400
+    page = text_of(response)
+    assert message in page
+    assert 'aria-invalid="true"' in page
+    assert "<script>alert" not in page
+    # What was typed is kept, so nothing is lost.
+    assert 'value="Ana Rivera"' in page or field == "payer_name"
+    assert count(session, Case) == count(session, Enrollment) == 0
+    assert texts(app) == []
+
+
+def test_a_new_case_needs_its_name_and_amounts(app, client, session, staff):
+    data = {**NEW_CASE, "payer_name": "", "balance": ""}
+    response = post_form(client, "/admin/enroll", data)
+    assert response.status_code == 400
+    assert "Payer name is needed for a new case." in text_of(response)
+    assert "Balance ($) is needed for a new case." in text_of(response)
+    assert count(session, Case) == 0
+
+
+def test_an_unknown_case_without_details_is_explained(app, client, session, staff):
+    response = post_form(
+        client,
+        "/admin/enroll",
+        {"case_number": "CS-404", "phone": "6175550134", "language": "en", "consent": "y"},
+    )
+    assert response.status_code == 400
+    assert "No case numbered CS-404" in text_of(response)
+    assert count(session, Enrollment) == 0 and texts(app) == []
+
+
+def test_new_case_details_for_an_existing_case_are_refused_not_ignored(app, client, session, staff):
+    case = make_case(session, case_number="MA-2026-000123", balance_cents=5_000)
+    response = post_form(client, "/admin/enroll", NEW_CASE)
+    assert response.status_code == 400
+    assert "already exists" in text_of(response)
+    assert reload(session, Case, case.id).balance_cents == 5_000
+    assert count(session, Enrollment) == 0 and texts(app) == []
+
+
+def test_the_enroll_form_labels_every_field(client, admin):
+    page = text_of(client.get("/admin/enroll"))
+    ids = re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', page)
+    visible = [i for i in ids if "csrf" not in i]
+    assert visible
+    for field_id in visible:
+        assert f'for="{field_id}"' in page, field_id
+
+
+# --- Cases list ------------------------------------------------------------------------------
+
+
+def test_cases_are_found_by_number_name_or_the_last_four_digits_of_a_phone(client, session, staff):
+    ana = make_case(session, case_number="MA-1", payer_name="Ana Rivera")
+    james = make_case(session, case_number="MA-2", payer_name="James Carter")
+    make_enrollment(session, james, "+16175550777")
+
+    def found(query):
+        page = text_of(client.get("/admin/cases", query_string={"q": query}))
+        return {n for n in ("MA-1", "MA-2") if f">{n}</a>" in page}
+
+    assert found("rivera") == {"MA-1"}
+    assert found("ma-2") == {"MA-2"}
+    assert found("0777") == {"MA-2"}
+    assert found("(617) 555-0777") == {"MA-2"}
+    assert found("") == {"MA-1", "MA-2"}
+    assert found("100%") == set()
+    assert ana.id
+
+
+def test_case_filters_pick_out_what_needs_attention(client, session, staff):
+    today = utcnow().date()
+    overdue = make_case(session, case_number="F-OVERDUE", next_due_date=today - timedelta(days=3))
+    paid_up = make_case(
+        session, case_number="F-PAIDUP", next_due_date=today - timedelta(days=3), balance_cents=0
+    )
+    opted = make_case(session, case_number="F-OPTED")
+    make_enrollment(session, opted, "+16175550101", status=EnrollmentStatus.OPTED_OUT)
+    pending = make_case(session, case_number="F-PENDING")
+    make_enrollment(session, pending, "+16175550102", status=EnrollmentStatus.PENDING)
+    carded = make_case(session, case_number="F-CARD")
+    session.add(
+        CardOnFile(
+            case_id=carded.id,
+            processor="sandbox",
+            customer_id="cus_1",
+            payment_method_id="pm_1",
+            brand="visa",
+            last4="4242",
+            exp_month=12,
+            exp_year=2030,
+        )
+    )
+    waiting = make_case(session, case_number="F-HANDOFF")
+    session.add(Handoff(case_id=waiting.id, phone="+16175550103"))
+    session.commit()
+
+    def shown(case_filter):
+        page = text_of(client.get("/admin/cases", query_string={"filter": case_filter}))
+        return {n for n in re.findall(r">(F-[A-Z]+)</a>", page)}
+
+    assert shown("overdue") == {"F-OVERDUE"}
+    assert shown("opted_out") == {"F-OPTED"}
+    assert shown("pending") == {"F-PENDING"}
+    assert shown("handoff") == {"F-HANDOFF"}
+    assert shown("no_card") == {"F-OVERDUE", "F-PAIDUP", "F-OPTED", "F-PENDING", "F-HANDOFF"}
+    assert overdue.id and paid_up.id
+
+
+def test_the_case_list_is_paginated(session, app):
+    for n in range(30):
+        make_case(session, case_number=f"P-{n:03d}")
+    first = search_cases(session=session, page=1, today=utcnow().date(), per_page=25)
+    second = search_cases(session=session, page=2, today=utcnow().date(), per_page=25)
+    assert (first.total, first.pages, len(first.rows), len(second.rows)) == (30, 2, 25, 5)
+    assert first.rows[0].case.case_number == "P-000"
+    assert second.rows[-1].case.case_number == "P-029"
+
+
+def test_the_case_list_shows_only_the_last_four_digits_of_phones(client, session, staff):
+    make_enrollment(session, make_case(session, case_number="L-1"), "+16175550134")
+    page = text_of(client.get("/admin/cases"))
+    assert "…0134" in page and "617" not in page.split("<table")[1]
+
+
+# --- Case page -------------------------------------------------------------------------------
+
+
+def test_the_case_page_shows_the_conversation_in_the_agency_time_zone(client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    at = datetime(2026, 1, 15, 15, 5, tzinfo=UTC)  # 10:05 AM in New York
+    turn(session, case, "BAL", intent="balance", created_at=at)
+    turn(
+        session,
+        case,
+        "Case ending 1001: balance $1,000.00.",
+        Direction.OUTBOUND,
+        delivery_status="delivered",
+        intent="balance",
+        created_at=at + timedelta(seconds=2),
+    )
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    thread = page.split('id="timeline"')[1].split("</ol>")[0]
+    assert thread.index("BAL") < thread.index("balance $1,000.00")
+    assert 'class="turn inbound' in thread and 'class="turn outbound' in thread
+    assert "Jan 15, 2026 10:05 AM EST" in thread
+    assert "delivered" in thread and "balance" in thread
+
+
+def test_the_case_page_shows_reminders_with_their_reasons_and_consent_records(
+    client, session, staff
+):
+    case = make_case(session)
+    make_enrollment(session, case, consent_text="I agree to texts v7", consent_version="v7")
+    for kind, status, reason in [
+        (ReminderKind.DUE_SOON, ReminderStatus.SENT, None),
+        (ReminderKind.DUE_TODAY, ReminderStatus.SKIPPED, "paid"),
+        (ReminderKind.OVERDUE, ReminderStatus.DEFERRED, "quiet_hours"),
+        (ReminderKind.APPOINTMENT, ReminderStatus.SCHEDULED, None),
+    ]:
+        session.add(
+            Reminder(
+                case_id=case.id,
+                kind=kind,
+                cycle="2026-01",
+                send_at=utcnow(),
+                status=status,
+                reason=reason,
+            )
+        )
+    session.commit()
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    reminders = page.split('id="reminders"')[1].split("</section>")[0]
+    for word in ("sent", "skipped", "paid", "deferred", "quiet hours", "scheduled"):
+        assert word in reminders
+    enrollments = page.split('id="enrollments"')[1].split("</section>")[0]
+    assert "I agree to texts v7" in enrollments and "v7" in enrollments
+
+
+def test_an_unknown_case_is_a_clear_404(client, staff):
+    response = client.get("/admin/cases/999")
+    assert response.status_code == 404 and "Not found" in text_of(response)
+
+
+# --- Staff replies and handoffs --------------------------------------------------------------
+
+
+def test_a_staff_reply_goes_out_as_a_text_logged_as_theirs_and_answers_the_handoff(
+    app, client, session, staff
+):
+    case = make_case(session, payer_name="Ana Rivera")
+    make_enrollment(session, case, "+16175550134")
+    agent = turn(session, case, "AGENT please", intent="agent")
+    session.add(Handoff(case_id=case.id, phone="+16175550134", turn_id=agent.id))
+    session.commit()
+
+    inbox = text_of(client.get("/admin/handoffs"))
+    assert "AGENT please" in inbox and case.case_number in inbox
+
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550134", "text": "Hi Ana, we got your message."},
+        prefix="reply",
+    )
+    assert response.status_code == 302
+    (sms,) = texts(app)
+    assert sms.to == "+16175550134"
+    assert sms.body == "Demo County Child Support: Hi Ana, we got your message."
+    reply = session.exec(
+        select(ConversationTurn).where(ConversationTurn.direction == Direction.OUTBOUND)
+    ).one()
+    assert reply.staff_user_id == staff.id and reply.intent == "staff_reply"
+    handoff = session.exec(select(Handoff)).one()
+    assert handoff.status == HandoffStatus.ANSWERED and handoff.answered_by == staff.id
+    assert "No one is waiting." in text_of(client.get("/admin/handoffs"))
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert "by staff@agency.test" in page
+
+
+def test_a_reply_too_long_for_two_texts_is_refused_and_kept(app, client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    long_text = "Please call us about your payment plan. " * 10
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550134", "text": long_text},
+        prefix="reply",
+    )
+    assert response.status_code == 400
+    assert "too long for 2 text messages" in text_of(response)
+    assert long_text.strip()[:60] in text_of(response)
+    assert texts(app) == [] and count(session, ConversationTurn) == 0
+
+
+def test_a_reply_to_an_opted_out_number_is_refused(app, client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134", status=EnrollmentStatus.OPTED_OUT)
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550134", "text": "Hello"},
+        prefix="reply",
+    )
+    assert response.status_code == 400
+    assert texts(app) == [] and count(session, ConversationTurn) == 0
+
+
+def test_send_card_link_texts_a_signed_link(app, client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    response = post_form(
+        client, f"/admin/cases/{case.id}/card-link", {"phone": "+16175550134"}, prefix="card"
+    )
+    assert response.status_code == 302
+    (sms,) = texts(app)
+    assert "http://paytext.test/pay/card/" in sms.body
+    logged = session.exec(select(ConversationTurn)).one()
+    assert logged.intent == "card_link" and logged.staff_user_id == staff.id
+
+
+# --- Refunds ---------------------------------------------------------------------------------
+
+
+def paid(app, session, case, cents=25_000) -> Payment:
+    """A payment charged through the sandbox processor, as the bot would make it."""
+    from billing.cards import attach_test_card
+    from billing.service import enqueue_charge
+
+    with app.app_context():
+        card = attach_test_card(
+            session=session,
+            gateway=app.extensions["payments"],
+            case=case,
+            number="4242424242424242",
+            exp_month=12,
+            exp_year=2030,
+        )
+        payment = Payment(
+            case_id=case.id,
+            card_id=card.id,
+            amount_cents=cents,
+            idempotency_key=f"test-{case.id}",
+            processor="sandbox",
+        )
+        session.add(payment)
+        session.commit()
+        enqueue_charge(payment_id=payment.id)
+    payment = reload(session, Payment, payment.id)
+    assert payment.status == PaymentStatus.SUCCEEDED
+    return payment
+
+
+def test_an_admin_refunds_part_of_a_payment(app, client, session, admin):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    payment = paid(app, session, case)
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert f"/admin/payments/{payment.id}/refund" in page
+    response = post_form(
+        client,
+        f"/admin/payments/{payment.id}/refund",
+        {"amount": "50.00"},
+        prefix=f"refund{payment.id}",
+    )
+    assert response.status_code == 302, text_of(response)
+    (refund,) = session.exec(select(Refund)).all()
+    assert refund.amount_cents == 5_000 and refund.admin_user_id == admin.id
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [("-5", "cannot be negative"), ("0", "must be more than $0.00"), ("300.00", "At most $250.00")],
+)
+def test_a_bad_refund_amount_is_explained_and_refunds_nothing(
+    app, client, session, admin, amount, message
+):
+    case = make_case(session)
+    payment = paid(app, session, case)
+    response = post_form(
+        client,
+        f"/admin/payments/{payment.id}/refund",
+        {"amount": amount},
+        prefix=f"refund{payment.id}",
+    )
+    assert response.status_code == 400
+    assert message in text_of(response)
+    assert count(session, Refund) == 0
+
+
+# --- Appointments ----------------------------------------------------------------------------
+
+
+def test_appointments_are_added_moved_and_canceled(client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case)
+    day = (utcnow() + timedelta(days=10)).date()
+    added = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "court_hearing", "day": day.isoformat(), "time": "09:30", "location": "Room 5"},
+        prefix="appt",
+    )
+    assert added.status_code == 302, text_of(added)
+    appointment = session.exec(select(Appointment)).one()
+    first_time = appointment.starts_at
+    local = first_time.astimezone(ZoneInfo("America/New_York"))
+    assert (local.date(), local.hour, local.minute) == (day, 9, 30)
+
+    later = day + timedelta(days=1)
+    moved = post_form(
+        client,
+        f"/admin/appointments/{appointment.id}/move",
+        {"day": later.isoformat(), "time": "14:00"},
+        prefix=f"move{appointment.id}",
+    )
+    assert moved.status_code == 302
+    assert reload(session, Appointment, appointment.id).starts_at == first_time + timedelta(
+        days=1, hours=4, minutes=30
+    )
+
+    canceled = post_form(client, f"/admin/appointments/{appointment.id}/cancel", prefix="cancel")
+    assert canceled.status_code == 302
+    assert reload(session, Appointment, appointment.id).status == "canceled"
+
+
+def test_an_appointment_in_the_past_is_refused(client, session, staff):
+    case = make_case(session)
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "case_conference", "day": "2020-01-01", "time": "09:00"},
+        prefix="appt",
+    )
+    assert response.status_code == 400
+    assert "must be in the future" in text_of(response)
+    assert count(session, Appointment) == 0
+
+
+def test_a_video_link_must_be_https(client, session, staff):
+    case = make_case(session)
+    day = (utcnow() + timedelta(days=3)).date().isoformat()
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "virtual_counter", "day": day, "time": "09:00", "video_link": "javascript:x"},
+        prefix="appt",
+    )
+    assert response.status_code == 400 and "https://" in text_of(response)
+    assert count(session, Appointment) == 0
+
+
+# --- Export ----------------------------------------------------------------------------------
+
+
+def test_the_export_has_the_consent_record_and_every_turn(client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, consent_text="Consent wording v1", consent_version="v1")
+    turn(session, case, '=HYPERLINK("http://evil")')
+    turn(session, case, "Reply", Direction.OUTBOUND, delivery_status="delivered")
+    response = client.get(f"/admin/cases/{case.id}/export.csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(text_of(response))))
+    records = [row["record"] for row in rows]
+    assert records.count("turn") == 2 and "consent:consented" in records
+    consent = next(row for row in rows if row["record"] == "consent:consented")
+    assert consent["text"] == "Consent wording v1" and consent["consent_version"] == "v1"
+    inbound = next(row for row in rows if row["direction"] == "inbound")
+    assert inbound["text"].startswith("'=")  # never a live formula in a spreadsheet
+    assert rows[-1]["status"] == "delivered"
+
+
+# --- Import ----------------------------------------------------------------------------------
+
+HEADER = "case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone\n"
+
+
+def upload(client, body: bytes, name="cases.csv", **kwargs):
+    return post_form(
+        client,
+        "/admin/import",
+        {"file": (io.BytesIO(body), name)},
+        content_type="multipart/form-data",
+        **kwargs,
+    )
+
+
+def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, session, staff):
+    make_case(session, case_number="CS-1")
+    body = (
+        HEADER
+        + "CS-1,Ana Rivera,6175550134,es,250.00,1250.00,2030-12-01,America/New_York\n"
+        + "CS-2,James Carter,,en,100,300,,\n"
+    ).encode()
+    preview = upload(client, body)
+    assert preview.status_code == 200
+    page = text_of(preview)
+    assert "2 valid cases: 1 new, 1 to update. Nothing has been written yet." in page
+    assert count(session, Case) == 1 and count(session, Enrollment) == 0
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', page).group(1)
+
+    done = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "1 new case(s), 1 updated, 1 pending enrollment(s) added" in text_of(done)
+    assert count(session, Case) == 2 and count(session, Enrollment) == 1
+
+    again = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "expired or was already imported" in text_of(again)
+    assert count(session, Case) == 2
+
+
+def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session, staff):
+    body = (
+        HEADER
+        + "CS-1,Ana Rivera,6175550134,es,250.00,1250.00,2030-12-01,America/New_York\n"
+        + "CS-2,James Carter,555,en,-100,300,13/01/2030,Mars/Base\n"
+        + f"CS-3,{SCRIPT},,en,1,1,,\n"
+    ).encode()
+    response = upload(client, body)
+    assert response.status_code == 400
+    page = text_of(response)
+    assert "1 bad line in cases.csv: nothing was imported" in page
+    assert "line 3:" in page and "is negative" in page and "not a valid phone number" in page
+    assert "Confirm" not in page and 'name="token"' not in page
+    assert count(session, Case) == 0
+
+
+def test_a_file_that_is_not_utf8_is_refused(client, session, staff):
+    response = upload(client, HEADER.encode() + "CS-1,Jos\xe9,,en,1,1,,\n".encode("latin-1"))
+    assert response.status_code == 400
+    assert "not UTF-8" in text_of(response)
+    assert count(session, Case) == 0
+
+
+def test_an_upload_without_a_file_is_explained(client, staff):
+    response = post_form(client, "/admin/import", {}, content_type="multipart/form-data")
+    assert response.status_code == 400 and "Choose a CSV file." in text_of(response)
+
+
+def test_a_ten_megabyte_upload_gets_a_clear_413_and_writes_nothing(client, session, staff):
+    row = "CS-1,Ana Rivera,6175550134,es,250.00,1250.00,2030-12-01,America/New_York\n"
+    body = (HEADER + row * (10 * 1024 * 1024 // len(row) + 1)).encode()
+    assert len(body) > 10 * 1024 * 1024
+    response = upload(client, body)
+    assert response.status_code == 413
+    assert "Uploads are limited to 5 MB and nothing was imported" in text_of(response)
+    assert count(session, Case) == 0
+
+
+def test_another_users_preview_cannot_be_confirmed(app, client, session, staff):
+    preview = text_of(upload(client, (HEADER + "CS-9,Ana,,en,1,1,,\n").encode()))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
+    other = app.test_client()
+    signed_in(other, session, Role.ADMIN, "other@agency.test")
+    response = post_form(other, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "belongs to someone else" in text_of(response)
+    assert count(session, Case) == 0
+
+
+# --- Escaping --------------------------------------------------------------------------------
+
+
+def test_payer_text_is_escaped_on_every_page(client, session, admin):
+    case = make_case(session, payer_name=SCRIPT, case_number="X-1")
+    make_enrollment(session, case, "+16175550134", consent_text=SCRIPT)
+    agent = turn(session, case, SCRIPT, intent="<b>agent</b>")
+    session.add(Handoff(case_id=case.id, phone="+16175550134", turn_id=agent.id))
+    session.commit()
+    pages = [
+        "/admin/",
+        "/admin/cases",
+        f"/admin/cases?q={SCRIPT}",
+        f"/admin/cases/{case.id}",
+        "/admin/handoffs",
+        "/admin/users",
+        "/admin/enroll?case=" + SCRIPT,
+    ]
+    for path in pages:
+        page = text_of(client.get(path))
+        assert "<script>alert" not in page, path
+        assert "<b>agent" not in page, path
+    assert "&lt;script&gt;" in text_of(client.get(f"/admin/cases/{case.id}"))
+    preview = text_of(upload(client, (HEADER + f'X-2,"{SCRIPT}",,en,1,1,,\n').encode()))
+    assert "<script>alert" not in preview and "&lt;script&gt;" in preview
+
+
+# --- Dashboard and dispatch ------------------------------------------------------------------
+
+
+def test_the_dashboard_draws_charts_from_what_happened(client, session, staff):
+    case = make_case(session)
+    now = utcnow()
+    for status in ("delivered", "delivered", "failed"):
+        turn(session, case, "hi", Direction.OUTBOUND, delivery_status=status, created_at=now)
+    session.add(
+        Payment(
+            case_id=case.id,
+            amount_cents=12_345,
+            status=PaymentStatus.SUCCEEDED,
+            idempotency_key="d-1",
+            succeeded_at=now,
+        )
+    )
+    session.commit()
+    page = text_of(client.get("/admin/"))
+    assert page.count("<svg") == 5
+    assert "Texts per day" in page and "Reply rate" in page
+    tiles = page.split('class="tiles"')[1].split("</ul>")[0]
+    assert '<span class="figure">3</span> texts sent' in tiles
+    assert '<span class="figure">1</span> failed' in tiles
+    assert "$123.45" in tiles
+    assert "Send due reminders now" not in page  # staff may not
+
+
+def test_an_admin_sends_due_reminders_now(app, client, session, admin):
+    from jobs.reminders import plan_case
+
+    case = make_case(session, next_due_date=utcnow().date() + timedelta(days=3))
+    make_enrollment(session, case, "+16175550134")
+    with app.app_context():
+        plan_case(session=session, case_id=case.id)
+        session.commit()
+    due = session.exec(select(Reminder).where(Reminder.case_id == case.id)).first()
+    assert due is not None
+    due.send_at = utcnow() - timedelta(minutes=1)
+    session.add(due)
+    session.commit()
+
+    assert "Send due reminders now" in text_of(client.get("/admin/"))
+    response = post_form(
+        client, "/admin/reminders/dispatch", prefix="dispatch", follow_redirects=True
+    )
+    assert "Due reminders dispatched: 1 due" in text_of(response)
+    assert reload(session, Reminder, due.id).status != ReminderStatus.SCHEDULED
+
+
+def test_user_management_lists_accounts_with_their_lock(client, session, admin):
+    page = text_of(client.get("/admin/users"))
+    assert "admin@agency.test" in page
+    assert session.exec(select(AdminUser)).one().role == Role.ADMIN
+
+
+# --- Accessibility ---------------------------------------------------------------------------
+
+
+class Controls(HTMLParser):
+    """The form controls of a page and the ids its labels point at."""
+
+    def __init__(self):
+        super().__init__()
+        self.controls: list[dict] = []
+        self.labelled: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "label" and attributes.get("for"):
+            self.labelled.add(attributes["for"])
+        if tag in ("input", "select", "textarea") and attributes.get("type") != "hidden":
+            self.controls.append(attributes)
+
+
+def test_every_field_on_every_page_has_a_label(app, client, session, admin):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    session.add(
+        Appointment(case_id=case.id, starts_at=utcnow() + timedelta(days=5), location="Room 5")
+    )
+    session.commit()
+    paid(app, session, case)
+    pages = [
+        "/admin/",
+        "/admin/cases",
+        f"/admin/cases/{case.id}",
+        "/admin/enroll",
+        "/admin/import",
+        "/admin/users",
+    ]
+    seen = 0
+    for path in pages:
+        page = Controls()
+        page.feed(text_of(client.get(path)))
+        for control in page.controls:
+            assert control.get("id") in page.labelled or control.get("aria-label"), (path, control)
+            seen += 1
+    assert seen >= 25
+    case_page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert 'class="skip" href="#main"' in case_page and 'lang="en"' in case_page
+    login = Controls()
+    login.feed(text_of(app.test_client().get("/admin/login")))
+    assert {c["id"] for c in login.controls} <= login.labelled
