@@ -39,6 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _init_redis(app)
     _init_gateways(app)
     _register_blueprints(app)
+    _init_admin(app)
     _register_commands(app)
     return app
 
@@ -165,7 +166,18 @@ def _register_blueprints(app: Flask) -> None:
         return jsonify(status="ok" if healthy else "degraded", **checks), 200 if healthy else 503
 
 
+def _init_admin(app: Flask) -> None:
+    """Sign-in, CSRF on every form, cookie flags and the upload limit for the staff pages."""
+    from admin.auth import init_app as init_auth
+
+    init_auth(app)
+
+
 def _register_commands(app: Flask) -> None:
+    from billing.cli import register as register_billing_commands
     from cases.cli import register as register_case_commands
+    from jobs.cli import reminders_cli
 
     register_case_commands(app)
+    app.cli.add_command(reminders_cli)
+    register_billing_commands(app)

@@ -76,6 +76,9 @@ REMINDER_SEND_TIME = "10:00"
 SMS_RATE_PER_SECOND = 30
 """Messages per second the sender may take, shared by all workers (Twilio queues the rest)."""
 
+REMINDER_DISPATCH_SECONDS = 60
+"""How often `rq cron` runs the reminder dispatch (seconds)."""
+
 MAX_PAYMENT = "5000.00"
 """Largest single payment by text, in dollars."""
 
@@ -91,6 +94,9 @@ JOBS_TOKEN = None
 CARD_LINK_TTL_MINUTES = 60
 """How long a card link stays valid."""
 
+MAX_UPLOAD_MB = 5
+"""Largest request body the app accepts, in megabytes (the admin CSV upload); larger gets 413."""
+
 LOG_LEVEL = "INFO"
 """Log level for the web process and workers."""
 
@@ -98,7 +104,12 @@ RQ_ASYNC = True
 """False runs jobs in-process at enqueue time (tests only)."""
 
 NAMES = [name for name in list(globals()) if name.isupper() and name != "NAMES"]
-INT_SETTINGS = {"SMS_RATE_PER_SECOND", "CARD_LINK_TTL_MINUTES"}
+INT_SETTINGS = {
+    "SMS_RATE_PER_SECOND",
+    "REMINDER_DISPATCH_SECONDS",
+    "CARD_LINK_TTL_MINUTES",
+    "MAX_UPLOAD_MB",
+}
 BOOL_SETTINGS = {"RQ_ASYNC"}
 
 

@@ -34,6 +34,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: OK, you won't get texts from us. No more messages will be sent. "
         "Reply START if you change your mind."
     ),
+    "try_again": (
+        "{agency}: Sorry, we could not process your message. Please try again in a few "
+        "minutes or call {agency_phone}."
+    ),
     "unknown_number": (
         "{agency}: We couldn't find a case for this phone number. "
         "Please call {agency_phone}. Reply STOP to opt out."
@@ -198,6 +202,61 @@ MESSAGES: dict[str, str] = {
         "Reply STOP to opt out."
     ),
     "staff_reply": "{agency}: {text}",
+    # Payer web pages (card and payment approval); fragments, never texted.
+    "page.lang_switch": "Español",
+    "page.footer": "{agency}. Questions? Call {agency_phone}.",
+    "page.working": "Please wait...",
+    "page.card_title": "Add a card",
+    "page.card_intro": (
+        "Save a debit or credit card for case ending {case_last4}. We charge it only when you "
+        "confirm a payment by text."
+    ),
+    "page.card_replaces": "This replaces your {brand} card ending {last4}.",
+    "page.card_details": "Card details",
+    "page.card_number": "Card number",
+    "page.card_exp_month": "Expiration month (MM)",
+    "page.card_exp_year": "Expiration year (YY)",
+    "page.card_cvc": "Security code (CVC)",
+    "page.card_save": "Save card",
+    "page.card_sandbox_note": "Test mode: no real card is charged. Use one of these test cards:",
+    "page.card_saved_title": "Card saved",
+    "page.card_saved": "Your {brand} card ending {last4} is saved. To pay, reply PAY to our text.",
+    "page.card_error.invalid_number": "That card number is not valid. Please check it.",
+    "page.card_error.not_test_card": "In test mode only the test card numbers below work.",
+    "page.card_error.invalid_expiry_month": "The expiration month is not valid.",
+    "page.card_error.invalid_expiry_year": "The expiration date is not valid or has passed.",
+    "page.card_error.invalid_cvc": "The security code is not valid.",
+    "page.card_error.setup_incomplete": "Your card was not saved. Please enter it again.",
+    "page.card_error.other": "We could not save the card. Please try again.",
+    "page.link_title": "This link does not work",
+    "page.link_expired": (
+        "This link has expired or was already used. For a new one, reply PAY to our text "
+        "or call {agency_phone}."
+    ),
+    "page.link_invalid": (
+        "This link is not valid. Please open the link exactly as it is in our text, "
+        "or call {agency_phone}."
+    ),
+    "page.auth_title": "Approve your payment",
+    "page.auth_intro": (
+        "Your bank asks you to approve the payment of {amount} with your card ending {last4}. "
+        "Nothing is charged until you approve."
+    ),
+    "page.auth_button": "Approve payment",
+    "page.auth_sandbox_note": "Test mode: this button approves the payment as your bank would.",
+    "page.auth_done_title": "Payment approved",
+    "page.auth_done": "Thank you. Your payment of {amount} went through. We'll text your receipt.",
+    "page.auth_failed_title": "Payment not approved",
+    "page.auth_failed": (
+        "Your bank did not approve the payment of {amount}, and nothing was charged. "
+        "Reply PAY to our text to try again, or call {agency_phone}."
+    ),
+    "page.auth_closed": "This payment is no longer waiting for approval. There is nothing to do.",
+    "page.error_title": "Please try again",
+    "page.try_later": (
+        "We could not reach the payment processor, so nothing was charged or saved. "
+        "Please try again in a few minutes."
+    ),
 }
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -36,6 +36,10 @@ MESSAGES: dict[str, str] = {
     "enroll_declined": (
         "{agency}: Listo, no le enviaremos mensajes. Responda START si cambia de idea."
     ),
+    "try_again": (
+        "{agency}: Lo sentimos, no pudimos procesar su mensaje. Intente de nuevo en unos "
+        "minutos o llame al {agency_phone}."
+    ),
     "unknown_number": (
         "{agency}: No encontramos un caso con este teléfono. Llame al {agency_phone}. "
         "Responda STOP para cancelar."
@@ -216,6 +220,70 @@ MESSAGES: dict[str, str] = {
         "Para detalles, llame al {agency_phone}. Responda STOP para cancelar."
     ),
     "staff_reply": "{agency}: {text}",
+    # Páginas web para el pagador (tarjeta y aprobación de pagos); fragmentos, nunca por texto.
+    "page.lang_switch": "English",
+    "page.footer": "{agency}. ¿Preguntas? Llame al {agency_phone}.",
+    "page.working": "Un momento...",
+    "page.card_title": "Agregar una tarjeta",
+    "page.card_intro": (
+        "Guarde una tarjeta de débito o crédito para el caso que termina en {case_last4}. "
+        "Solo la cobramos cuando usted confirma un pago por texto."
+    ),
+    "page.card_replaces": "Esta tarjeta reemplaza su tarjeta {brand} terminada en {last4}.",
+    "page.card_details": "Datos de la tarjeta",
+    "page.card_number": "Número de tarjeta",
+    "page.card_exp_month": "Mes de vencimiento (MM)",
+    "page.card_exp_year": "Año de vencimiento (AA)",
+    "page.card_cvc": "Código de seguridad (CVC)",
+    "page.card_save": "Guardar tarjeta",
+    "page.card_sandbox_note": (
+        "Modo de prueba: no se cobra ninguna tarjeta real. Use una de estas tarjetas de prueba:"
+    ),
+    "page.card_saved_title": "Tarjeta guardada",
+    "page.card_saved": (
+        "Su tarjeta {brand} terminada en {last4} quedó guardada. Para pagar, responda PAGAR "
+        "a nuestro mensaje."
+    ),
+    "page.card_error.invalid_number": "El número de tarjeta no es válido. Por favor revíselo.",
+    "page.card_error.not_test_card": (
+        "En modo de prueba solo funcionan los números de tarjeta de prueba de abajo."
+    ),
+    "page.card_error.invalid_expiry_month": "El mes de vencimiento no es válido.",
+    "page.card_error.invalid_expiry_year": "La fecha de vencimiento no es válida o ya pasó.",
+    "page.card_error.invalid_cvc": "El código de seguridad no es válido.",
+    "page.card_error.setup_incomplete": "Su tarjeta no se guardó. Por favor ingrésela de nuevo.",
+    "page.card_error.other": "No pudimos guardar la tarjeta. Por favor intente de nuevo.",
+    "page.link_title": "Este enlace no funciona",
+    "page.link_expired": (
+        "Este enlace venció o ya se usó. Para recibir uno nuevo, responda PAGAR a nuestro "
+        "mensaje o llame al {agency_phone}."
+    ),
+    "page.link_invalid": (
+        "Este enlace no es válido. Abra el enlace tal como aparece en nuestro mensaje, "
+        "o llame al {agency_phone}."
+    ),
+    "page.auth_title": "Apruebe su pago",
+    "page.auth_intro": (
+        "Su banco le pide que apruebe el pago de {amount} con su tarjeta terminada en {last4}. "
+        "No le cobramos nada hasta que lo apruebe."
+    ),
+    "page.auth_button": "Aprobar el pago",
+    "page.auth_sandbox_note": "Modo de prueba: este botón aprueba el pago como lo haría su banco.",
+    "page.auth_done_title": "Pago aprobado",
+    "page.auth_done": (
+        "Gracias. Su pago de {amount} se completó. Le enviaremos el recibo por mensaje de texto."
+    ),
+    "page.auth_failed_title": "Pago no aprobado",
+    "page.auth_failed": (
+        "Su banco no aprobó el pago de {amount} y no le cobramos nada. Responda PAGAR a "
+        "nuestro mensaje para intentarlo de nuevo, o llame al {agency_phone}."
+    ),
+    "page.auth_closed": "Este pago ya no espera aprobación. No tiene que hacer nada más.",
+    "page.error_title": "Intente de nuevo",
+    "page.try_later": (
+        "No pudimos comunicarnos con el procesador de pagos, así que no se cobró ni se guardó "
+        "nada. Por favor intente de nuevo en unos minutos."
+    ),
 }
 
 _MONTHS = (
