@@ -212,6 +212,63 @@ def phone_status(enrollments: list[Enrollment]) -> PhoneStatus:
     return PhoneStatus.UNENROLLED
 
 
+_IDS = sa.bindparam("ids", expanding=True)
+# Built once: statement construction costs more than the queries on this hot path.
+_CASES = (
+    sa.select(
+        Case.id,
+        Case.case_number,
+        Case.amount_due_cents,
+        Case.balance_cents,
+        Case.next_due_date,
+        Case.timezone,
+    )
+    .where(Case.id.in_(_IDS), Case.status == CaseStatus.OPEN)
+    .order_by(Case.id)
+)
+_CARDS = (
+    sa.select(CardOnFile.case_id, CardOnFile.brand, CardOnFile.last4)
+    .where(CardOnFile.case_id.in_(_IDS), CardOnFile.active.is_(True))
+    .order_by(CardOnFile.id)
+)
+_RANKED_PAYMENTS = (
+    sa.select(
+        Payment.case_id,
+        Payment.created_at,
+        Payment.amount_cents,
+        Payment.status,
+        CardOnFile.last4,
+        sa.func.row_number()
+        .over(partition_by=Payment.case_id, order_by=(Payment.created_at.desc(), Payment.id.desc()))
+        .label("rank"),
+    )
+    .join(CardOnFile, Payment.card_id == CardOnFile.id, isouter=True)
+    .where(Payment.case_id.in_(_IDS))
+    .where(Payment.status.not_in([PaymentStatus.FAILED, PaymentStatus.CANCELED]))
+    .subquery()
+)
+_PAYMENTS = (
+    sa.select(_RANKED_PAYMENTS)
+    .where(_RANKED_PAYMENTS.c.rank <= dialogue.HISTORY_SIZE)
+    .order_by(_RANKED_PAYMENTS.c.case_id, _RANKED_PAYMENTS.c.rank)
+)
+_APPOINTMENTS = (
+    sa.select(
+        Appointment.case_id,
+        Appointment.starts_at,
+        Appointment.kind,
+        Appointment.location,
+        Appointment.video_link,
+    )
+    .where(
+        Appointment.case_id.in_(_IDS),
+        Appointment.status == AppointmentStatus.SCHEDULED,
+        Appointment.starts_at > sa.bindparam("now", type_=Appointment.__table__.c.starts_at.type),
+    )
+    .order_by(Appointment.starts_at.desc())
+)
+
+
 def case_facts(
     *, session: Session, enrollments: list[Enrollment], now: datetime
 ) -> tuple[CaseFacts, ...]:
@@ -221,59 +278,38 @@ def case_facts(
     case_ids = sorted({e.case_id for e in enrollments if e.status == EnrollmentStatus.ACTIVE})
     if not case_ids:
         return ()
-    default_zone = current_app.config["DEFAULT_TIMEZONE"]
-    cases = session.exec(
-        select(Case).where(Case.id.in_(case_ids), Case.status == CaseStatus.OPEN).order_by(Case.id)
-    ).all()
-    facts = []
-    for case in cases:
-        card = session.exec(
-            select(CardOnFile)
-            .where(CardOnFile.case_id == case.id, CardOnFile.active.is_(True))
-            .order_by(CardOnFile.id.desc())
-        ).first()
-        payments = session.exec(
-            select(Payment, CardOnFile.last4)
-            .join(CardOnFile, Payment.card_id == CardOnFile.id, isouter=True)
-            .where(Payment.case_id == case.id)
-            .where(Payment.status.not_in([PaymentStatus.FAILED, PaymentStatus.CANCELED]))
-            .order_by(Payment.created_at.desc())
-            .limit(dialogue.HISTORY_SIZE)
-        ).all()
-        appointment = session.exec(
-            select(Appointment)
-            .where(
-                Appointment.case_id == case.id,
-                Appointment.status == AppointmentStatus.SCHEDULED,
-                Appointment.starts_at > now,
-            )
-            .order_by(Appointment.starts_at)
-        ).first()
-        facts.append(
-            CaseFacts(
-                case_id=case.id,
-                case_number=case.case_number,
-                amount_due_cents=case.amount_due_cents,
-                balance_cents=case.balance_cents,
-                next_due_date=case.next_due_date,
-                timezone=case.timezone or default_zone,
-                card=CardFacts(card.brand, card.last4) if card else None,
-                recent_payments=tuple(
-                    PaymentFacts(p.created_at, p.amount_cents, str(p.status), last4 or "")
-                    for p, last4 in payments
-                ),
-                next_appointment=AppointmentFacts(
-                    appointment.starts_at,
-                    str(appointment.kind),
-                    appointment.location or "",
-                    appointment.video_link or "",
-                )
-                if appointment
-                else None,
-                month_paid_cents=month_paid_cents(session=session, case_id=case.id, now=now),
-            )
+    ids = {"ids": case_ids}
+    cases = session.execute(_CASES, ids).all()
+    # Rows come oldest card first and latest appointment first: the last one seen wins.
+    cards = {row.case_id: CardFacts(row.brand, row.last4) for row in session.execute(_CARDS, ids)}
+    appointments = {
+        row.case_id: AppointmentFacts(
+            row.starts_at, str(row.kind), row.location or "", row.video_link or ""
         )
-    return tuple(facts)
+        for row in session.execute(_APPOINTMENTS, {**ids, "now": now})
+    }
+    payments: dict[int, list[PaymentFacts]] = {}
+    for row in session.execute(_PAYMENTS, ids):
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        payments.setdefault(row.case_id, []).append(
+            PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
+        )
+    default_zone = current_app.config["DEFAULT_TIMEZONE"]
+    return tuple(
+        CaseFacts(
+            case_id=case.id,
+            case_number=case.case_number,
+            amount_due_cents=case.amount_due_cents,
+            balance_cents=case.balance_cents,
+            next_due_date=case.next_due_date,
+            timezone=case.timezone or default_zone,
+            card=cards.get(case.id),
+            recent_payments=tuple(payments.get(case.id, ())),
+            next_appointment=appointments.get(case.id),
+            month_paid_cents=month_paid_cents(session=session, case_id=case.id, now=now),
+        )
+        for case in cases
+    )
 
 
 def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now, language):

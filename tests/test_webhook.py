@@ -357,3 +357,90 @@ def test_stop_is_honoured_even_when_handling_breaks(client, session, payer, monk
     assert "unsubscribed" in reply
     session.expire_all()
     assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.OPTED_OUT
+
+
+def test_appt_answers_with_the_next_scheduled_appointment_in_local_time(client, session, payer):
+    from datetime import UTC, datetime, timedelta
+
+    from models import Appointment, AppointmentKind, AppointmentStatus
+
+    case, _ = payer
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    session.add_all(
+        [
+            Appointment(
+                case_id=case.id,
+                starts_at=soon - timedelta(days=5),
+                kind=AppointmentKind.COURT_HEARING,
+                location="Past Court",
+            ),
+            Appointment(
+                case_id=case.id,
+                starts_at=soon + timedelta(days=1),
+                kind=AppointmentKind.COURT_HEARING,
+                location="Cancelled Court",
+                status=AppointmentStatus.CANCELED,
+            ),
+            Appointment(
+                case_id=case.id,
+                starts_at=soon + timedelta(days=7),
+                kind=AppointmentKind.COURT_HEARING,
+                location="Later Court",
+            ),
+            Appointment(
+                case_id=case.id,
+                starts_at=soon,
+                kind=AppointmentKind.CASE_CONFERENCE,
+                location="Room 4B, 100 Cambridge St",
+            ),
+        ]
+    )
+    session.commit()
+    (reply,) = replies(text(client, "APPT"))
+    assert "Room 4B" in reply
+    assert not any(place in reply for place in ("Past Court", "Cancelled Court", "Later Court"))
+
+
+def test_history_lists_the_latest_payments_with_their_card(client, session, payer):
+    from datetime import UTC, datetime, timedelta
+
+    from models import CardOnFile, Payment, PaymentStatus
+
+    case, _ = payer
+    card = CardOnFile(
+        case_id=case.id,
+        processor="sandbox",
+        customer_id="cus_1",
+        payment_method_id="pm_1",
+        brand="visa",
+        last4="4242",
+        exp_month=12,
+        exp_year=2030,
+    )
+    session.add(card)
+    session.flush()
+    start = datetime.now(UTC) - timedelta(days=40)
+    for n, (cents, status) in enumerate(
+        [
+            (1_100, "succeeded"),
+            (2_200, "succeeded"),
+            (3_300, "failed"),
+            (4_400, "succeeded"),
+            (5_500, "succeeded"),
+        ]
+    ):
+        session.add(
+            Payment(
+                case_id=case.id,
+                card_id=card.id,
+                amount_cents=cents,
+                status=PaymentStatus(status),
+                idempotency_key=f"k{n}",
+                created_at=start + timedelta(days=n),
+            )
+        )
+    session.commit()
+    (reply,) = replies(text(client, "HISTORY"))
+    assert "$55.00" in reply and "$44.00" in reply and "$22.00" in reply
+    assert "$33.00" not in reply and "$11.00" not in reply
+    assert "4242" in reply
