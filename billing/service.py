@@ -267,19 +267,30 @@ def enqueue_charge(*, payment_id: int) -> None:
         log.info("charge of payment %s is already queued", payment_id)
 
 
-def month_paid_cents(*, session: Session, case_id: int, now: datetime) -> int:
-    """What the case has paid, or confirmed and not yet settled, this calendar month (net)."""
-    case = session.get(Case, case_id)
-    if case is None:
-        return 0
-    start = month_start(now, _zone(case))
-    total = session.exec(
-        select(sa.func.coalesce(sa.func.sum(Payment.amount_cents - Payment.refunded_cents), 0))
-        .where(Payment.case_id == case_id)
-        .where(Payment.status.in_(COUNTED))
-        .where(Payment.created_at >= start)
-    ).one()
-    return int(total)
+_MONTH_PAID = (
+    sa.select(sa.func.coalesce(sa.func.sum(Payment.amount_cents - Payment.refunded_cents), 0))
+    .where(Payment.case_id == sa.bindparam("case_id"))
+    .where(Payment.status.in_(COUNTED))
+    .where(Payment.created_at >= sa.bindparam("start", type_=Payment.__table__.c.created_at.type))
+)
+
+
+def month_paid_cents(
+    *, session: Session, case_id: int, now: datetime, timezone: str | None = None
+) -> int:
+    """What the case has paid, or confirmed and not yet settled, this calendar month (net).
+
+    `timezone` is the case's (its month boundary); when omitted the case is loaded to find it.
+    """
+    if timezone is None:
+        case = session.get(Case, case_id)
+        if case is None:
+            return 0
+        zone = _zone(case)
+    else:
+        zone = ZoneInfo(timezone)
+    start = month_start(now, zone)
+    return int(session.execute(_MONTH_PAID, {"case_id": case_id, "start": start}).scalar_one())
 
 
 # -- charging ---------------------------------------------------------------------------------

@@ -153,22 +153,23 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
     outcome = dialogue.step(before, command, facts)
 
     case_id = _turn_case(outcome.state, facts, enrollments)
-    inbound = ConversationTurn(
+    inbound = TurnRef(
         case_id=case_id,
         enrollment_id=_enrollment_id(enrollments, case_id),
         phone=message.phone,
+        intent=str(command.intent),
+    )
+    inbound.id = _insert_turn(
+        session,
+        inbound,
         direction=Direction.INBOUND,
         body=message.body,
+        now=now,
         provider_message_id=message.message_sid,
         delivery_status="received",
-        intent=str(command.intent),
         state_before=conversation.state or {},
         state_after=outcome.state.to_dict(),
-        created_at=now,
-        updated_at=now,
     )
-    session.add(inbound)
-    session.flush()
 
     handled = Handled(replies=[])
     params: dict[str, Any] = {}
@@ -191,13 +192,75 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
         handled.replies.append(messages.render_reply(reply, outcome.language))
 
     for body in handled.replies:
-        session.add(reply_turn(inbound, body, now))
-    conversation.state = outcome.state.to_dict()
-    conversation.language = Language(outcome.language)
-    conversation.updated_at = now
-    session.add(conversation)
-    session.flush()
+        _insert_reply(session, inbound, body, now)
+    session.execute(
+        _SAVE_CONVERSATION,
+        {
+            "conversation_id": conversation.id,
+            "new_state": outcome.state.to_dict(),
+            "new_language": str(outcome.language),
+            "now": now,
+        },
+    )
     return handled
+
+
+@dataclass
+class TurnRef:
+    """What the handler keeps of the inbound turn it logged (the row is written with Core)."""
+
+    case_id: int | None
+    enrollment_id: int | None
+    phone: str
+    intent: str
+    id: int | None = None
+    payment_id: int | None = None
+
+
+_TURNS = ConversationTurn.__table__
+_INSERT_TURN = _TURNS.insert().returning(_TURNS.c.id)
+_CONVERSATIONS = Conversation.__table__
+_SAVE_CONVERSATION = (
+    _CONVERSATIONS.update()
+    .where(_CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
+    .values(
+        state=sa.bindparam("new_state", type_=_CONVERSATIONS.c.state.type),
+        language=sa.bindparam("new_language"),
+        updated_at=sa.bindparam("now", type_=_CONVERSATIONS.c.updated_at.type),
+    )
+)
+
+
+def _insert_turn(
+    session: Session, ref: TurnRef, *, direction: Direction, body: str, now: datetime, **extra
+) -> int:
+    """Log one turn with Core, not the ORM: every inbound text writes two or more of them."""
+    values = {
+        "case_id": ref.case_id,
+        "enrollment_id": ref.enrollment_id,
+        "phone": ref.phone,
+        "direction": str(direction),
+        "body": body,
+        "intent": ref.intent,
+        "created_at": now,
+        "updated_at": now,
+        **extra,
+    }
+    return session.execute(_INSERT_TURN, values).scalar_one()
+
+
+def _insert_reply(session: Session, inbound: TurnRef, body: str, now: datetime) -> int:
+    """Log a TwiML reply to `inbound`."""
+    return _insert_turn(
+        session,
+        inbound,
+        direction=Direction.OUTBOUND,
+        body=body,
+        now=now,
+        delivery_status="twiml",
+        in_reply_to_id=inbound.id,
+        payment_id=inbound.payment_id,
+    )
 
 
 def phone_status(enrollments: list[Enrollment]) -> PhoneStatus:
@@ -306,7 +369,12 @@ def case_facts(
             card=cards.get(case.id),
             recent_payments=tuple(payments.get(case.id, ())),
             next_appointment=appointments.get(case.id),
-            month_paid_cents=month_paid_cents(session=session, case_id=case.id, now=now),
+            month_paid_cents=month_paid_cents(
+                session=session,
+                case_id=case.id,
+                now=now,
+                timezone=case.timezone or default_zone,
+            ),
         )
         for case in cases
     )
@@ -348,6 +416,9 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
             handled.refusal = refused.reply
             return
         inbound.payment_id = payment.id
+        session.execute(
+            _TURNS.update().where(_TURNS.c.id == inbound.id).values(payment_id=payment.id)
+        )
         handled.charge_payment_ids.append(payment.id)
     elif isinstance(action, SendCardLink):
         from billing.links import card_link_url
@@ -444,36 +515,20 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
         )
     ).first()
     first = enrollments[0] if enrollments else None
-    inbound = ConversationTurn(
+    inbound = TurnRef(
         case_id=first.case_id if first else None,
         enrollment_id=first.id if first else None,
         phone=message.phone,
+        intent="error",
+    )
+    inbound.id = _insert_turn(
+        session,
+        inbound,
         direction=Direction.INBOUND,
         body=message.body,
+        now=now,
         provider_message_id=None if seen else message.message_sid,
         delivery_status="received",
-        intent="error",
-        created_at=now,
-        updated_at=now,
     )
-    session.add(inbound)
-    session.flush()
-    session.add(reply_turn(inbound, reply, now))
+    _insert_reply(session, inbound, reply, now)
     return reply
-
-
-def reply_turn(inbound: ConversationTurn, body: str, now: datetime) -> ConversationTurn:
-    """The turn that logs a TwiML reply to `inbound`."""
-    return ConversationTurn(
-        case_id=inbound.case_id,
-        enrollment_id=inbound.enrollment_id,
-        phone=inbound.phone,
-        direction=Direction.OUTBOUND,
-        body=body,
-        delivery_status="twiml",
-        intent=inbound.intent,
-        in_reply_to_id=inbound.id,
-        payment_id=inbound.payment_id,
-        created_at=now,
-        updated_at=now,
-    )

@@ -75,6 +75,14 @@ def database_url(request, tmp_path) -> Iterator[str]:
     engine = db.make_engine(url)
     tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
     with engine.begin() as connection:
+        # A connection an earlier test left in a transaction (an unclosed streamed response,
+        # say) would make TRUNCATE wait for ever.
+        connection.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
         connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
     yield url
