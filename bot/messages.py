@@ -119,6 +119,18 @@ def render_reply(reply: Reply, language: str) -> str:
     return render(reply.key, reply.params, language)
 
 
+BRANDS = {
+    "visa": "Visa",
+    "mastercard": "Mastercard",
+    "amex": "American Express",
+    "discover": "Discover",
+    "diners": "Diners Club",
+    "jcb": "JCB",
+    "unionpay": "UnionPay",
+}
+"""Processors name card brands in lower case ('visa'); payers read them as printed on the card."""
+
+
 def _format(name: str, value: Any, params: Mapping[str, Any], language: Language) -> str:
     catalogue = CATALOGUES[language]
     kind = PLACEHOLDERS[name]
@@ -135,6 +147,8 @@ def _format(name: str, value: Any, params: Mapping[str, Any], language: Language
         return _join_or([str(item) for item in value], language)
     if kind is Kind.LINES:
         return "\n".join(render_reply(line, language) for line in value)
+    if name == "brand":
+        return BRANDS.get(str(value).lower(), str(value))
     if kind is Kind.CHOICE:
         fragment = f"{name}.{value}"
         return render(fragment if fragment in KEYS else f"{name}.other", {}, language)

@@ -281,3 +281,14 @@ def test_a_surrogate_pair_is_never_split_between_segments():
 )
 def test_encoding_is_gsm7_only_when_every_character_is_in_the_gsm_tables(text, expected):
     assert encoding(text) is expected
+
+
+def test_card_brands_are_written_as_printed_on_the_card():
+    from bot.messages import placeholders
+
+    key = next(k for k in MESSAGE_KEYS if "brand" in placeholders(k))
+    params = {name: LONGEST[name] for name in placeholders(key)}
+    for raw, printed in (("visa", "Visa"), ("amex", "American Express"), ("Elo", "Elo")):
+        for language in ("en", "es"):
+            text = render(key, params | {"brand": raw}, language)
+            assert printed in text and (raw == printed or raw not in text)
