@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from admin import dashboard as figures
 from bot import messages
-from bot.outbound import Sent, may_text, send_text
+from bot.outbound import Sent, may_text, send_invite, send_text
 from cases import service as cases
 from cases.importer import ImportPlan, read_cases
 from models import (
@@ -356,39 +356,10 @@ def enroll_number(
     # An imported number never invited gets its invitation now; one invited already does not.
     uninvited = enrollment.status == EnrollmentStatus.PENDING and enrollment.invited_at is None
     if uninvited and may_text(session=session, phone=phone):
-        invite = send_invite(session=session, config=config, case=case, enrollment=enrollment)
+        invite = send_invite(session=session, enrollment=enrollment, case_number=case.case_number)
     if outcome != cases.EnrollOutcome.ALREADY_ACTIVE:
         replan(session=session, case_id=case.id)
     return Enrolled(case, enrollment, outcome, created, invite)
-
-
-def send_invite(
-    *, session: Session, config: Mapping[str, Any], case: Case, enrollment: Enrollment
-) -> Sent:
-    """Text the double opt-in invitation now; the enrollment stays pending until YES."""
-    from bot.service import policy
-
-    body = messages.render(
-        "optin_invite",
-        {
-            "agency": config["AGENCY_NAME"],
-            "case_last4": "".join(ch for ch in case.case_number if ch.isdigit())[-4:],
-            "per_month": policy(config).messages_per_month,
-        },
-        enrollment.language,
-    )
-    sent = send_text(
-        session=session,
-        phone=enrollment.phone,
-        body=body,
-        case_id=case.id,
-        enrollment_id=enrollment.id,
-        intent="optin_invite",
-    )
-    if sent.result.ok:
-        enrollment.invited_at = utcnow()
-        session.add(enrollment)
-    return sent
 
 
 # --- Texts from staff ------------------------------------------------------------------------

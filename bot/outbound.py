@@ -115,48 +115,51 @@ def mark_failure(
         session.add(enrollment)
 
 
+def send_invite(*, session: Session, enrollment: Enrollment, case_number: str) -> Sent:
+    """Text the double opt-in invitation now; the enrollment stays pending until YES."""
+    from bot.service import policy
+
+    config = current_app.config
+    body = messages.render(
+        "optin_invite",
+        {
+            "agency": config["AGENCY_NAME"],
+            "case_last4": "".join(ch for ch in case_number if ch.isdigit())[-4:],
+            "per_month": policy(config).messages_per_month,
+        },
+        enrollment.language,
+    )
+    sent = send_text(
+        session=session,
+        phone=enrollment.phone,
+        body=body,
+        case_id=enrollment.case_id,
+        enrollment_id=enrollment.id,
+        intent="optin_invite",
+    )
+    if sent.result.ok:
+        enrollment.invited_at = utcnow()
+        session.add(enrollment)
+    return sent
+
+
 def invite_pending(limit: int | None = None) -> tuple[int, int]:
     """Text the double opt-in invitation to pending, uninvited enrollments; (sent, failed)."""
-    from bot.service import policy
     from cases.service import pending_uninvited
+    from models import Case
 
     sent = failed = 0
-    config = current_app.config
-    per_month = policy(config).messages_per_month
     with session_scope() as session:
         for enrollment in pending_uninvited(session=session, limit=limit):
-            case_number = _case_number(session, enrollment.case_id)
-            body = messages.render(
-                "optin_invite",
-                {
-                    "agency": config["AGENCY_NAME"],
-                    "case_last4": "".join(ch for ch in case_number if ch.isdigit())[-4:],
-                    "per_month": per_month,
-                },
-                enrollment.language,
-            )
-            outcome = send_text(
-                session=session,
-                phone=enrollment.phone,
-                body=body,
-                case_id=enrollment.case_id,
-                enrollment_id=enrollment.id,
-                intent="optin_invite",
-            )
-            if outcome.result.ok:
-                enrollment.invited_at = utcnow()
-                session.add(enrollment)
+            case_number = session.get(Case, enrollment.case_id).case_number
+            if send_invite(
+                session=session, enrollment=enrollment, case_number=case_number
+            ).result.ok:
                 sent += 1
             else:
                 failed += 1
             session.commit()
     return sent, failed
-
-
-def _case_number(session: Session, case_id: int) -> str:
-    from models import Case
-
-    return session.get(Case, case_id).case_number
 
 
 def _masked(phone: str) -> str:
