@@ -62,6 +62,8 @@ def _choose_backends(app: Flask) -> None:
     log.info(
         "SMS backend: %s; payment backend: %s", config["SMS_BACKEND"], config["PAYMENT_BACKEND"]
     )
+    if config["SMS_BACKEND"] == "console":
+        log.warning("Twilio signature checks are off: the console SMS backend has no Twilio")
 
 
 def _check_production_settings(app: Flask) -> None:

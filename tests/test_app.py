@@ -27,6 +27,7 @@ def test_without_credentials_the_backends_are_console_and_sandbox_and_say_so(con
     assert app.extensions["sms"].name == "console"
     assert app.extensions["payments"].name == "sandbox"
     assert "SMS backend: console; payment backend: sandbox" in caplog.text
+    assert "Twilio signature checks are off" in caplog.text
 
 
 def production(config, **overrides):
