@@ -91,40 +91,50 @@ class Handled:
     refusal: messages.Reply | None = None
 
 
-def lock_conversation(*, session: Session, phone: str, now: datetime) -> Conversation:
-    """The phone's conversation row, locked until commit so its messages are taken one at a time.
+def _upsert_conversation(dialect: str):
+    """Insert the phone's row or touch it: either way the row is locked until commit."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = Conversation.__table__
+    statement = insert(table).values(
+        phone=sa.bindparam("phone"),
+        state=sa.bindparam("empty_state", type_=table.c.state.type),
+        language=sa.bindparam("default_language"),
+        updated_at=sa.bindparam("now", type_=table.c.updated_at.type),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["phone"], set_={"updated_at": statement.excluded.updated_at}
+    ).returning(table.c.id, table.c.state, table.c.language)
+
+
+_UPSERTS = {dialect: _upsert_conversation(dialect) for dialect in ("postgresql", "sqlite")}
+_INBOUND_BY_SID = sa.select(ConversationTurn.id).where(
+    ConversationTurn.provider_message_id == sa.bindparam("sid"),
+    ConversationTurn.direction == Direction.INBOUND,
+)
+_REPLIES_TO = (
+    sa.select(ConversationTurn.body)
+    .where(ConversationTurn.in_reply_to_id == sa.bindparam("turn_id"))
+    .order_by(ConversationTurn.id)
+)
+
+
+def lock_conversation(*, session: Session, phone: str, now: datetime) -> sa.Row:
+    """The phone's conversation (id, state, language), locked until commit.
 
     The first statement is a write: PostgreSQL locks the row, SQLite takes its write lock, so a
     second message from the same phone waits here instead of reading a stale state.
     """
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(Conversation).values(
-        phone=phone, state={}, language=Language.EN, updated_at=now
-    )
-    # One statement creates the row or takes its lock (ON CONFLICT DO UPDATE locks the row).
-    statement = statement.on_conflict_do_update(
-        index_elements=["phone"], set_={"updated_at": statement.excluded.updated_at}
-    ).returning(Conversation)
-    return session.exec(sa.select(Conversation).from_statement(statement)).scalar_one()
+    statement = _UPSERTS[session.get_bind().dialect.name]
+    params = {"phone": phone, "empty_state": {}, "default_language": "en", "now": now}
+    return session.execute(statement, params).one()
 
 
 def replies_already_given(*, session: Session, message_sid: str) -> list[str] | None:
     """The replies sent to this MessageSid before, or None if it is new."""
-    inbound = session.exec(
-        select(ConversationTurn).where(
-            ConversationTurn.provider_message_id == message_sid,
-            ConversationTurn.direction == Direction.INBOUND,
-        )
-    ).first()
-    if inbound is None:
+    inbound_id = session.execute(_INBOUND_BY_SID, {"sid": message_sid}).scalar()
+    if inbound_id is None:
         return None
-    replies = session.exec(
-        select(ConversationTurn.body)
-        .where(ConversationTurn.in_reply_to_id == inbound.id)
-        .order_by(ConversationTurn.id)
-    ).all()
-    return list(replies)
+    return list(session.execute(_REPLIES_TO, {"turn_id": inbound_id}).scalars())
 
 
 def handle_inbound(*, session: Session, message: Inbound, now: datetime | None = None) -> Handled:
@@ -459,7 +469,7 @@ def opt_out(*, session: Session, enrollments: list[Enrollment], now: datetime) -
     cancel_pending(session=session, case_ids=touched - still_active, reason="opted_out")
 
 
-def _language(conversation: Conversation, enrollments: list[Enrollment]) -> messages.Language:
+def _language(conversation: sa.Row, enrollments: list[Enrollment]) -> messages.Language:
     if conversation.state or not enrollments:
         return messages.Language(conversation.language)
     # A new conversation speaks the language the payer was enrolled in.
