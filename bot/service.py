@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +45,6 @@ from models import (
     Direction,
     Enrollment,
     EnrollmentStatus,
-    Language,
     Payment,
     PaymentStatus,
     utcnow,
@@ -145,9 +144,7 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
     if earlier is not None:
         return Handled(earlier, replayed=True)
 
-    enrollments = list(
-        session.exec(select(Enrollment).where(Enrollment.phone == message.phone)).all()
-    )
+    enrollments = session.execute(_ENROLLMENTS, {"b_phone": message.phone}).all()
     status = phone_status(enrollments)
     language = _language(conversation, enrollments)
     facts = Facts(
@@ -273,7 +270,7 @@ def _insert_reply(session: Session, inbound: TurnRef, body: str, now: datetime) 
     )
 
 
-def phone_status(enrollments: list[Enrollment]) -> PhoneStatus:
+def phone_status(enrollments: Sequence[Any]) -> PhoneStatus:
     """Where a phone stands: active on any case wins, then pending, then opted out."""
     statuses = {e.status for e in enrollments}
     if EnrollmentStatus.ACTIVE in statuses:
@@ -343,7 +340,7 @@ _APPOINTMENTS = (
 
 
 def case_facts(
-    *, session: Session, enrollments: list[Enrollment], now: datetime
+    *, session: Session, enrollments: Sequence[Any], now: datetime
 ) -> tuple[CaseFacts, ...]:
     """What the dialogue may know about each open case the phone is active on."""
     from billing.service import month_paid_cents
@@ -391,29 +388,15 @@ def case_facts(
 
 
 def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now, language):
+    phone = {"b_phone": message.phone, "now": now}
     if isinstance(action, OptOut):
-        opt_out(session=session, enrollments=enrollments, now=now)
+        opt_out(session=session, phone=message.phone, enrollments=enrollments, now=now)
     elif isinstance(action, OptIn):
-        for enrollment in enrollments:
-            if enrollment.status == EnrollmentStatus.OPTED_OUT:
-                enrollment.status = EnrollmentStatus.ACTIVE
-                enrollment.consented_at = enrollment.confirmed_at = now
-                enrollment.opted_out_at = None
-                enrollment.status_reason = "opted back in by text"
-                enrollment.updated_at = now
-                session.add(enrollment)
+        session.execute(_OPT_IN, phone)
     elif isinstance(action, Activate):
-        for enrollment in enrollments:
-            if enrollment.status == EnrollmentStatus.PENDING:
-                enrollment.status = EnrollmentStatus.ACTIVE
-                enrollment.confirmed_at = now
-                enrollment.consented_at = enrollment.consented_at or now
-                enrollment.updated_at = now
-                session.add(enrollment)
+        session.execute(_ACTIVATE, phone)
     elif isinstance(action, SetLanguage):
-        for enrollment in enrollments:
-            enrollment.language = Language(action.language)
-            session.add(enrollment)
+        session.execute(_SET_LANGUAGE, {**phone, "b_language": str(action.language)})
     elif isinstance(action, ChargeQuote):
         from billing.service import PaymentRefused, payment_for_quote
 
@@ -444,20 +427,12 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
         raise TypeError(f"unhandled action {action!r}")
 
 
-def opt_out(*, session: Session, enrollments: list[Enrollment], now: datetime) -> None:
+def opt_out(*, session: Session, phone: str, enrollments: Sequence[Any], now: datetime) -> None:
     """STOP: every enrollment of the phone is opted out and their cases' reminders cancelled."""
     from jobs.reminders import cancel_pending
 
-    touched = set()
-    for enrollment in enrollments:
-        if enrollment.status != EnrollmentStatus.OPTED_OUT:
-            enrollment.status = EnrollmentStatus.OPTED_OUT
-            enrollment.opted_out_at = now
-            enrollment.status_reason = "opted out by text"
-            enrollment.updated_at = now
-            session.add(enrollment)
-        touched.add(enrollment.case_id)
-    session.flush()
+    session.execute(_OPT_OUT, {"b_phone": phone, "now": now})
+    touched = {e.case_id for e in enrollments}
     # A case keeps its reminders while another phone on it is still active.
     still_active = set(
         session.exec(
@@ -469,14 +444,60 @@ def opt_out(*, session: Session, enrollments: list[Enrollment], now: datetime) -
     cancel_pending(session=session, case_ids=touched - still_active, reason="opted_out")
 
 
-def _language(conversation: sa.Row, enrollments: list[Enrollment]) -> messages.Language:
+_E = Enrollment.__table__
+_ENROLLMENTS = (
+    sa.select(_E.c.id, _E.c.case_id, _E.c.status, _E.c.language, _E.c.updated_at)
+    .where(_E.c.phone == sa.bindparam("b_phone"))
+    .order_by(_E.c.id)
+)
+_NOW = sa.bindparam("now", type_=_E.c.updated_at.type)
+_OPT_OUT = (
+    _E.update()
+    .where(_E.c.phone == sa.bindparam("b_phone"), _E.c.status != EnrollmentStatus.OPTED_OUT)
+    .values(
+        status=EnrollmentStatus.OPTED_OUT,
+        opted_out_at=_NOW,
+        status_reason="opted out by text",
+        updated_at=_NOW,
+    )
+)
+_OPT_IN = (
+    _E.update()
+    .where(_E.c.phone == sa.bindparam("b_phone"), _E.c.status == EnrollmentStatus.OPTED_OUT)
+    .values(
+        status=EnrollmentStatus.ACTIVE,
+        consented_at=_NOW,
+        confirmed_at=_NOW,
+        opted_out_at=None,
+        status_reason="opted back in by text",
+        updated_at=_NOW,
+    )
+)
+_ACTIVATE = (
+    _E.update()
+    .where(_E.c.phone == sa.bindparam("b_phone"), _E.c.status == EnrollmentStatus.PENDING)
+    .values(
+        status=EnrollmentStatus.ACTIVE,
+        confirmed_at=_NOW,
+        consented_at=sa.func.coalesce(_E.c.consented_at, _NOW),
+        updated_at=_NOW,
+    )
+)
+_SET_LANGUAGE = (
+    _E.update()
+    .where(_E.c.phone == sa.bindparam("b_phone"))
+    .values(language=sa.bindparam("b_language"), updated_at=_NOW)
+)
+
+
+def _language(conversation: sa.Row, enrollments: Sequence[Any]) -> messages.Language:
     if conversation.state or not enrollments:
         return messages.Language(conversation.language)
     # A new conversation speaks the language the payer was enrolled in.
     return messages.Language(enrollments[0].language)
 
 
-def _turn_case(state: State, facts: Facts, enrollments: list[Enrollment]) -> int | None:
+def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | None:
     """The case a turn is logged on: the one being discussed, else the phone's only or newest."""
     if state.case_id is not None:
         return state.case_id
@@ -491,27 +512,19 @@ def _turn_case(state: State, facts: Facts, enrollments: list[Enrollment]) -> int
     return None
 
 
-def _enrollment_id(enrollments: list[Enrollment], case_id: int | None) -> int | None:
+def _enrollment_id(enrollments: Sequence[Any], case_id: int | None) -> int | None:
     return next((e.id for e in enrollments if e.case_id == case_id), None)
 
 
 def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
     """After an error: still honour STOP, keep a record of the message, and say what happened."""
     now = utcnow()
-    enrollments = list(
-        session.exec(
-            select(Enrollment).where(Enrollment.phone == message.phone).order_by(Enrollment.id)
-        ).all()
-    )
+    enrollments = session.execute(_ENROLLMENTS, {"b_phone": message.phone}).all()
     language = enrollments[0].language if enrollments else "en"
     config = current_app.config
     if parse(message.body).intent is Intent.STOP:
         # Opt-out wins over everything, a broken dependency included.
-        for enrollment in enrollments:
-            enrollment.status = EnrollmentStatus.OPTED_OUT
-            enrollment.opted_out_at = enrollment.opted_out_at or now
-            enrollment.status_reason = "opted out by text"
-            session.add(enrollment)
+        session.execute(_OPT_OUT, {"b_phone": message.phone, "now": now})
         reply = messages.render("opted_out", {"agency": config["AGENCY_NAME"]}, language)
     else:
         reply = messages.render(
