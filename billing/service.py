@@ -37,7 +37,7 @@ from billing.gateway import (
     TransientPaymentError,
     WebhookEvent,
 )
-from bot.dialogue import ChargeQuote
+from bot.dialogue import ChargeQuote, case_ending
 from bot.messages import Reply, render_reply
 from bot.outbound import may_text, send_text
 from models import (
@@ -1018,4 +1018,4 @@ def _zone(case: Case) -> ZoneInfo:
 
 def case_last4(case: Case) -> str:
     """The last 4 digits of the case number, which is how payers know their case."""
-    return "".join(ch for ch in case.case_number if ch.isdigit())[-4:]
+    return case_ending(case.case_number)

@@ -51,6 +51,16 @@ HISTORY_LINES = {
 _QUOTE_NAMESPACE = uuid.UUID("7a0e8f0c-5b1d-4c2e-9a57-2f6f3c1d9e44")
 
 
+def case_digits(case_number: str) -> str:
+    """The digits of a case number ('MA-2024-118204' -> '2024118204')."""
+    return "".join(ch for ch in case_number if ch.isdigit())
+
+
+def case_ending(case_number: str) -> str:
+    """The last 4 digits of a case number: how every text names a case."""
+    return case_digits(case_number)[-4:]
+
+
 class PhoneStatus(StrEnum):
     """Where a phone number stands with the program."""
 
@@ -109,12 +119,12 @@ class CaseFacts:
     @property
     def number_digits(self) -> str:
         """The digits of the case number, which payers use to name the case."""
-        return "".join(ch for ch in self.case_number if ch.isdigit())
+        return case_digits(self.case_number)
 
     @property
     def last4(self) -> str:
         """Last 4 digits of the case number."""
-        return self.number_digits[-4:]
+        return case_ending(self.case_number)
 
 
 @dataclass(frozen=True)

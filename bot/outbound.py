@@ -9,6 +9,7 @@ from flask import current_app
 from sqlmodel import Session, select
 
 from bot import messages
+from bot.dialogue import case_ending
 from bot.sms import Failure, SendResult
 from db import session_scope
 from models import (
@@ -124,7 +125,7 @@ def send_invite(*, session: Session, enrollment: Enrollment, case_number: str) -
         "optin_invite",
         {
             "agency": config["AGENCY_NAME"],
-            "case_last4": "".join(ch for ch in case_number if ch.isdigit())[-4:],
+            "case_last4": case_ending(case_number),
             "per_month": policy(config).messages_per_month,
         },
         enrollment.language,
