@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
@@ -14,7 +16,13 @@ class PhoneError(ValueError):
 
 def normalize_phone(text: str, *, region: str = DEFAULT_REGION) -> str:
     """Return the E.164 form of a phone number typed in any common format."""
-    raw = (text or "").strip()
+    return _normalize(text or "", region)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize(text: str, region: str) -> str:
+    # Every webhook call normalises its From number; parsing one costs more than a query.
+    raw = text.strip()
     if not raw:
         raise PhoneError("phone number is empty")
     if len(raw) > 40:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import current_app
@@ -33,6 +35,7 @@ from bot.dialogue import (
     State,
 )
 from bot.parse import Intent, parse
+from db import Prepared
 from jobs.schedule import parse_business_hours
 from models import (
     Appointment,
@@ -61,13 +64,33 @@ MAX_BODY = 1600
 
 def policy(config: Mapping[str, Any]) -> Policy:
     """The agency rules the dialogue applies, from settings."""
+    return _policy(*(config[name] for name in _POLICY_SETTINGS))
+
+
+_POLICY_SETTINGS = (
+    "AGENCY_NAME",
+    "AGENCY_PHONE",
+    "BUSINESS_HOURS",
+    "MAX_PAYMENT",
+    "MONTHLY_PAYMENT_CAP",
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(name: str, phone: str, hours: str, cap: str, monthly_cap: str) -> Policy:
+    # Parsed once per distinct setting values, not once per text.
     return Policy(
-        agency_name=config["AGENCY_NAME"],
-        agency_phone=config["AGENCY_PHONE"],
-        hours=parse_business_hours(config["BUSINESS_HOURS"]),
-        per_payment_cap_cents=parse_dollars(config["MAX_PAYMENT"]),
-        monthly_cap_cents=parse_dollars(config["MONTHLY_PAYMENT_CAP"]),
+        agency_name=name,
+        agency_phone=phone,
+        hours=parse_business_hours(hours),
+        per_payment_cap_cents=parse_dollars(cap),
+        monthly_cap_cents=parse_dollars(monthly_cap),
     )
+
+
+def current_policy() -> Policy:
+    """The current app's policy."""
+    return policy(current_app.config)
 
 
 @dataclass
@@ -86,7 +109,6 @@ class Handled:
 
     replies: list[str]
     charge_payment_ids: list[int] = field(default_factory=list)
-    replayed: bool = False
     refusal: messages.Reply | None = None
 
 
@@ -105,7 +127,9 @@ def _upsert_conversation(dialect: str):
     ).returning(table.c.id, table.c.state, table.c.language)
 
 
-_UPSERTS = {dialect: _upsert_conversation(dialect) for dialect in ("postgresql", "sqlite")}
+_UPSERTS = {
+    dialect: Prepared(_upsert_conversation(dialect)) for dialect in ("postgresql", "sqlite")
+}
 _INBOUND_BY_SID = sa.select(ConversationTurn.id).where(
     ConversationTurn.provider_message_id == sa.bindparam("sid"),
     ConversationTurn.direction == Direction.INBOUND,
@@ -117,15 +141,15 @@ _REPLIES_TO = (
 )
 
 
-def lock_conversation(*, session: Session, phone: str, now: datetime) -> sa.Row:
+def lock_conversation(*, connection: sa.Connection, phone: str, now: datetime) -> sa.Row:
     """The phone's conversation (id, state, language), locked until commit.
 
     The first statement is a write: PostgreSQL locks the row, SQLite takes its write lock, so a
     second message from the same phone waits here instead of reading a stale state.
     """
-    statement = _UPSERTS[session.get_bind().dialect.name]
+    statement = _UPSERTS[connection.dialect.name]
     params = {"phone": phone, "empty_state": {}, "default_language": "en", "now": now}
-    return session.execute(statement, params).one()
+    return statement.execute(connection, params).one()
 
 
 def replies_already_given(*, session: Session, message_sid: str) -> list[str] | None:
@@ -137,27 +161,28 @@ def replies_already_given(*, session: Session, message_sid: str) -> list[str] | 
 
 
 def handle_inbound(*, session: Session, message: Inbound, now: datetime | None = None) -> Handled:
-    """Answer one inbound text: parse, step the dialogue, act, log every turn. Caller commits."""
-    now = now or utcnow()
-    conversation = lock_conversation(session=session, phone=message.phone, now=now)
-    earlier = replies_already_given(session=session, message_sid=message.message_sid)
-    if earlier is not None:
-        return Handled(earlier, replayed=True)
+    """Answer one inbound text: parse, step the dialogue, act, log every turn. Caller commits.
 
-    enrollments = session.execute(_ENROLLMENTS, {"b_phone": message.phone}).all()
-    status = phone_status(enrollments)
-    language = _language(conversation, enrollments)
+    A MessageSid handled before fails the inbound turn's unique index (IntegrityError) before
+    anything is done: the caller rolls back and answers with `replies_already_given`. Checking
+    first would cost every text a query for what Twilio seldom does.
+    """
+    now = now or utcnow()
+    connection = session.connection()
+    conversation = lock_conversation(connection=connection, phone=message.phone, now=now)
+    enrollments = phone_rows(connection=connection, phone=message.phone, now=now)
     facts = Facts(
         now=now,
-        language=language,
-        phone_status=status,
-        policy=policy(current_app.config),
+        language=_language(conversation, enrollments),
+        phone_status=phone_status(enrollments),
+        policy=current_policy(),
         nonce=message.message_sid,
-        cases=case_facts(session=session, enrollments=enrollments, now=now),
+        cases=case_facts(connection=connection, rows=enrollments, now=now),
     )
     before = State.from_dict(conversation.state)
     command = parse(message.body)
     outcome = dialogue.step(before, command, facts)
+    state_after = outcome.state.to_dict()
 
     case_id = _turn_case(outcome.state, facts, enrollments)
     inbound = TurnRef(
@@ -167,7 +192,7 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
         intent=str(command.intent),
     )
     inbound.id = _insert_turn(
-        session,
+        connection,
         inbound,
         direction=Direction.INBOUND,
         body=message.body,
@@ -175,7 +200,7 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
         provider_message_id=message.message_sid,
         delivery_status="received",
         state_before=conversation.state or {},
-        state_after=outcome.state.to_dict(),
+        state_after=state_after,
     )
 
     handled = Handled(replies=[])
@@ -190,7 +215,6 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
             params=params,
             handled=handled,
             now=now,
-            language=outcome.language,
         )
     replies = (handled.refusal,) if handled.refusal is not None else outcome.replies
     for reply in replies:
@@ -199,12 +223,12 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
         handled.replies.append(messages.render_reply(reply, outcome.language))
 
     for body in handled.replies:
-        _insert_reply(session, inbound, body, now)
-    session.execute(
-        _SAVE_CONVERSATION,
+        _insert_reply(connection, inbound, body, now)
+    _SAVE_CONVERSATION.execute(
+        connection,
         {
             "conversation_id": conversation.id,
-            "new_state": outcome.state.to_dict(),
+            "new_state": state_after,
             "new_language": str(outcome.language),
             "now": now,
         },
@@ -225,9 +249,34 @@ class TurnRef:
 
 
 _TURNS = ConversationTurn.__table__
-_INSERT_TURN = _TURNS.insert().returning(_TURNS.c.id)
+_TURN_COLUMNS = (
+    "case_id",
+    "enrollment_id",
+    "phone",
+    "direction",
+    "body",
+    "intent",
+    "provider_message_id",
+    "delivery_status",
+    "state_before",
+    "state_after",
+    "in_reply_to_id",
+    "payment_id",
+    "created_at",
+    "updated_at",
+)
+_INSERT_TURN = Prepared(
+    _TURNS.insert()
+    .values({name: sa.bindparam(name, type_=_TURNS.c[name].type) for name in _TURN_COLUMNS})
+    .returning(_TURNS.c.id)
+)
+_SET_TURN_PAYMENT = (
+    _TURNS.update()
+    .where(_TURNS.c.id == sa.bindparam("turn_id"))
+    .values(payment_id=sa.bindparam("b_payment_id"))
+)
 _CONVERSATIONS = Conversation.__table__
-_SAVE_CONVERSATION = (
+_SAVE_CONVERSATION = Prepared(
     _CONVERSATIONS.update()
     .where(_CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
     .values(
@@ -239,27 +288,34 @@ _SAVE_CONVERSATION = (
 
 
 def _insert_turn(
-    session: Session, ref: TurnRef, *, direction: Direction, body: str, now: datetime, **extra
+    connection: sa.Connection,
+    ref: TurnRef,
+    *,
+    direction: Direction,
+    body: str,
+    now: datetime,
+    **extra,
 ) -> int:
     """Log one turn with Core, not the ORM: every inbound text writes two or more of them."""
-    values = {
-        "case_id": ref.case_id,
-        "enrollment_id": ref.enrollment_id,
-        "phone": ref.phone,
-        "direction": str(direction),
-        "body": body,
-        "intent": ref.intent,
-        "created_at": now,
-        "updated_at": now,
+    values = dict.fromkeys(_TURN_COLUMNS)
+    values.update(
+        case_id=ref.case_id,
+        enrollment_id=ref.enrollment_id,
+        phone=ref.phone,
+        direction=str(direction),
+        body=body,
+        intent=ref.intent,
+        created_at=now,
+        updated_at=now,
         **extra,
-    }
-    return session.execute(_INSERT_TURN, values).scalar_one()
+    )
+    return _INSERT_TURN.execute(connection, values).one().id
 
 
-def _insert_reply(session: Session, inbound: TurnRef, body: str, now: datetime) -> int:
+def _insert_reply(connection: sa.Connection, inbound: TurnRef, body: str, now: datetime) -> int:
     """Log a TwiML reply to `inbound`."""
     return _insert_turn(
-        session,
+        connection,
         inbound,
         direction=Direction.OUTBOUND,
         body=body,
@@ -282,121 +338,172 @@ def phone_status(enrollments: Sequence[Any]) -> PhoneStatus:
     return PhoneStatus.UNENROLLED
 
 
-_IDS = sa.bindparam("ids", expanding=True)
-# Built once: statement construction costs more than the queries on this hot path.
-_CASES = (
-    sa.select(
-        Case.id,
-        Case.case_number,
-        Case.amount_due_cents,
-        Case.balance_cents,
-        Case.next_due_date,
-        Case.timezone,
-    )
-    .where(Case.id.in_(_IDS), Case.status == CaseStatus.OPEN)
-    .order_by(Case.id)
+_E = Enrollment.__table__
+_C = Case.__table__
+_K = CardOnFile.__table__
+_A = Appointment.__table__
+_P = Payment.__table__
+_NOW = sa.bindparam("now", type_=_E.c.updated_at.type)
+
+# Built once: statement construction costs more than the queries on this hot path. They are run on
+# the session's Connection, as Core, so no ORM loading happens per text.
+_K2, _A2 = _K.alias("latest_card"), _A.alias("upcoming")
+_CARD_ID = (
+    sa.select(sa.func.max(_K2.c.id))
+    .where(_K2.c.case_id == _C.c.id, _K2.c.active.is_(True))
+    .correlate(_C)
+    .scalar_subquery()
 )
-_CARDS = (
-    sa.select(CardOnFile.case_id, CardOnFile.brand, CardOnFile.last4)
-    .where(CardOnFile.case_id.in_(_IDS), CardOnFile.active.is_(True))
-    .order_by(CardOnFile.id)
+_APPOINTMENT_ID = (
+    sa.select(_A2.c.id)
+    .where(
+        _A2.c.case_id == _C.c.id,
+        _A2.c.status == AppointmentStatus.SCHEDULED,
+        _A2.c.starts_at > _NOW,
+    )
+    .order_by(_A2.c.starts_at, _A2.c.id)
+    .limit(1)
+    .correlate(_C)
+    .scalar_subquery()
+)
+_PHONE_ROWS = Prepared(
+    sa.select(
+        _E.c.id,
+        _E.c.case_id,
+        _E.c.phone,
+        _E.c.status,
+        _E.c.language,
+        _E.c.updated_at,
+        (_C.c.status == CaseStatus.OPEN).label("case_open"),
+        _C.c.case_number,
+        _C.c.amount_due_cents,
+        _C.c.balance_cents,
+        _C.c.next_due_date,
+        _C.c.timezone,
+        _K.c.brand.label("card_brand"),
+        _K.c.last4.label("card_last4"),
+        _A.c.starts_at.label("appointment_at"),
+        _A.c.kind.label("appointment_kind"),
+        _A.c.location.label("appointment_location"),
+        _A.c.video_link.label("appointment_link"),
+    )
+    .select_from(
+        _E.join(_C, _C.c.id == _E.c.case_id)
+        .outerjoin(_K, _K.c.id == _CARD_ID)
+        .outerjoin(_A, _A.c.id == _APPOINTMENT_ID)
+    )
+    .where(_E.c.phone == sa.bindparam("b_phone"))
+    .order_by(_E.c.id)
 )
 _RANKED_PAYMENTS = (
     sa.select(
-        Payment.case_id,
-        Payment.created_at,
-        Payment.amount_cents,
-        Payment.status,
-        CardOnFile.last4,
+        _P.c.case_id,
+        _P.c.created_at,
+        _P.c.amount_cents,
+        _P.c.refunded_cents,
+        _P.c.status,
+        _K.c.last4,
         sa.func.row_number()
-        .over(partition_by=Payment.case_id, order_by=(Payment.created_at.desc(), Payment.id.desc()))
+        .over(partition_by=_P.c.case_id, order_by=(_P.c.created_at.desc(), _P.c.id.desc()))
         .label("rank"),
     )
-    .join(CardOnFile, Payment.card_id == CardOnFile.id, isouter=True)
-    .where(Payment.case_id.in_(_IDS))
-    .where(Payment.status.not_in([PaymentStatus.FAILED, PaymentStatus.CANCELED]))
+    .select_from(_P.outerjoin(_K, _P.c.card_id == _K.c.id))
+    .where(
+        _P.c.case_id.in_(
+            sa.select(_E.c.case_id).where(
+                _E.c.phone == sa.bindparam("b_phone"), _E.c.status == EnrollmentStatus.ACTIVE
+            )
+        )
+    )
+    .where(_P.c.status != PaymentStatus.FAILED, _P.c.status != PaymentStatus.CANCELED)
     .subquery()
 )
-_PAYMENTS = (
+_PAYMENTS = Prepared(
     sa.select(_RANKED_PAYMENTS)
-    .where(_RANKED_PAYMENTS.c.rank <= dialogue.HISTORY_SIZE)
+    .where(
+        sa.or_(
+            _RANKED_PAYMENTS.c.rank <= dialogue.HISTORY_SIZE,
+            _RANKED_PAYMENTS.c.created_at >= sa.bindparam("since", type_=_P.c.created_at.type),
+        )
+    )
     .order_by(_RANKED_PAYMENTS.c.case_id, _RANKED_PAYMENTS.c.rank)
 )
-_APPOINTMENTS = (
-    sa.select(
-        Appointment.case_id,
-        Appointment.starts_at,
-        Appointment.kind,
-        Appointment.location,
-        Appointment.video_link,
-    )
-    .where(
-        Appointment.case_id.in_(_IDS),
-        Appointment.status == AppointmentStatus.SCHEDULED,
-        Appointment.starts_at > sa.bindparam("now", type_=Appointment.__table__.c.starts_at.type),
-    )
-    .order_by(Appointment.starts_at.desc())
-)
+
+
+def phone_rows(*, connection: sa.Connection, phone: str, now: datetime) -> list[sa.Row]:
+    """The phone's enrollments, oldest first, each with its case, card and next appointment."""
+    return _PHONE_ROWS.execute(connection, {"b_phone": phone, "now": now})
 
 
 def case_facts(
-    *, session: Session, enrollments: Sequence[Any], now: datetime
+    *, connection: sa.Connection, rows: Sequence[Any], now: datetime
 ) -> tuple[CaseFacts, ...]:
     """What the dialogue may know about each open case the phone is active on."""
-    from billing.service import month_paid_cents
+    from billing.service import COUNTED, month_start
 
-    case_ids = sorted({e.case_id for e in enrollments if e.status == EnrollmentStatus.ACTIVE})
-    if not case_ids:
+    active = [r for r in rows if r.status == EnrollmentStatus.ACTIVE and r.case_open]
+    if not active:
         return ()
-    ids = {"ids": case_ids}
-    cases = session.execute(_CASES, ids).all()
-    # Rows come oldest card first and latest appointment first: the last one seen wins.
-    cards = {row.case_id: CardFacts(row.brand, row.last4) for row in session.execute(_CARDS, ids)}
-    appointments = {
-        row.case_id: AppointmentFacts(
-            row.starts_at, str(row.kind), row.location or "", row.video_link or ""
-        )
-        for row in session.execute(_APPOINTMENTS, {**ids, "now": now})
-    }
-    payments: dict[int, list[PaymentFacts]] = {}
-    for row in session.execute(_PAYMENTS, ids):
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-        payments.setdefault(row.case_id, []).append(
-            PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
-        )
     default_zone = current_app.config["DEFAULT_TIMEZONE"]
+    zones = {r.case_id: r.timezone or default_zone for r in active}
+    months = {case_id: month_start(now, _zone(name)) for case_id, name in zones.items()}
+    # One query for both: the latest few payments, and every payment of this month (for the cap).
+    recent: dict[int, list[PaymentFacts]] = {}
+    month_paid = dict.fromkeys(zones, 0)
+    since = min(months.values())
+    phone = active[0].phone
+    for row in _PAYMENTS.execute(connection, {"b_phone": phone, "since": since}):
+        if row.case_id not in zones:  # a closed case: no facts
+            continue
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        if row.rank <= dialogue.HISTORY_SIZE:
+            recent.setdefault(row.case_id, []).append(
+                PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
+            )
+        if created >= months[row.case_id] and row.status in COUNTED:
+            month_paid[row.case_id] += row.amount_cents - row.refunded_cents
     return tuple(
         CaseFacts(
-            case_id=case.id,
-            case_number=case.case_number,
-            amount_due_cents=case.amount_due_cents,
-            balance_cents=case.balance_cents,
-            next_due_date=case.next_due_date,
-            timezone=case.timezone or default_zone,
-            card=cards.get(case.id),
-            recent_payments=tuple(payments.get(case.id, ())),
-            next_appointment=appointments.get(case.id),
-            month_paid_cents=month_paid_cents(
-                session=session,
-                case_id=case.id,
-                now=now,
-                timezone=case.timezone or default_zone,
+            case_id=row.case_id,
+            case_number=row.case_number,
+            amount_due_cents=row.amount_due_cents,
+            balance_cents=row.balance_cents,
+            next_due_date=row.next_due_date,
+            timezone=zones[row.case_id],
+            card=CardFacts(row.card_brand, row.card_last4) if row.card_last4 else None,
+            recent_payments=tuple(recent.get(row.case_id, ())),
+            next_appointment=(
+                AppointmentFacts(
+                    row.appointment_at,
+                    str(row.appointment_kind),
+                    row.appointment_location or "",
+                    row.appointment_link or "",
+                )
+                if row.appointment_at is not None
+                else None
             ),
+            month_paid_cents=month_paid[row.case_id],
         )
-        for case in cases
+        for row in sorted(active, key=lambda r: r.case_id)
     )
 
 
-def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now, language):
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now):
     phone = {"b_phone": message.phone, "now": now}
+    connection = session.connection()
     if isinstance(action, OptOut):
         opt_out(session=session, phone=message.phone, enrollments=enrollments, now=now)
     elif isinstance(action, OptIn):
-        session.execute(_OPT_IN, phone)
+        connection.execute(_OPT_IN, phone)
     elif isinstance(action, Activate):
-        session.execute(_ACTIVATE, phone)
+        connection.execute(_ACTIVATE, phone)
     elif isinstance(action, SetLanguage):
-        session.execute(_SET_LANGUAGE, {**phone, "b_language": str(action.language)})
+        connection.execute(_SET_LANGUAGE, {**phone, "b_language": str(action.language)})
     elif isinstance(action, ChargeQuote):
         from billing.service import PaymentRefused, payment_for_quote
 
@@ -409,9 +516,7 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
             handled.refusal = refused.reply
             return
         inbound.payment_id = payment.id
-        session.execute(
-            _TURNS.update().where(_TURNS.c.id == inbound.id).values(payment_id=payment.id)
-        )
+        connection.execute(_SET_TURN_PAYMENT, {"turn_id": inbound.id, "b_payment_id": payment.id})
         handled.charge_payment_ids.append(payment.id)
     elif isinstance(action, SendCardLink):
         from billing.links import card_link_url
@@ -444,13 +549,11 @@ def opt_out(*, session: Session, phone: str, enrollments: Sequence[Any], now: da
     cancel_pending(session=session, case_ids=touched - still_active, reason="opted_out")
 
 
-_E = Enrollment.__table__
 _ENROLLMENTS = (
     sa.select(_E.c.id, _E.c.case_id, _E.c.status, _E.c.language, _E.c.updated_at)
     .where(_E.c.phone == sa.bindparam("b_phone"))
     .order_by(_E.c.id)
 )
-_NOW = sa.bindparam("now", type_=_E.c.updated_at.type)
 _OPT_OUT = (
     _E.update()
     .where(_E.c.phone == sa.bindparam("b_phone"), _E.c.status != EnrollmentStatus.OPTED_OUT)
@@ -544,8 +647,9 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
         phone=message.phone,
         intent="error",
     )
+    connection = session.connection()
     inbound.id = _insert_turn(
-        session,
+        connection,
         inbound,
         direction=Direction.INBOUND,
         body=message.body,
@@ -553,5 +657,5 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
         provider_message_id=None if seen else message.message_sid,
         delivery_status="received",
     )
-    _insert_reply(session, inbound, reply, now)
+    _insert_reply(connection, inbound, reply, now)
     return reply

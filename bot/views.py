@@ -19,6 +19,7 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
+import db
 from bot import service, sms, status
 from bot.service import Inbound
 from db import get_session
@@ -84,31 +85,46 @@ def inbound():
         abort(403)
     message = inbound_from_form()
     session = get_session()
+    with db.writer(session):
+        replies, charge_payment_ids = _answer(session, message)
+    if charge_payment_ids:
+        from billing.service import enqueue_charge
+
+        for payment_id in charge_payment_ids:
+            enqueue_charge(payment_id=payment_id)
+    return _twiml(replies)
+
+
+def _answer(session, message: Inbound) -> tuple[list[str], list[int]]:
+    """The replies to `message`, committed, and the payments it confirmed."""
     try:
         handled = service.handle_inbound(session=session, message=message)
         session.commit()
-    except IntegrityError:
-        # The same MessageSid is being handled by another request right now: answer like it.
+        return handled.replies, handled.charge_payment_ids
+    except Exception as error:
         session.rollback()
-        earlier = service.replies_already_given(session=session, message_sid=message.message_sid)
-        return _twiml(earlier or [])
+        earlier = _earlier_replies(session, message) if isinstance(error, IntegrityError) else None
+        if earlier is not None:
+            # Twilio sent this MessageSid before (a retry, or a duplicate racing the first one):
+            # the same answer, and nothing done twice.
+            return earlier, []
+        log.exception("inbound text %s could not be handled", message.message_sid)
+    try:
+        reply = service.handle_failed_inbound(session=session, message=message)
+        session.commit()
+        return [reply], []
+    except Exception:  # the database itself is down: still answer Twilio
+        session.rollback()
+        log.exception("could not record the failed inbound text %s", message.message_sid)
+        return [], []
+
+
+def _earlier_replies(session, message: Inbound) -> list[str] | None:
+    try:
+        return service.replies_already_given(session=session, message_sid=message.message_sid)
     except Exception:
         session.rollback()
-        log.exception("inbound text %s could not be handled", message.message_sid)
-        try:
-            reply = service.handle_failed_inbound(session=session, message=message)
-            session.commit()
-        except Exception:  # the database itself is down: still answer Twilio
-            session.rollback()
-            log.exception("could not record the failed inbound text %s", message.message_sid)
-            return _twiml([])
-        return _twiml([reply])
-    if handled.charge_payment_ids:
-        from billing.service import enqueue_charge
-
-        for payment_id in handled.charge_payment_ids:
-            enqueue_charge(payment_id=payment_id)
-    return _twiml(handled.replies)
+        return None
 
 
 @bp.post("/sms/status")

@@ -1,0 +1,170 @@
+"""db.Prepared (the webhook's statements on the DBAPI cursor) and the SQLite writer lock."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+import db
+from models import Case, Conversation, ConversationTurn
+
+CASES = Case.__table__
+CONVERSATIONS = Conversation.__table__
+TURNS = ConversationTurn.__table__
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_parameters_and_results_go_through_the_column_types(engine):
+    """Aware UTC datetimes, JSON and dates survive the trip, as they do through SQLAlchemy."""
+    when = datetime(2026, 3, 8, 6, 59, 30, 123456, tzinfo=UTC)
+    insert = db.Prepared(
+        CONVERSATIONS.insert()
+        .values(
+            phone=sa.bindparam("phone"),
+            state=sa.bindparam("state", type_=CONVERSATIONS.c.state.type),
+            language="es",
+            updated_at=sa.bindparam("at", type_=CONVERSATIONS.c.updated_at.type),
+        )
+        .returning(CONVERSATIONS.c.id, CONVERSATIONS.c.state, CONVERSATIONS.c.updated_at)
+    )
+    state = {"step": "quoted", "quote": {"amount_cents": 5000, "expires": "2026-03-08T07:09"}}
+    with engine.begin() as connection:
+        row = insert.execute(connection, {"phone": "+16175550100", "state": state, "at": when})
+        new = row.one()
+        assert (new.state, new.updated_at) == (state, when)
+        assert new.updated_at.tzinfo is not None
+
+    # What SQLAlchemy itself reads back is the same: the SQL and the stored forms are its own.
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(CONVERSATIONS)).one()
+    assert (stored.state, stored.language, stored.updated_at) == (state, "es", when)
+
+    # A datetime with another offset is stored as the same instant.
+    later = when.astimezone(datetime.now().astimezone().tzinfo) + timedelta(hours=1)
+    update = db.Prepared(
+        CONVERSATIONS.update()
+        .where(CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
+        .values(updated_at=sa.bindparam("at", type_=CONVERSATIONS.c.updated_at.type))
+    )
+    select = db.Prepared(
+        sa.select(CONVERSATIONS.c.updated_at).where(
+            CONVERSATIONS.c.updated_at
+            > sa.bindparam("after", type_=CONVERSATIONS.c.updated_at.type)
+        )
+    )
+    with engine.begin() as connection:
+        assert update.execute(connection, {"conversation_id": new.id, "at": later}).rowcount == 1
+        assert [r.updated_at for r in select.execute(connection, {"after": when})] == [
+            later.astimezone(UTC)
+        ]
+        assert select.execute(connection, {"after": later}) == []
+
+
+def test_constants_in_the_statement_are_bound_and_dates_read_back(engine):
+    with engine.begin() as connection:
+        connection.execute(
+            CASES.insert(),
+            [
+                {"case_number": "A-1", "payer_name": "Ana", "amount_due_cents": 100,
+                 "balance_cents": 500, "next_due_date": date(2026, 12, 1), "status": "open"},
+                {"case_number": "B-2", "payer_name": "Bo", "amount_due_cents": 100,
+                 "balance_cents": 0, "next_due_date": None, "status": "closed"},
+            ],
+        )  # fmt: skip
+    open_cases = db.Prepared(
+        sa.select(
+            CASES.c.case_number, CASES.c.next_due_date, (CASES.c.balance_cents > 0).label("owes")
+        ).where(CASES.c.status == "open", CASES.c.case_number != sa.bindparam("not_this"))
+    )
+    with engine.connect() as connection:
+        (row,) = open_cases.execute(connection, {"not_this": "Z-9"})
+    assert (row.case_number, row.next_due_date, bool(row.owes)) == ("A-1", date(2026, 12, 1), True)
+
+
+def test_a_database_error_is_raised_as_sqlalchemy_raises_it_without_the_values(engine):
+    insert = db.Prepared(
+        TURNS.insert().values(
+            phone="+16175550100",
+            direction="inbound",
+            body=sa.bindparam("body"),
+            provider_message_id=sa.bindparam("sid"),
+            created_at=sa.bindparam("at", type_=TURNS.c.created_at.type),
+            updated_at=sa.bindparam("at", type_=TURNS.c.updated_at.type),
+        )
+    )
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        insert.execute(connection, {"body": "PAY 50", "sid": "SM1", "at": now})
+    with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+        insert.execute(connection, {"body": "my secret words", "sid": "SM1", "at": now})
+    assert "my secret words" not in str(raised.value)
+
+
+def test_expanding_in_parameters_are_refused_rather_than_run_wrong(engine):
+    statement = db.Prepared(sa.select(CASES.c.id).where(CASES.c.id.in_([1, 2])))
+    with engine.connect() as connection, pytest.raises(ValueError, match="IN parameters"):
+        statement.execute(connection, {})
+
+
+# -- the SQLite writer lock -------------------------------------------------------------------
+
+
+def _hold(path: str, started, seconds: float) -> None:
+    lock = db.WriterLock(path)
+    with lock:
+        started.set()
+        time.sleep(seconds)
+
+
+def test_the_writer_lock_makes_other_processes_and_threads_wait_their_turn(tmp_path):
+    path = str(tmp_path / "db-writer.lock")
+    started = multiprocessing.Event()
+    other = multiprocessing.get_context("fork").Process(target=_hold, args=(path, started, 0.3))
+    other.start()
+    assert started.wait(10)
+    lock = db.WriterLock(path)
+    began = time.monotonic()
+    with lock:
+        waited = time.monotonic() - began
+    other.join(10)
+    assert waited > 0.15  # it waited for the other process to let go
+
+    # Threads of one process share the descriptor; the lock still takes them one at a time.
+    inside, overlaps = [0], []
+
+    def work() -> None:
+        for _ in range(50):
+            with lock:
+                inside[0] += 1
+                overlaps.append(inside[0])
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert max(overlaps) == 1
+
+
+def test_only_a_sqlite_file_gets_a_writer_lock(engine, database_url, tmp_path):
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        kind = type(db.writer(session)).__name__
+    assert kind == ("WriterLock" if database_url.startswith("sqlite") else "nullcontext")
+    memory = db.make_engine("sqlite://")
+    with Session(memory) as session:
+        assert type(db.writer(session)).__name__ == "nullcontext"
