@@ -87,12 +87,12 @@ class WriterLock:
             self._threads.release()
 
 
-def writer(session: Session):
-    """A context in which `session` writes and commits without waiting in SQLite's busy handler.
+def writer(bind: Engine):
+    """A context in which to write and commit without waiting in SQLite's busy handler.
 
     PostgreSQL locks rows, and an in-memory SQLite database has one connection: nothing to do.
     """
-    lock = _writer_locks.get(session.get_bind()) if fcntl else None
+    lock = _writer_locks.get(bind) if fcntl else None
     return lock if lock is not None else nullcontext()
 
 

@@ -160,11 +160,16 @@ class Enrollment(SQLModel, table=True):
     """A phone number on a case, with the consent record behind every text we send it."""
 
     __tablename__ = "enrollments"
-    __table_args__ = (sa.UniqueConstraint("case_id", "phone", name="uq_enrollment_case_phone"),)
+    __table_args__ = (
+        sa.UniqueConstraint("case_id", "phone", name="uq_enrollment_case_phone"),
+        # Phone and status together: with a phone index and a status index, SQLite (no
+        # statistics yet) answered "this phone's pending enrollments" by reading every pending one.
+        sa.Index("ix_enrollments_phone_status", "phone", "status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="cases.id", index=True)
-    phone: str = Field(sa_type=sa.String(16), index=True)
+    phone: str = Field(sa_type=sa.String(16))
     status: EnrollmentStatus = _status(EnrollmentStatus.PENDING, index=True)
     source: EnrollmentSource = _status(EnrollmentSource.ADMIN)
     language: Language = Field(default=Language.EN, sa_type=sa.String(2))

@@ -160,15 +160,19 @@ def replies_already_given(*, session: Session, message_sid: str) -> list[str] | 
     return list(session.execute(_REPLIES_TO, {"turn_id": inbound_id}).scalars())
 
 
-def handle_inbound(*, session: Session, message: Inbound, now: datetime | None = None) -> Handled:
+def handle_inbound(
+    *, connection: sa.Connection, message: Inbound, now: datetime | None = None
+) -> Handled:
     """Answer one inbound text: parse, step the dialogue, act, log every turn. Caller commits.
+
+    Runs in `connection`'s transaction, as Core: most texts need no ORM. Actions that use it
+    (a payment, a handoff, an opt-out) get a Session joined to that same transaction.
 
     A MessageSid handled before fails the inbound turn's unique index (IntegrityError) before
     anything is done: the caller rolls back and answers with `replies_already_given`. Checking
     first would cost every text a query for what Twilio seldom does.
     """
     now = now or utcnow()
-    connection = session.connection()
     conversation = lock_conversation(connection=connection, phone=message.phone, now=now)
     enrollments = phone_rows(connection=connection, phone=message.phone, now=now)
     facts = Facts(
@@ -205,17 +209,20 @@ def handle_inbound(*, session: Session, message: Inbound, now: datetime | None =
 
     handled = Handled(replies=[])
     params: dict[str, Any] = {}
-    for action in outcome.actions:
-        _carry_out(
-            action,
-            session=session,
-            message=message,
-            enrollments=enrollments,
-            inbound=inbound,
-            params=params,
-            handled=handled,
-            now=now,
-        )
+    if outcome.actions:
+        with Session(bind=connection, expire_on_commit=False) as session:
+            for action in outcome.actions:
+                _carry_out(
+                    action,
+                    session=session,
+                    message=message,
+                    enrollments=enrollments,
+                    inbound=inbound,
+                    params=params,
+                    handled=handled,
+                    now=now,
+                )
+            session.flush()
     replies = (handled.refusal,) if handled.refusal is not None else outcome.replies
     for reply in replies:
         if "url" in messages.placeholders(reply.key) and "url" in params:
@@ -409,11 +416,9 @@ _RANKED_PAYMENTS = (
     )
     .select_from(_P.outerjoin(_K, _P.c.card_id == _K.c.id))
     .where(
-        _P.c.case_id.in_(
-            sa.select(_E.c.case_id).where(
-                _E.c.phone == sa.bindparam("b_phone"), _E.c.status == EnrollmentStatus.ACTIVE
-            )
-        )
+        # By phone alone: with a status test too, SQLite may pick the status index and read
+        # every active enrollment. case_facts() keeps the active cases' rows.
+        _P.c.case_id.in_(sa.select(_E.c.case_id).where(_E.c.phone == sa.bindparam("b_phone")))
     )
     .where(_P.c.status != PaymentStatus.FAILED, _P.c.status != PaymentStatus.CANCELED)
     .subquery()

@@ -84,9 +84,9 @@ def inbound():
         log.warning("inbound text refused: missing or wrong X-Twilio-Signature")
         abort(403)
     message = inbound_from_form()
-    session = get_session()
-    with db.writer(session):
-        replies, charge_payment_ids = _answer(session, message)
+    engine = db.engine()
+    with db.writer(engine):
+        replies, charge_payment_ids = _answer(engine, message)
     if charge_payment_ids:
         from billing.service import enqueue_charge
 
@@ -95,20 +95,20 @@ def inbound():
     return _twiml(replies)
 
 
-def _answer(session, message: Inbound) -> tuple[list[str], list[int]]:
+def _answer(engine, message: Inbound) -> tuple[list[str], list[int]]:
     """The replies to `message`, committed, and the payments it confirmed."""
     try:
-        handled = service.handle_inbound(session=session, message=message)
-        session.commit()
+        with engine.connect() as connection, connection.begin():
+            handled = service.handle_inbound(connection=connection, message=message)
         return handled.replies, handled.charge_payment_ids
     except Exception as error:
-        session.rollback()
-        earlier = _earlier_replies(session, message) if isinstance(error, IntegrityError) else None
+        earlier = _earlier_replies(message) if isinstance(error, IntegrityError) else None
         if earlier is not None:
             # Twilio sent this MessageSid before (a retry, or a duplicate racing the first one):
             # the same answer, and nothing done twice.
             return earlier, []
         log.exception("inbound text %s could not be handled", message.message_sid)
+    session = get_session()
     try:
         reply = service.handle_failed_inbound(session=session, message=message)
         session.commit()
@@ -119,7 +119,8 @@ def _answer(session, message: Inbound) -> tuple[list[str], list[int]]:
         return [], []
 
 
-def _earlier_replies(session, message: Inbound) -> list[str] | None:
+def _earlier_replies(message: Inbound) -> list[str] | None:
+    session = get_session()
     try:
         return service.replies_already_given(session=session, message_sid=message.message_sid)
     except Exception:

@@ -100,9 +100,13 @@ def apply_import(
     ]
     for chunk in _chunks(new_enrollments):
         session.connection().execute(Enrollment.__table__.insert(), chunk)
+    # Fresh statistics, or the next import's lookups are planned as scans of "empty" tables
+    # (PostgreSQL), or a phone's enrollments are found through the status index (SQLite).
     if session.get_bind().dialect.name == "postgresql":
-        # Fresh statistics, or the next import's lookups are planned as scans of "empty" tables.
         session.execute(sa.text("ANALYZE cases, enrollments"))
+    else:
+        session.execute(sa.text("ANALYZE cases"))
+        session.execute(sa.text("ANALYZE enrollments"))
     return ImportResult(len(new_rows), len(old_rows), len(new_enrollments))
 
 
