@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 import threading
 import weakref
@@ -166,43 +167,77 @@ class _PreparedSQL:
         self.sql = compiled.string
         self.positional = compiled.positional
         self.names = list(compiled.positiontup or ()) if compiled.positional else None
-        self.constants: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
         self.processors: dict[str, Callable[[Any], Any]] = {}
         for name, bind in compiled.binds.items():
             if bind.expanding:
                 raise ValueError(f"Prepared does not expand IN parameters ({name})")
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
-                self.processors[name] = processor
+                self.processors[name] = _last_one_remembered(processor)
             if not bind.required:
                 value = bind.effective_value
-                self.constants[name] = (
-                    processor(value) if processor and value is not None else value
-                )
+                constants[name] = processor(value) if processor and value is not None else value
+        self.constants = constants
+        # For a positional paramstyle (SQLite's "?"), the order to send values in.
+        self.order = [(name, name in constants) for name in self.names or ()]
         # A PostgreSQL INSERT returns the new primary key even when not asked (implicit RETURNING).
         returning = getattr(compiled, "effective_returning", None)
         columns = list(returning if returning else getattr(statement, "exported_columns", ()))
+        self.width = len(columns)
         self.results = [
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+            (index, processor)
+            for index, column in enumerate(columns)
+            if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
         ]
         self.row_type = collections.namedtuple(
             "Row", [c.key for c in columns] or ["_"], rename=True
         )
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        processed = dict(self.constants)
-        for name, value in values.items():
-            processor = self.processors.get(name)
-            processed[name] = processor(value) if processor and value is not None else value
+        processors = self.processors
+        processed = {
+            name: processors[name](value) if value is not None and name in processors else value
+            for name, value in values.items()
+        }
         if self.positional:
-            return [processed[name] for name in self.names]
-        return processed
+            constants = self.constants
+            return [constants[name] if fixed else processed[name] for name, fixed in self.order]
+        return {**self.constants, **processed}
 
     def row(self, raw: Sequence[Any]) -> tuple:
-        return self.row_type._make(
-            process(value) if process else value
-            for process, value in zip(self.results, raw, strict=True)
-        )
+        if len(raw) != self.width:
+            raise ValueError(f"expected {self.width} columns, got {len(raw)}")
+        if not self.results:
+            return self.row_type._make(raw)
+        values = list(raw)
+        for index, process in self.results:
+            values[index] = process(values[index])
+        return self.row_type._make(values)
+
+
+_IMMUTABLE = (datetime.datetime, datetime.date, str, int, float, bytes)
+
+
+def _last_one_remembered(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`processor`, answering again at once for the object it was just given.
+
+    A webhook call binds the same `now` in several statements; each costs a conversion (UTC,
+    then text on SQLite). Only immutable values are remembered (a dict may have changed since),
+    and the pair is swapped in one assignment, so threads never mix two calls.
+    """
+    last: list[tuple[Any, Any]] = [(object(), None)]
+
+    def process(value: Any) -> Any:
+        given, answer = last[0]
+        if given is value:
+            return answer
+        answer = processor(value)
+        if isinstance(value, _IMMUTABLE):
+            last[0] = (value, answer)
+        return answer
+
+    return process
 
 
 def engine(app: Flask | None = None) -> Engine:
