@@ -140,13 +140,15 @@ def delivery_status():
     if not sid or not new_status:
         return Response("missing MessageSid or MessageStatus", status=400)
     code = form.get("ErrorCode")
-    status.record(
-        session=get_session(),
-        sid=sid,
-        status=new_status,
-        error_code=int(code) if code and code.isdigit() else None,
-    )
-    get_session().commit()
+    session = get_session()
+    with db.writer(db.engine()):  # queued with the inbound texts' writes on SQLite
+        status.record(
+            session=session,
+            sid=sid,
+            status=new_status,
+            error_code=int(code) if code and code.isdigit() else None,
+        )
+        session.commit()
     return Response(status=204)
 
 
