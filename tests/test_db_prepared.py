@@ -6,6 +6,7 @@ import multiprocessing
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -163,3 +164,56 @@ def test_only_a_sqlite_file_gets_a_writer_lock(engine, database_url):
     kind = type(db.writer(engine)).__name__
     assert kind == ("WriterLock" if database_url.startswith("sqlite") else "nullcontext")
     assert type(db.writer(db.make_engine("sqlite://"))).__name__ == "nullcontext"
+
+
+# -- the webhook's facts against billing's own sums --------------------------------------------
+
+
+def test_the_facts_count_this_month_as_billing_does_and_keep_the_latest_payments(app, session):
+    """case_facts() reads payments once for history and the monthly cap; billing sums in SQL."""
+    from billing.service import month_paid_cents
+    from bot import dialogue
+    from bot.service import case_facts, phone_rows
+    from models import Payment, PaymentStatus, utcnow
+    from tests.factories import make_case, make_enrollment
+
+    case = make_case(session, case_number="CS-1", balance_cents=900_000, timezone="America/Denver")
+    other = make_case(session, case_number="CS-2", balance_cents=900_000, status="closed")
+    make_enrollment(session, case, "+16175550134", status="active")
+    make_enrollment(session, other, "+16175550134", status="active")
+    now = utcnow()
+    local_month = now.astimezone(ZoneInfo("America/Denver")).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    ages = [timedelta(minutes=5 * n) for n in range(8)] + [now - local_month + timedelta(hours=1)]
+    statuses = list(PaymentStatus)
+    for n, age in enumerate(ages):
+        session.add(
+            Payment(
+                case_id=case.id,
+                amount_cents=1_000 * (n + 1),
+                refunded_cents=100 if n == 2 else 0,
+                status=statuses[n % len(statuses)],
+                idempotency_key=f"k{n}",
+                created_at=now - age,
+                updated_at=now - age,
+            )
+        )
+    session.add(
+        Payment(case_id=other.id, amount_cents=5, status="succeeded", idempotency_key="other")
+    )
+    session.commit()
+
+    with app.app_context(), db.engine(app).connect() as connection:
+        rows = phone_rows(connection=connection, phone="+16175550134", now=now)
+        (facts,) = case_facts(connection=connection, rows=rows, now=now)  # the closed case: none
+    with app.app_context():
+        expected = month_paid_cents(session=session, case_id=case.id, now=now)
+    assert facts.month_paid_cents == expected > 0
+    shown = [(p.amount_cents, p.status) for p in facts.recent_payments]
+    kept = [
+        (1_000 * (n + 1), str(statuses[n % len(statuses)]))
+        for n in range(len(ages))
+        if statuses[n % len(statuses)] not in (PaymentStatus.FAILED, PaymentStatus.CANCELED)
+    ]
+    assert shown == kept[: dialogue.HISTORY_SIZE]
