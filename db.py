@@ -157,9 +157,6 @@ class _Result(list):
             raise sa.exc.NoResultFound(f"expected one row, got {len(self)}")
         return self[0]
 
-    def scalar(self):
-        return self[0][0] if self else None
-
 
 class _PreparedSQL:
     def __init__(self, statement: sa.Executable, dialect: sa.Dialect) -> None:

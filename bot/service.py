@@ -451,7 +451,7 @@ def case_facts(
         return ()
     default_zone = current_app.config["DEFAULT_TIMEZONE"]
     zones = {r.case_id: r.timezone or default_zone for r in active}
-    months = {case_id: month_start(now, _zone(name)) for case_id, name in zones.items()}
+    months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
     # One query for both: the latest few payments, and every payment of this month (for the cap).
     recent: dict[int, list[PaymentFacts]] = {}
     month_paid = dict.fromkeys(zones, 0)
@@ -491,11 +491,6 @@ def case_facts(
         )
         for row in sorted(active, key=lambda r: r.case_id)
     )
-
-
-@functools.lru_cache(maxsize=64)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
 
 
 def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now):
