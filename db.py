@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import os
 import threading
 import weakref
@@ -163,21 +164,45 @@ class _PreparedSQL:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.positional = compiled.positional
-        self.names = list(compiled.positiontup or ()) if compiled.positional else None
         constants: dict[str, Any] = {}
-        self.processors: dict[str, Callable[[Any], Any]] = {}
+        processors: dict[str, Callable[[Any], Any]] = {}
         for name, bind in compiled.binds.items():
             if bind.expanding:
                 raise ValueError(f"Prepared does not expand IN parameters ({name})")
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            bind_type = bind.type.dialect_impl(dialect)
+            processor = bind_type.bind_processor(dialect)
             if processor is not None:
-                self.processors[name] = _last_one_remembered(processor)
+                processors[name] = _last_one_remembered(processor, (dialect.name, repr(bind_type)))
             if not bind.required:
                 value = bind.effective_value
                 constants[name] = processor(value) if processor and value is not None else value
-        self.constants = constants
-        # For a positional paramstyle (SQLite's "?"), the order to send values in.
-        self.order = [(name, name in constants) for name in self.names or ()]
+        # Column defaults SQLAlchemy works out in Python (not in the SQL) for values not given.
+        defaults: dict[str, Callable[[], Any]] = {}
+        for columns, attribute in (
+            (getattr(compiled, "insert_prefetch", ()), "default"),
+            (getattr(compiled, "update_prefetch", ()), "onupdate"),
+        ):
+            for column in columns:
+                default = getattr(column, attribute)
+                if default is None or not (default.is_scalar or default.is_callable):
+                    continue
+                constants.pop(column.key, None)
+                if default.is_scalar:
+                    defaults[column.key] = functools.partial(_same, default.arg)
+                else:  # SQLAlchemy wraps a callable to take the execution context
+                    defaults[column.key] = functools.partial(default.arg, None)
+        # What to send, in order for a positional paramstyle (SQLite's "?"), a name may repeat:
+        # (name, fixed value or _GIVEN, processor, default).
+        names = compiled.positiontup if self.positional else compiled.binds
+        self.plan = [
+            (
+                name,
+                constants.get(name, _GIVEN),
+                processors.get(name),
+                defaults.get(name),
+            )
+            for name in names
+        ]
         # A PostgreSQL INSERT returns the new primary key even when not asked (implicit RETURNING).
         returning = getattr(compiled, "effective_returning", None)
         columns = list(returning if returning else getattr(statement, "exported_columns", ()))
@@ -192,15 +217,21 @@ class _PreparedSQL:
         )
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        processors = self.processors
-        processed = {
-            name: processors[name](value) if value is not None and name in processors else value
-            for name, value in values.items()
-        }
+        sent = []
+        for name, fixed, process, default in self.plan:
+            if fixed is not _GIVEN:
+                sent.append(fixed)
+                continue
+            if name in values:
+                value = values[name]
+            elif default is not None:
+                value = default()
+            else:
+                raise KeyError(f"no value for the bind parameter {name!r}")
+            sent.append(process(value) if process is not None and value is not None else value)
         if self.positional:
-            constants = self.constants
-            return [constants[name] if fixed else processed[name] for name, fixed in self.order]
-        return {**self.constants, **processed}
+            return sent
+        return dict(zip((name for name, *_ in self.plan), sent, strict=True))
 
     def row(self, raw: Sequence[Any]) -> tuple:
         if len(raw) != self.width:
@@ -213,28 +244,42 @@ class _PreparedSQL:
         return self.row_type._make(values)
 
 
+_GIVEN = object()
+"""In a plan: the value comes from the caller, not from the statement."""
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 _IMMUTABLE = (datetime.datetime, datetime.date, str, int, float, bytes)
+_remembered: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 
-def _last_one_remembered(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`processor`, answering again at once for the object it was just given.
+def _last_one_remembered(processor: Callable[[Any], Any], kind: tuple[str, str]) -> Callable:
+    """`processor`, answering at once for the object last converted by any processor of `kind`.
 
     A webhook call binds the same `now` in several statements; each costs a conversion (UTC,
-    then text on SQLite). Only immutable values are remembered (a dict may have changed since),
-    and the pair is swapped in one assignment, so threads never mix two calls.
+    then text on SQLite). `kind` is the dialect and the type as written (UTCDateTime(), say),
+    so only identical conversions share an answer. Only immutable values are remembered (a dict
+    may have changed since), and the pair is swapped in one assignment, so threads never mix
+    two calls.
     """
-    last: list[tuple[Any, Any]] = [(object(), None)]
+    remembered = _remembered
 
     def process(value: Any) -> Any:
-        given, answer = last[0]
+        given, answer = remembered.get(kind, _NOTHING)
         if given is value:
             return answer
         answer = processor(value)
         if isinstance(value, _IMMUTABLE):
-            last[0] = (value, answer)
+            remembered[kind] = (value, answer)
         return answer
 
     return process
+
+
+_NOTHING = (object(), None)
 
 
 def engine(app: Flask | None = None) -> Engine:
