@@ -21,7 +21,6 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
-from twilio.twiml.messaging_response import MessagingResponse
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +224,29 @@ def validate_signature(
 
 
 # Characters XML 1.0 cannot carry at all; left in, they would make the whole reply unreadable.
-_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_TWIML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
 
 
 def twiml(messages: Sequence[str]) -> str:
-    """A TwiML reply with one <Message> per text, in order; none gives an empty <Response/>."""
+    """A TwiML reply with one <Message> per text, in order; none gives an empty <Response />.
+
+    Written out as twilio's MessagingResponse writes it, the same bytes (a test compares the
+    two for any text), without the ElementTree it builds and serialises for every reply: that
+    cost about a tenth of a whole BAL's handling.
+    """
     if isinstance(messages, str):
         raise TypeError("twiml() takes a sequence of messages, not one string")
-    response = MessagingResponse()
+    if not messages:
+        return _TWIML_HEAD + "<Response />"
+    parts = [_TWIML_HEAD, "<Response>"]
     for text in messages:
-        response.message(_XML_ILLEGAL.sub("", text))
-    return response.to_xml()
+        text = _XML_ILLEGAL.sub("", text)
+        if text:
+            # What ElementTree escapes in element text, in the same order.
+            text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            parts.append(f"<Message>{text}</Message>")
+        else:
+            parts.append("<Message />")
+    parts.append("</Response>")
+    return "".join(parts)

@@ -9,6 +9,9 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twilio.twiml.messaging_response import MessagingResponse
 from werkzeug.datastructures import MultiDict
 
 from bot.sms import (
@@ -358,6 +361,33 @@ def test_twiml_escapes_markup_and_keeps_accents_and_emoji():
 
 def test_twiml_drops_characters_xml_cannot_carry():
     assert _bodies(twiml(["PAY\x00 now\x0b"])) == ["PAY now"]
+
+
+def _xml_can_carry(ch: str) -> bool:
+    """XML 1.0's Char production: tab, newlines and everything from space up, bar surrogates."""
+    code = ord(ch)
+    return (
+        ch in "\t\n\r"
+        or (code >= 0x20 and not 0xD800 <= code <= 0xDFFF and code < 0xFFFE)
+        or code > 0xFFFF
+    )
+
+
+@given(st.lists(st.text(), max_size=4))
+def test_twiml_is_what_the_sdks_messaging_response_writes(texts):
+    """Byte for byte, for any texts, once the characters XML cannot carry are dropped."""
+    response = MessagingResponse()
+    for text in texts:
+        response.message("".join(filter(_xml_can_carry, text)))
+
+    assert twiml(texts) == response.to_xml()
+
+
+def test_twiml_drops_lone_surrogates_that_utf_8_cannot_encode():
+    xml = twiml(["PAY \udc80now"])
+
+    assert _bodies(xml) == ["PAY now"]
+    xml.encode("utf-8")
 
 
 def test_twiml_refuses_a_bare_string():
