@@ -327,6 +327,39 @@ class Outcome:
 # The conversation.
 
 
+# Requests answered from the case alone, never from its payments, when nothing is half done.
+_WITHOUT_PAYMENTS = frozenset(
+    {
+        Intent.STOP,
+        Intent.START,
+        Intent.HELP,
+        Intent.LANGUAGE,
+        Intent.BALANCE,
+        Intent.APPOINTMENT,
+        Intent.AGENT,
+        Intent.MENU,
+        Intent.UNKNOWN,
+        Intent.EMPTY,
+        Intent.YES,
+        Intent.NO,
+    }
+)
+
+
+def needs_payments(state: State, command: Command) -> bool:
+    """Whether step() may read the cases' payments (HISTORY, the monthly cap) for this command.
+
+    When it says no, the web layer may leave recent_payments and month_paid_cents empty: most
+    texts (BAL, APPT, STOP, HELP) then cost one query less. A quote or a request waiting for a
+    case choice may lead anywhere, so they always load them.
+    """
+    return (
+        state.quote is not None
+        or state.pending is not None
+        or command.intent not in _WITHOUT_PAYMENTS
+    )
+
+
 def step(state: State, command: Command, facts: Facts) -> Outcome:
     """Answer one inbound message."""
     if state.updated_at is not None and facts.now - state.updated_at > SESSION_IDLE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -23,10 +24,12 @@ from bot.dialogue import (
     PaymentFacts,
     PhoneStatus,
     Policy,
+    Quote,
     SendCardLink,
     SetLanguage,
     Stage,
     State,
+    needs_payments,
     step,
 )
 from bot.messages import placeholders, render_reply
@@ -679,3 +682,96 @@ def test_every_reply_in_a_long_conversation_renders_within_two_segments(language
         for rendered in texts(outcome):
             assert segments(rendered) <= 2, rendered
         state = outcome.state
+
+
+# The payments a text needs (the webhook loads them only then).
+
+BODIES = [
+    "BAL",
+    "saldo",
+    "PAY",
+    "PAY 50",
+    "pagar 40.5",
+    "$75",
+    "YES",
+    "si",
+    "NO",
+    "HISTORY",
+    "pagos",
+    "APPT",
+    "citas",
+    "AGENT",
+    "HELP",
+    "ayuda",
+    "MENU",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "9",
+    "4821",
+    "7730",
+    "case 7730",
+    "ESPAÑOL",
+    "ENGLISH",
+    "STOP",
+    "alto",
+    "START",
+    "",
+    "👍",
+    "hmm",
+]
+PAID = (
+    PaymentFacts(WED_10AM_LA - timedelta(days=2), 25_000, "succeeded", "1234"),
+    PaymentFacts(WED_10AM_LA - timedelta(days=40), 10_000, "refunded", "1234"),
+    PaymentFacts(WED_10AM_LA - timedelta(hours=1), 5_000, "pending", "9999"),
+)
+QUOTE = Quote("q-1", 1, 25_000, "1234", WED_10AM_LA + timedelta(minutes=5))
+STATES = [
+    State(),
+    State(case_id=1),
+    State(case_id=2, updated_at=WED_10AM_LA - timedelta(minutes=3)),
+    State(quote=QUOTE, case_id=1),
+    State(quote=replace(QUOTE, expires_at=WED_10AM_LA - timedelta(minutes=1))),
+    State(pending=parse("HISTORY")),
+    State(pending=parse("PAY 20")),
+    State(updated_at=WED_10AM_LA - timedelta(hours=2), quote=QUOTE),
+]
+
+
+def test_a_text_said_not_to_need_payments_is_answered_the_same_without_them():
+    """needs_payments() may only say no where the payments change nothing in the answer.
+
+    Every state, body, phone status and case count above, with payments that matter (history
+    lines, a month near the cap), against the same facts without them.
+    """
+    second = replace(SECOND, recent_payments=PAID[:1], month_paid_cents=999_000)
+    answered_without = 0
+    for state, body, status, month_paid, two_cases in itertools.product(
+        STATES, BODIES, PhoneStatus, [0, 999_000], [False, True]
+    ):
+        command = parse(body)
+        if needs_payments(state, command):
+            continue
+        first = case(recent_payments=PAID, month_paid_cents=month_paid)
+        known = facts(*((first, second) if two_cases else (first,)), phone_status=status)
+        bare = replace(
+            known,
+            cases=tuple(replace(c, recent_payments=(), month_paid_cents=0) for c in known.cases),
+        )
+        assert step(state, command, bare) == step(state, command, known), (state, body, status)
+        answered_without += 1
+    assert answered_without > 500  # BAL, APPT, HELP, STOP... from every quiet state
+
+
+@pytest.mark.parametrize("body", ["BAL", "APPT", "AGENT", "HELP", "STOP", "MENU", "ESPAÑOL"])
+def test_the_common_requests_are_answered_without_reading_payments(body):
+    assert not needs_payments(State(), parse(body))
+
+
+@pytest.mark.parametrize("body", ["PAY", "PAY 50", "HISTORY", "1", "3", "4821"])
+def test_payments_history_and_menu_choices_read_payments(body):
+    assert needs_payments(State(), parse(body))
