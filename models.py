@@ -193,6 +193,9 @@ class Conversation(SQLModel, table=True):
     phone: str = Field(sa_type=sa.String(16), unique=True, index=True)
     state: dict = Field(default_factory=dict, sa_type=sa.JSON)
     language: Language = Field(default=Language.EN, sa_type=sa.String(2))
+    # Bumped by every text that changes the conversation: a webhook that read the row without
+    # locking it saves only if nobody saved since (bot.service.apply_plan).
+    version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     updated_at: datetime = _created()
 
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ from bot.dialogue import (
 )
 from bot.parse import Intent, parse
 from db import Prepared
+from db import writer as db_writer
 from jobs.schedule import parse_business_hours
 from models import (
     Appointment,
@@ -124,12 +125,13 @@ def _upsert_conversation(dialect: str):
     )
     return statement.on_conflict_do_update(
         index_elements=["phone"], set_={"updated_at": statement.excluded.updated_at}
-    ).returning(table.c.id, table.c.state, table.c.language)
+    ).returning(table.c.id, table.c.state, table.c.language, table.c.version)
 
 
 _UPSERTS = {
     dialect: Prepared(_upsert_conversation(dialect)) for dialect in ("postgresql", "sqlite")
 }
+_CONVERSATIONS = Conversation.__table__
 _INBOUND_BY_SID = sa.select(ConversationTurn.id).where(
     ConversationTurn.provider_message_id == sa.bindparam("sid"),
     ConversationTurn.direction == Direction.INBOUND,
@@ -142,7 +144,7 @@ _REPLIES_TO = (
 
 
 def lock_conversation(*, connection: sa.Connection, phone: str, now: datetime) -> sa.Row:
-    """The phone's conversation (id, state, language), locked until commit.
+    """The phone's conversation (id, state, language, version), locked until commit.
 
     The first statement is a write: PostgreSQL locks the row, SQLite takes its write lock, so a
     second message from the same phone waits here instead of reading a stale state.
@@ -160,34 +162,105 @@ def replies_already_given(*, session: Session, message_sid: str) -> list[str] | 
     return list(session.execute(_REPLIES_TO, {"turn_id": inbound_id}).scalars())
 
 
+class Conflict(Exception):
+    """Another text from the phone was saved after this one's conversation was read."""
+
+
+@dataclass
+class Plan:
+    """What one inbound text will do, worked out from its conversation and facts as read."""
+
+    message: Inbound
+    now: datetime
+    conversation: Any  # (id, state, language, version), or None for a phone never seen
+    enrollments: Sequence[Any]
+    outcome: dialogue.Outcome
+    state_after: dict
+    inbound: TurnRef
+    replies: list[str] | None  # rendered already, unless an action may change them
+
+
+def answer_inbound(*, engine: sa.Engine, message: Inbound, now: datetime | None = None) -> Handled:
+    """Answer one inbound text and commit: parse, step the dialogue, act, log every turn.
+
+    SQLite has one writer for the whole database, so there the conversation and facts are read
+    and the dialogue stepped before taking the write lock, which is held only to save (a few
+    statements). If another text from the same phone was saved meanwhile, the text is handled
+    again with the lock held from the start, as on PostgreSQL, which locks just the phone's row.
+
+    A MessageSid handled before fails the inbound turn's unique index (IntegrityError) before
+    anything is committed: the caller answers with `replies_already_given`. Checking first would
+    cost every text a query for what Twilio seldom does.
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            now = now or utcnow()
+            # Plain SELECTs: SQLite starts no transaction for them, so nothing is held here.
+            conversation, enrollments = read_phone(
+                connection=connection, phone=message.phone, now=now
+            )
+            plan = plan_inbound(
+                connection=connection,
+                message=message,
+                conversation=conversation,
+                enrollments=enrollments,
+                now=now,
+            )
+            try:
+                with db_writer(engine), connection.begin():
+                    return apply_plan(connection=connection, plan=plan)
+            except Conflict:
+                log.info("text %s met another from its phone; handled again", message.message_sid)
+        with db_writer(engine), connection.begin():
+            return handle_inbound(connection=connection, message=message, now=now)
+
+
 def handle_inbound(
     *, connection: sa.Connection, message: Inbound, now: datetime | None = None
 ) -> Handled:
-    """Answer one inbound text: parse, step the dialogue, act, log every turn. Caller commits.
+    """Answer one inbound text in `connection`'s transaction, the phone's conversation locked.
 
-    Runs in `connection`'s transaction, as Core: most texts need no ORM. Actions that use it
-    (a payment, a handoff, an opt-out) get a Session joined to that same transaction.
-
-    A MessageSid handled before fails the inbound turn's unique index (IntegrityError) before
-    anything is done: the caller rolls back and answers with `replies_already_given`. Checking
-    first would cost every text a query for what Twilio seldom does.
+    Runs as Core: most texts need no ORM. Actions that use it (a payment, a handoff, an opt-out)
+    get a Session joined to that same transaction. The caller commits.
     """
     now = now or utcnow()
     conversation = lock_conversation(connection=connection, phone=message.phone, now=now)
-    enrollments = phone_rows(connection=connection, phone=message.phone, now=now)
+    _, enrollments = read_phone(connection=connection, phone=message.phone, now=now)
+    plan = plan_inbound(
+        connection=connection,
+        message=message,
+        conversation=conversation,
+        enrollments=enrollments,
+        now=now,
+    )
+    return apply_plan(connection=connection, plan=plan)
+
+
+def plan_inbound(
+    *,
+    connection: sa.Connection,
+    message: Inbound,
+    conversation: Any,
+    enrollments: Sequence[Any],
+    now: datetime,
+) -> Plan:
+    """Read what else the text needs (its cases' payments) and step the dialogue; no writes."""
+    before = State.from_dict(conversation.state if conversation else {})
+    command = parse(message.body)
     facts = Facts(
         now=now,
         language=_language(conversation, enrollments),
         phone_status=phone_status(enrollments),
         policy=current_policy(),
         nonce=message.message_sid,
-        cases=case_facts(connection=connection, rows=enrollments, now=now),
+        cases=case_facts(
+            connection=connection,
+            rows=enrollments,
+            now=now,
+            payments=dialogue.needs_payments(before, command),
+        ),
     )
-    before = State.from_dict(conversation.state)
-    command = parse(message.body)
     outcome = dialogue.step(before, command, facts)
-    state_after = outcome.state.to_dict()
-
     case_id = _turn_case(outcome.state, facts, enrollments)
     inbound = TurnRef(
         case_id=case_id,
@@ -195,6 +268,24 @@ def handle_inbound(
         phone=message.phone,
         intent=str(command.intent),
     )
+    return Plan(
+        message=message,
+        now=now,
+        conversation=conversation,
+        enrollments=enrollments,
+        outcome=outcome,
+        state_after=outcome.state.to_dict(),
+        inbound=inbound,
+        # Actions can refuse a payment or add a card link: those replies are rendered after.
+        replies=None if outcome.actions else _render(outcome.replies, outcome.language),
+    )
+
+
+def apply_plan(*, connection: sa.Connection, plan: Plan) -> Handled:
+    """Save the conversation, log the turns and carry out the actions; raise Conflict if the
+    conversation changed since `plan` read it. Runs in `connection`'s transaction."""
+    message, now, outcome, inbound = plan.message, plan.now, plan.outcome, plan.inbound
+    _save_conversation(connection, plan)
     inbound.id = _insert_turn(
         connection,
         inbound,
@@ -203,44 +294,62 @@ def handle_inbound(
         now=now,
         provider_message_id=message.message_sid,
         delivery_status="received",
-        state_before=conversation.state or {},
-        state_after=state_after,
+        state_before=plan.conversation.state if plan.conversation else {},
+        state_after=plan.state_after,
     )
 
-    handled = Handled(replies=[])
-    params: dict[str, Any] = {}
+    handled = Handled(replies=plan.replies or [])
     if outcome.actions:
+        params: dict[str, Any] = {}
         with Session(bind=connection, expire_on_commit=False) as session:
             for action in outcome.actions:
                 _carry_out(
                     action,
                     session=session,
                     message=message,
-                    enrollments=enrollments,
+                    enrollments=plan.enrollments,
                     inbound=inbound,
                     params=params,
                     handled=handled,
                     now=now,
                 )
             session.flush()
-    replies = (handled.refusal,) if handled.refusal is not None else outcome.replies
-    for reply in replies:
-        if "url" in messages.placeholders(reply.key) and "url" in params:
-            reply = reply.with_params(url=params["url"])
-        handled.replies.append(messages.render_reply(reply, outcome.language))
+        replies = (handled.refusal,) if handled.refusal is not None else outcome.replies
+        handled.replies = _render(replies, outcome.language, params)
 
     for body in handled.replies:
         _insert_reply(connection, inbound, body, now)
-    _SAVE_CONVERSATION.execute(
-        connection,
-        {
-            "conversation_id": conversation.id,
-            "new_state": state_after,
-            "new_language": str(outcome.language),
-            "now": now,
-        },
-    )
     return handled
+
+
+def _render(
+    replies: Sequence[messages.Reply], language: messages.Language, params: Mapping | None = None
+) -> list[str]:
+    rendered = []
+    for reply in replies:
+        if params and "url" in params and "url" in messages.placeholders(reply.key):
+            reply = reply.with_params(url=params["url"])
+        rendered.append(messages.render_reply(reply, language))
+    return rendered
+
+
+def _save_conversation(connection: sa.Connection, plan: Plan) -> None:
+    values = {
+        "new_state": plan.state_after,
+        "new_language": str(plan.outcome.language),
+        "now": plan.now,
+    }
+    conversation = plan.conversation
+    if conversation is None:
+        saved = _INSERT_CONVERSATION[connection.dialect.name].execute(
+            connection, {**values, "phone": plan.message.phone}
+        )
+    else:
+        saved = _SAVE_CONVERSATION.execute(
+            connection, {**values, "conversation_id": conversation.id, "read": conversation.version}
+        )
+    if saved.rowcount != 1:
+        raise Conflict(plan.message.message_sid)
 
 
 @dataclass
@@ -282,16 +391,40 @@ _SET_TURN_PAYMENT = (
     .where(_TURNS.c.id == sa.bindparam("turn_id"))
     .values(payment_id=sa.bindparam("b_payment_id"))
 )
-_CONVERSATIONS = Conversation.__table__
 _SAVE_CONVERSATION = Prepared(
     _CONVERSATIONS.update()
-    .where(_CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
+    .where(
+        _CONVERSATIONS.c.id == sa.bindparam("conversation_id"),
+        _CONVERSATIONS.c.version == sa.bindparam("read"),
+    )
     .values(
         state=sa.bindparam("new_state", type_=_CONVERSATIONS.c.state.type),
         language=sa.bindparam("new_language"),
+        version=_CONVERSATIONS.c.version + 1,
         updated_at=sa.bindparam("now", type_=_CONVERSATIONS.c.updated_at.type),
     )
 )
+
+
+def _insert_conversation(dialect: str):
+    """A phone's first conversation row; nothing if another text created it meanwhile."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert(_CONVERSATIONS)
+        .values(
+            phone=sa.bindparam("phone"),
+            state=sa.bindparam("new_state", type_=_CONVERSATIONS.c.state.type),
+            language=sa.bindparam("new_language"),
+            version=1,
+            updated_at=sa.bindparam("now", type_=_CONVERSATIONS.c.updated_at.type),
+        )
+        .on_conflict_do_nothing(index_elements=["phone"])
+    )
+
+
+_INSERT_CONVERSATION = {
+    dialect: Prepared(_insert_conversation(dialect)) for dialect in ("postgresql", "sqlite")
+}
 
 
 def _insert_turn(
@@ -373,8 +506,15 @@ _APPOINTMENT_ID = (
     .correlate(_C)
     .scalar_subquery()
 )
+_SENDER = sa.select(sa.bindparam("b_phone", type_=_E.c.phone.type).label("phone")).subquery(
+    "sender"
+)
 _PHONE_ROWS = Prepared(
     sa.select(
+        _CONVERSATIONS.c.id.label("conversation_id"),
+        _CONVERSATIONS.c.state.label("conversation_state"),
+        _CONVERSATIONS.c.language.label("conversation_language"),
+        _CONVERSATIONS.c.version.label("conversation_version"),
         _E.c.id,
         _E.c.case_id,
         _E.c.phone,
@@ -394,14 +534,30 @@ _PHONE_ROWS = Prepared(
         _A.c.location.label("appointment_location"),
         _A.c.video_link.label("appointment_link"),
     )
+    # One row per enrollment, or one row of NULLs for a phone on no case: with the phone's
+    # conversation on every row, the webhook reads all it needs in one statement.
+    # Flat outer joins (an enrollment always has its case): nested ones made SQLite read every
+    # enrollment before picking the phone's.
     .select_from(
-        _E.join(_C, _C.c.id == _E.c.case_id)
+        _SENDER.outerjoin(_CONVERSATIONS, _CONVERSATIONS.c.phone == _SENDER.c.phone)
+        .outerjoin(_E, _E.c.phone == _SENDER.c.phone)
+        .outerjoin(_C, _C.c.id == _E.c.case_id)
         .outerjoin(_K, _K.c.id == _CARD_ID)
         .outerjoin(_A, _A.c.id == _APPOINTMENT_ID)
     )
-    .where(_E.c.phone == sa.bindparam("b_phone"))
     .order_by(_E.c.id)
 )
+
+
+class ConversationRow(NamedTuple):
+    """A phone's conversation as read (the row lock_conversation() returns has the same names)."""
+
+    id: int
+    state: dict
+    language: str
+    version: int
+
+
 _RANKED_PAYMENTS = (
     sa.select(
         _P.c.case_id,
@@ -435,38 +591,47 @@ _PAYMENTS = Prepared(
 )
 
 
-def phone_rows(*, connection: sa.Connection, phone: str, now: datetime) -> list[sa.Row]:
+def read_phone(
+    *, connection: sa.Connection, phone: str, now: datetime
+) -> tuple[ConversationRow | None, list[Any]]:
+    """The phone's conversation, and its enrollments, oldest first, each with its case, card and
+    next appointment. Without a lock: the caller decides what a change since means."""
+    rows = _PHONE_ROWS.execute(connection, {"b_phone": phone, "now": now})
+    first = rows[0]  # the sender row is always there
+    conversation = (
+        None
+        if first.conversation_id is None
+        else ConversationRow(
+            first.conversation_id,
+            first.conversation_state,
+            first.conversation_language,
+            first.conversation_version,
+        )
+    )
+    return conversation, [row for row in rows if row.id is not None]
+
+
+def phone_rows(*, connection: sa.Connection, phone: str, now: datetime) -> list[Any]:
     """The phone's enrollments, oldest first, each with its case, card and next appointment."""
-    return _PHONE_ROWS.execute(connection, {"b_phone": phone, "now": now})
+    return read_phone(connection=connection, phone=phone, now=now)[1]
 
 
 def case_facts(
-    *, connection: sa.Connection, rows: Sequence[Any], now: datetime
+    *, connection: sa.Connection, rows: Sequence[Any], now: datetime, payments: bool = True
 ) -> tuple[CaseFacts, ...]:
-    """What the dialogue may know about each open case the phone is active on."""
-    from billing.service import COUNTED, month_start
+    """What the dialogue may know about each open case the phone is active on.
 
+    With `payments` false the cases come without their payments (dialogue.needs_payments).
+    """
     active = [r for r in rows if r.status == EnrollmentStatus.ACTIVE and r.case_open]
     if not active:
         return ()
     default_zone = current_app.config["DEFAULT_TIMEZONE"]
     zones = {r.case_id: r.timezone or default_zone for r in active}
-    months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
-    # One query for both: the latest few payments, and every payment of this month (for the cap).
     recent: dict[int, list[PaymentFacts]] = {}
     month_paid = dict.fromkeys(zones, 0)
-    since = min(months.values())
-    phone = active[0].phone
-    for row in _PAYMENTS.execute(connection, {"b_phone": phone, "since": since}):
-        if row.case_id not in zones:  # a closed case: no facts
-            continue
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-        if row.rank <= dialogue.HISTORY_SIZE:
-            recent.setdefault(row.case_id, []).append(
-                PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
-            )
-        if created >= months[row.case_id] and row.status in COUNTED:
-            month_paid[row.case_id] += row.amount_cents - row.refunded_cents
+    if payments:
+        _read_payments(connection, active[0].phone, zones, now, recent, month_paid)
     return tuple(
         CaseFacts(
             case_id=row.case_id,
@@ -491,6 +656,31 @@ def case_facts(
         )
         for row in sorted(active, key=lambda r: r.case_id)
     )
+
+
+def _read_payments(
+    connection: sa.Connection,
+    phone: str,
+    zones: Mapping[int, str],
+    now: datetime,
+    recent: dict[int, list[PaymentFacts]],
+    month_paid: dict[int, int],
+) -> None:
+    """One query for both: the latest few payments, and every payment of this month (the cap)."""
+    from billing.service import COUNTED, month_start
+
+    months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
+    since = min(months.values())
+    for row in _PAYMENTS.execute(connection, {"b_phone": phone, "since": since}):
+        if row.case_id not in zones:  # a closed case: no facts
+            continue
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        if row.rank <= dialogue.HISTORY_SIZE:
+            recent.setdefault(row.case_id, []).append(
+                PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
+            )
+        if created >= months[row.case_id] and row.status in COUNTED:
+            month_paid[row.case_id] += row.amount_cents - row.refunded_cents
 
 
 def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now):
@@ -593,11 +783,11 @@ _SET_LANGUAGE = (
 )
 
 
-def _language(conversation: sa.Row, enrollments: Sequence[Any]) -> messages.Language:
-    if conversation.state or not enrollments:
+def _language(conversation: Any, enrollments: Sequence[Any]) -> messages.Language:
+    if conversation is not None and (conversation.state or not enrollments):
         return messages.Language(conversation.language)
     # A new conversation speaks the language the payer was enrolled in.
-    return messages.Language(enrollments[0].language)
+    return messages.Language(enrollments[0].language if enrollments else messages.Language.EN)
 
 
 def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | None:

@@ -84,9 +84,7 @@ def inbound():
         log.warning("inbound text refused: missing or wrong X-Twilio-Signature")
         abort(403)
     message = inbound_from_form()
-    engine = db.engine()
-    with db.writer(engine):
-        replies, charge_payment_ids = _answer(engine, message)
+    replies, charge_payment_ids = _answer(db.engine(), message)
     if charge_payment_ids:
         from billing.service import enqueue_charge
 
@@ -98,8 +96,7 @@ def inbound():
 def _answer(engine, message: Inbound) -> tuple[list[str], list[int]]:
     """The replies to `message`, committed, and the payments it confirmed."""
     try:
-        with engine.connect() as connection, connection.begin():
-            handled = service.handle_inbound(connection=connection, message=message)
+        handled = service.answer_inbound(engine=engine, message=message)
         return handled.replies, handled.charge_payment_ids
     except Exception as error:
         earlier = _earlier_replies(message) if isinstance(error, IntegrityError) else None
@@ -110,8 +107,9 @@ def _answer(engine, message: Inbound) -> tuple[list[str], list[int]]:
         log.exception("inbound text %s could not be handled", message.message_sid)
     session = get_session()
     try:
-        reply = service.handle_failed_inbound(session=session, message=message)
-        session.commit()
+        with db.writer(engine):
+            reply = service.handle_failed_inbound(session=session, message=message)
+            session.commit()
         return [reply], []
     except Exception:  # the database itself is down: still answer Twilio
         session.rollback()
