@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -237,6 +239,30 @@ def test_invalid_utf8_bytes_get_a_valid_reply(client, session, payer):
     )
     # The body differs from what was signed, so Twilio's check refuses it; unsigned it is answered.
     assert response.status_code in (200, 403)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    raw=st.one_of(
+        st.binary(max_size=80),
+        st.lists(st.tuples(st.text(max_size=6), st.text(max_size=12)), max_size=5).map(
+            lambda fields: urlencode(fields).encode()
+        ),
+        st.lists(st.sampled_from(["a=1", "&", "=", "%", "%F", "%FF", "%C3%A9", "+", "Body", "x"]))
+        .map("".join)
+        .map(str.encode),
+    )
+)
+def test_twilios_fields_are_read_as_flask_reads_the_form(app, raw):
+    from flask import request
+
+    from bot.views import twilio_form
+
+    form_type = "application/x-www-form-urlencoded"
+    with app.test_request_context("/sms/inbound", method="POST", data=raw, content_type=form_type):
+        expected = list(request.form.items(multi=True))
+    with app.test_request_context("/sms/inbound", method="POST", data=raw, content_type=form_type):
+        assert list(twilio_form().items(multi=True)) == expected
 
 
 @settings(
