@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
+import sqlite3
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -113,6 +116,33 @@ def test_a_database_error_is_raised_as_sqlalchemy_raises_it_without_the_values(e
     assert "my secret words" not in str(raised.value)
 
 
+def test_columns_left_out_get_their_python_defaults_as_through_sqlalchemy(engine):
+    """SQLAlchemy fills scalar and callable column defaults in Python, not in the SQL."""
+    insert = db.Prepared(
+        CONVERSATIONS.insert()
+        .values(phone=sa.bindparam("phone"))
+        .returning(
+            CONVERSATIONS.c.state,
+            CONVERSATIONS.c.language,
+            CONVERSATIONS.c.version,
+            CONVERSATIONS.c.updated_at,
+        )
+    )
+    before = datetime.now(UTC)
+    with engine.begin() as connection:
+        row = insert.execute(connection, {"phone": "+16175550100"}).one()
+        given = insert.execute(connection, {"phone": "+16175550101", "version": 7}).one()
+    assert (row.state, row.language, row.version) == ({}, "en", 0)
+    assert before <= row.updated_at <= datetime.now(UTC)
+    assert given.version == 7
+
+
+def test_a_missing_value_is_an_error_not_a_null(engine):
+    select = db.Prepared(sa.select(CASES.c.id).where(CASES.c.case_number == sa.bindparam("n")))
+    with engine.connect() as connection, pytest.raises(KeyError, match="'n'"):
+        select.execute(connection, {})
+
+
 def test_expanding_in_parameters_are_refused_rather_than_run_wrong(engine):
     statement = db.Prepared(sa.select(CASES.c.id).where(CASES.c.id.in_([1, 2])))
     with engine.connect() as connection, pytest.raises(ValueError, match="IN parameters"):
@@ -158,6 +188,52 @@ def test_the_writer_lock_makes_other_processes_and_threads_wait_their_turn(tmp_p
     for thread in threads:
         thread.join()
     assert max(overlaps) == 1
+
+
+def test_a_writer_runs_a_checkpoint_now_and_then_once_it_has_let_go(tmp_path):
+    path = str(tmp_path / "db-writer.lock")
+    ran = threading.Semaphore(0)
+    free_while_running = []
+
+    def checkpoint() -> None:
+        other = os.open(path, os.O_RDWR)
+        try:  # a writer in another process could take the lock at once
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free_while_running.append(True)
+        finally:
+            os.close(other)
+        ran.release()
+
+    lock = db.WriterLock(path, checkpoint=checkpoint)
+    for _ in range(db.CHECKPOINT_EVERY - 1):
+        with lock:
+            pass
+    assert not ran.acquire(timeout=0.2)
+    with lock:
+        pass
+    assert ran.acquire(timeout=10)
+    assert free_while_running == [True]
+
+
+def test_the_checkpoint_of_a_sqlite_engine_copies_the_wal_back(tmp_path):
+    path = tmp_path / "wal.sqlite3"
+    engine = db.make_engine(f"sqlite:///{path}")
+    with db.writer(engine), engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+    def in_the_file_itself() -> list:
+        # immutable=1 reads the database file alone, not what is still only in the WAL.
+        reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return reader.execute("SELECT name FROM sqlite_master").fetchall()
+        finally:
+            reader.close()
+
+    assert in_the_file_itself() == []
+    db.writer(engine)._checkpoint()
+    assert in_the_file_itself() == [("t",)]
+    engine.dispose()
 
 
 def test_only_a_sqlite_file_gets_a_writer_lock(engine, database_url):
