@@ -23,6 +23,7 @@ joined: "¿Cuánto DEBO?" -> "cuanto debo", "don't" -> "dont"). Then, in order:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -230,7 +231,18 @@ _ENGLISH = frozenset({
 
 def parse(body: str) -> Command:
     """Parse a message body; never raises, whatever the text."""
-    folded = _fold(body if isinstance(body, str) else "")
+    if not isinstance(body, str):
+        return _parse("")
+    # Most texts are a handful of words payers send again and again (BAL, PAY, YES, STOP):
+    # parsing is pure, so the answers for short bodies are kept.
+    return _parse_short(body) if len(body) <= _SHORT else _parse(body)
+
+
+_SHORT = 40
+
+
+def _parse(body: str) -> Command:
+    folded = _fold(body)
     words = tuple(_WORD.findall(folded))
     text = " ".join(words)
     if not folded:
@@ -256,6 +268,9 @@ def parse(body: str) -> Command:
     if _AMOUNT_ONLY.fullmatch(rest):
         return _command(Intent.PAY, None, words, text, amount_from=rest)
     return Command(Intent.UNKNOWN, language=_guess_language(words), text=text)
+
+
+_parse_short = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def _fold(body: str) -> str:

@@ -21,6 +21,7 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+from werkzeug.datastructures import MultiDict
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,17 @@ class ConsoleGateway:
                 self._stream.write(f"--> SMS to {to}\n{body}\n\n")
                 self._stream.flush()
         return SendResult(ok=True, sid=sid, status="sent")
+
+
+class Fields(MultiDict):
+    """A webhook's form fields, as RequestValidator reads them best.
+
+    It asks each field for getall() first; a werkzeug MultiDict has only getlist(), so every
+    field of every request cost a raised and caught AttributeError.
+    """
+
+    def getall(self, key: str) -> list[str]:
+        return self.getlist(key)
 
 
 def _validator(auth_token: str) -> RequestValidator:

@@ -54,12 +54,12 @@ def twilio_form() -> MultiDict[str, str]:
     through request.form.
     """
     if request.mimetype != "application/x-www-form-urlencoded":
-        return request.form
+        return sms.Fields(request.form)
     try:
         body = request.get_data().decode()
     except UnicodeDecodeError:
-        return MultiDict()  # werkzeug's parser gives no fields for a body that is not UTF-8
-    return MultiDict(parse_qsl(body, keep_blank_values=True, errors="werkzeug.url_quote"))
+        return sms.Fields()  # werkzeug's parser gives no fields for a body that is not UTF-8
+    return sms.Fields(parse_qsl(body, keep_blank_values=True, errors="werkzeug.url_quote"))
 
 
 def signature_ok(form: MultiDict[str, str]) -> bool:

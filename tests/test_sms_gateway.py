@@ -18,6 +18,7 @@ from bot.sms import (
     TWIML_CONTENT_TYPE,
     ConsoleGateway,
     Failure,
+    Fields,
     SmsGateway,
     TwilioGateway,
     classify,
@@ -298,6 +299,20 @@ def test_repeated_form_fields_are_all_covered_by_the_signature():
     assert validate_signature(auth_token=AUTH_TOKEN, url=WEBHOOK, params=form, signature=signature)
     assert not validate_signature(
         auth_token=AUTH_TOKEN, url=WEBHOOK, params=one_dropped, signature=signature
+    )
+
+
+@pytest.mark.parametrize("fields", [Fields, MultiDict])
+def test_the_webhook_fields_and_a_plain_multidict_sign_alike(fields):
+    repeated = [*FORM.items(), ("MediaUrl", "https://a.example/2"), ("MediaUrl", "https://a/1")]
+    signature = sign(auth_token=AUTH_TOKEN, url=WEBHOOK, params=MultiDict(repeated))
+
+    assert sign(auth_token=AUTH_TOKEN, url=WEBHOOK, params=fields(repeated)) == signature
+    assert validate_signature(
+        auth_token=AUTH_TOKEN, url=WEBHOOK, params=fields(repeated), signature=signature
+    )
+    assert not validate_signature(
+        auth_token=AUTH_TOKEN, url=WEBHOOK, params=fields(repeated[:-1]), signature=signature
     )
 
 
