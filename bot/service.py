@@ -36,6 +36,7 @@ from bot.dialogue import (
 )
 from bot.parse import Intent, parse
 from db import Prepared
+from db import kept_connection as db_kept_connection
 from db import writer as db_writer
 from jobs.schedule import parse_business_hours
 from models import (
@@ -191,8 +192,22 @@ def answer_inbound(*, engine: sa.Engine, message: Inbound, now: datetime | None 
     A MessageSid handled before fails the inbound turn's unique index (IntegrityError) before
     anything is committed: the caller answers with `replies_already_given`. Checking first would
     cost every text a query for what Twilio seldom does.
+
+    The connection is one this thread keeps between texts, not checked for life first: one
+    found dead (a database restart) is replaced and the text handled again, which is safe since
+    a text committed before the loss fails on its MessageSid the second time.
     """
-    with engine.connect() as connection:
+    try:
+        return _answer_inbound(engine, message, now)
+    except sa.exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.warning("database connection lost; text %s handled again", message.message_sid)
+        return _answer_inbound(engine, message, now)
+
+
+def _answer_inbound(engine: sa.Engine, message: Inbound, now: datetime | None) -> Handled:
+    with db_kept_connection(engine) as connection:
         if connection.dialect.name == "sqlite":
             now = now or utcnow()
             # Plain SELECTs: SQLite starts no transaction for them, so nothing is held here.

@@ -149,6 +149,36 @@ def test_expanding_in_parameters_are_refused_rather_than_run_wrong(engine):
         statement.execute(connection, {})
 
 
+# -- the connection a thread keeps ------------------------------------------------------------
+
+
+def test_a_thread_keeps_one_connection_and_never_carries_a_transaction_over(engine):
+    with db.kept_connection(engine) as connection:
+        connection.begin()
+        connection.execute(CASES.delete())
+    assert not connection.in_transaction()  # rolled back, not left open for the next text
+    with db.kept_connection(engine) as again:
+        assert again is connection
+
+
+def test_the_kept_connection_is_let_go_after_an_error_a_dispose_or_another_engine(
+    engine, database_url
+):
+    with pytest.raises(RuntimeError), db.kept_connection(engine) as connection:
+        raise RuntimeError("the text failed")
+    assert connection.closed
+    with db.kept_connection(engine) as connection:
+        pass
+    other = db.make_engine(database_url)
+    with db.kept_connection(other):
+        pass
+    assert connection.closed
+    with db.kept_connection(other) as connection:
+        pass
+    other.dispose()
+    assert connection.closed
+
+
 # -- the SQLite writer lock -------------------------------------------------------------------
 
 

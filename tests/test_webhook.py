@@ -108,6 +108,27 @@ def test_a_replayed_message_sid_gets_the_same_reply_and_is_acted_on_once(client,
     assert count_turns(session) == 1 + len(first)
 
 
+def test_a_text_is_answered_when_the_database_dropped_the_kept_connection(
+    client, session, payer, database_url
+):
+    import sqlalchemy as sa
+
+    import db
+
+    first = replies(text(client, "BAL"))
+    kept = db._kept.connection  # the connection the webhook keeps on this thread
+    if database_url.startswith("postgresql"):
+        pid = kept.connection.dbapi_connection.info.backend_pid
+        session.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        session.commit()
+    else:
+        kept.connection.dbapi_connection.close()
+
+    assert replies(text(client, "BAL")) == first  # not the apology for a failed text
+    assert db._kept.connection is not kept
+    assert count_turns(session) == 4
+
+
 def test_numbers_not_enrolled_get_a_generic_reply_that_reveals_nothing(client, session, payer):
     (reply,) = replies(text(client, "BAL", phone="+13125550188"))
     assert "800-555-0134" in reply and "Demo County Child Support" in reply
