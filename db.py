@@ -300,18 +300,16 @@ class _PreparedSQL:
                     defaults[column.key] = functools.partial(_same, default.arg)
                 else:  # SQLAlchemy wraps a callable to take the execution context
                     defaults[column.key] = functools.partial(default.arg, None)
-        # What to send, in order for a positional paramstyle (SQLite's "?"), a name may repeat:
-        # (name, fixed value or _GIVEN, processor, default).
-        names = compiled.positiontup if self.positional else compiled.binds
-        self.plan = [
-            (
-                name,
-                constants.get(name, _GIVEN),
-                processors.get(name),
-                defaults.get(name),
-            )
-            for name in names
+        # What to send, in order for a positional paramstyle (SQLite's "?"); a name may repeat.
+        # The fixed values are in place in `template`; `given` says where the caller's go.
+        self.names = list(compiled.positiontup if self.positional else compiled.binds)
+        self.template = [constants.get(name) for name in self.names]
+        self.given = [
+            (index, name, processors.get(name))
+            for index, name in enumerate(self.names)
+            if name not in constants
         ]
+        self.defaults = defaults
         # A PostgreSQL INSERT returns the new primary key even when not asked (implicit RETURNING).
         returning = getattr(compiled, "effective_returning", None)
         columns = list(returning if returning else getattr(statement, "exported_columns", ()))
@@ -326,26 +324,28 @@ class _PreparedSQL:
         )
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        sent = []
-        for name, fixed, process, default in self.plan:
-            if fixed is not _GIVEN:
-                sent.append(fixed)
-                continue
-            if name in values:
+        # The loop every statement of every text runs: kept to the fewest steps per value.
+        sent = self.template.copy()
+        for index, name, process in self.given:
+            try:
                 value = values[name]
-            elif default is not None:
-                value = default()
-            else:
-                raise KeyError(f"no value for the bind parameter {name!r}")
-            if value is None:
-                sent.append(None)
-            elif process is not None:
-                sent.append(process(value))
-            else:
-                sent.append(value if value.__class__ in _BUILTIN else _plain(value))
+            except KeyError:
+                value = self._default(name)
+            if value is not None:
+                if process is not None:
+                    value = process(value)
+                elif value.__class__ not in _BUILTIN:
+                    value = _plain(value)
+                sent[index] = value
         if self.positional:
             return sent
-        return dict(zip((name for name, *_ in self.plan), sent, strict=True))
+        return dict(zip(self.names, sent, strict=True))
+
+    def _default(self, name: str) -> Any:
+        default = self.defaults.get(name)
+        if default is None:
+            raise KeyError(f"no value for the bind parameter {name!r}")
+        return default()
 
     def row(self, raw: Sequence[Any]) -> tuple:
         if len(raw) != self.width:
@@ -368,10 +368,6 @@ def _plain(value: Any) -> Any:
 
 
 _BUILTIN = frozenset({str, int, float, bytes})
-
-_GIVEN = object()
-"""In a plan: the value comes from the caller, not from the statement."""
-
 
 def _same(value: Any) -> Any:
     return value

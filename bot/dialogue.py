@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -365,7 +365,7 @@ def step(state: State, command: Command, facts: Facts) -> Outcome:
     if state.updated_at is not None and facts.now - state.updated_at > SESSION_IDLE:
         state = State()
     outcome = _route(state, command, facts)
-    return replace(outcome, state=replace(outcome.state, updated_at=facts.now))
+    return _evolve(outcome, state=_evolve(outcome.state, updated_at=facts.now))
 
 
 def _route(state: State, command: Command, facts: Facts) -> Outcome:
@@ -404,7 +404,7 @@ def _pending(state: State, command: Command, facts: Facts) -> Outcome:
 def _active(state: State, command: Command, facts: Facts) -> Outcome:
     intent = command.intent
     if state.quote is not None and facts.now >= state.quote.expires_at and intent is not Intent.YES:
-        state = replace(state, quote=None)
+        state = _evolve(state, quote=None)
     if intent is Intent.DIGITS and state.pending is not None:
         return _choose_case(state, command, facts)
     unreadable = intent in (Intent.UNKNOWN, Intent.EMPTY, Intent.DIGITS)
@@ -412,12 +412,12 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
         return _answer_quote(state, command, facts)
     if state.pending is not None and (unreadable or intent in (Intent.YES, Intent.NO)):
         return _ask_case(state, facts)
-    state = replace(state, quote=None, pending=None)
+    state = _evolve(state, quote=None, pending=None)
 
     if intent is Intent.DIGITS:
         if (case := _named_case(command.digits, facts)) is not None:
             reply = _say(facts, "case_selected", case_last4=case.last4)
-            return _out(facts, replace(state, case_id=case.case_id), reply)
+            return _out(facts, _evolve(state, case_id=case.case_id), reply)
         command = _menu_choice(command)
         intent = command.intent
     if intent in (Intent.YES, Intent.NO):
@@ -462,8 +462,8 @@ def _switch_language(state: State, command: Command, facts: Facts, key: str) -> 
 def _for_case(state: State, command: Command, facts: Facts) -> Outcome:
     case = facts.cases[0] if len(facts.cases) == 1 else facts.case(state.case_id)
     if case is None:
-        return _ask_case(replace(state, pending=command), facts)
-    state = replace(state, case_id=case.case_id, pending=None)
+        return _ask_case(_evolve(state, pending=command), facts)
+    state = _evolve(state, case_id=case.case_id, pending=None)
     return _CASE_HANDLERS[command.intent](state, command, case, facts)
 
 
@@ -478,7 +478,7 @@ def _choose_case(state: State, command: Command, facts: Facts) -> Outcome:
         return _out(facts, state, reply)
     pending = state.pending
     assert pending is not None
-    return _for_case(replace(state, case_id=case.case_id), pending, facts)
+    return _for_case(_evolve(state, case_id=case.case_id), pending, facts)
 
 
 def _named_case(digits: str | None, facts: Facts) -> CaseFacts | None:
@@ -528,7 +528,7 @@ def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outco
         due_date=case.next_due_date,
         minutes=int(facts.policy.quote_ttl.total_seconds() // 60),
     )
-    return _out(facts, replace(state, quote=quote), reply)
+    return _out(facts, _evolve(state, quote=quote), reply)
 
 
 def _amount_problem(amount: int, case: CaseFacts, facts: Facts) -> Reply | None:
@@ -553,18 +553,18 @@ def _answer_quote(state: State, command: Command, facts: Facts) -> Outcome:
     quote = state.quote
     assert quote is not None
     if command.intent is Intent.NO:
-        return _out(facts, replace(state, quote=None), _say(facts, "pay_cancelled"))
+        return _out(facts, _evolve(state, quote=None), _say(facts, "pay_cancelled"))
     if command.intent is not Intent.YES:
         reply = _say(facts, "confirm_prompt", amount=quote.amount_cents, last4=quote.last4)
         return _out(facts, state, reply)
-    state = replace(state, quote=None)
+    state = _evolve(state, quote=None)
     case = facts.case(quote.case_id)
     if case is None:
         return _out(facts, state, _say(facts, "nothing_to_confirm"))
     card_changed = case.card is None or case.card.last4 != quote.last4
     if facts.now >= quote.expires_at or card_changed:
         again = _pay(state, Command(Intent.PAY, amount_cents=quote.amount_cents), case, facts)
-        return replace(again, replies=(_say(facts, "quote_expired"), *again.replies))
+        return _evolve(again, replies=(_say(facts, "quote_expired"), *again.replies))
     if problem := _amount_problem(quote.amount_cents, case, facts):
         return _out(facts, state, problem)
     charge = ChargeQuote(case.case_id, quote.amount_cents, quote.quote_id, quote.last4)
@@ -639,6 +639,14 @@ _CASE_HANDLERS: dict[Intent, Callable[[State, Command, CaseFacts, Facts], Outcom
 
 
 # Small helpers.
+
+
+def _evolve(obj: State | Outcome, **changes: Any) -> Any:
+    """dataclasses.replace() for State and Outcome, all of whose fields are init arguments.
+
+    The general function looks the fields up on every call; every text makes two or three.
+    """
+    return type(obj)(**{**obj.__dict__, **changes})
 
 
 def _say(facts: Facts, key: str, **params: Any) -> Reply:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from flask import (
     Blueprint,
@@ -59,7 +59,24 @@ def twilio_form() -> MultiDict[str, str]:
         body = request.get_data().decode()
     except UnicodeDecodeError:
         return sms.Fields()  # werkzeug's parser gives no fields for a body that is not UTF-8
-    return sms.Fields(parse_qsl(body, keep_blank_values=True, errors="werkzeug.url_quote"))
+    return sms.Fields(_form_fields(body))
+
+
+def _form_fields(body: str) -> list[tuple[str, str]]:
+    """parse_qsl(body, keep_blank_values=True, errors="werkzeug.url_quote"), as werkzeug calls
+    it, in the fewest steps: that general function was 8% of a BAL's Python."""
+    fields = []
+    for pair in body.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        name, value = name.replace("+", " "), value.replace("+", " ")
+        if "%" in name:
+            name = unquote(name, errors="werkzeug.url_quote")
+        if "%" in value:
+            value = unquote(value, errors="werkzeug.url_quote")
+        fields.append((name, value))
+    return fields
 
 
 def signature_ok(form: MultiDict[str, str]) -> bool:

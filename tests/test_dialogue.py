@@ -775,3 +775,13 @@ def test_the_common_requests_are_answered_without_reading_payments(body):
 @pytest.mark.parametrize("body", ["PAY", "PAY 50", "HISTORY", "1", "3", "4821"])
 def test_payments_history_and_menu_choices_read_payments(body):
     assert needs_payments(State(), parse(body))
+
+
+def test_evolve_changes_states_and_outcomes_as_dataclasses_replace_does():
+    from bot.dialogue import _evolve
+
+    state = State(case_id=1, quote=QUOTE, pending=parse("PAY 20"), updated_at=WED_10AM_LA)
+    for changes in ({}, {"quote": None}, {"case_id": 2, "pending": None}):
+        assert _evolve(state, **changes) == replace(state, **changes)
+    outcome = send("BAL")
+    assert _evolve(outcome, state=state) == replace(outcome, state=state)
