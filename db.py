@@ -223,35 +223,66 @@ class Prepared:
 
     def execute(self, connection: sa.Connection, params: Mapping[str, Any]) -> _Result:
         """Run on `connection` (inside its transaction) with these bind parameter values."""
-        dialect = connection.dialect
+        return run_together(connection, [(self, params)])[0]
+
+    def compiled(self, dialect: sa.Dialect) -> _PreparedSQL:
         prepared = self._compiled.get(dialect.name)
         if prepared is None:
             prepared = self._compiled[dialect.name] = _PreparedSQL(self.statement, dialect)
-        dbapi_connection = connection.connection.dbapi_connection
-        cursor = None
-        try:
-            cursor = dbapi_connection.cursor()  # fails already on a closed connection
-            cursor.execute(prepared.sql, prepared.parameters(params))
-            rows = cursor.fetchall() if cursor.description else []
-            return _Result([prepared.row(r) for r in rows], cursor.rowcount)
-        except dialect.loaded_dbapi.Error as error:
-            # Raised as SQLAlchemy would (IntegrityError, OperationalError...), without the
-            # parameters (they hold what payers wrote); a lost connection is not reused.
-            invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
-            if invalidated:
-                connection.invalidate(error)
-            raise sa.exc.DBAPIError.instance(
-                prepared.sql,
-                None,
-                error,
-                dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                connection_invalidated=invalidated,
-                dialect=dialect,
-            ) from error
-        finally:
-            if cursor is not None:
-                cursor.close()
+        return prepared
+
+
+def run_together(
+    connection: sa.Connection, statements: Sequence[tuple[Prepared, Mapping[str, Any]]]
+) -> list[_Result]:
+    """Run Prepared statements in order, in `connection`'s transaction, and return their results.
+
+    On PostgreSQL they travel in one pipeline: a single round trip to the server for them all,
+    where one each cost a text most of its time. A statement may use what an earlier one wrote.
+    Elsewhere they run one after the other. An error is raised as SQLAlchemy raises it
+    (IntegrityError, OperationalError...), without the parameters, which hold what payers wrote;
+    a lost connection is not used again.
+    """
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    prepared = [(statement.compiled(dialect), params) for statement, params in statements]
+    cursors: list[Any] = []
+    sql = prepared[0][0].sql if prepared else ""
+    try:
+        if len(prepared) > 1 and dialect.name == "postgresql":
+            sql = ";\n".join(compiled.sql for compiled, _ in prepared)  # which one failed: unknown
+            with dbapi_connection.pipeline():
+                for compiled, params in prepared:
+                    cursors.append(dbapi_connection.cursor())
+                    cursors[-1].execute(compiled.sql, compiled.parameters(params))
+            return [
+                compiled.result(cursor)
+                for (compiled, _), cursor in zip(prepared, cursors, strict=True)
+            ]
+        results = []
+        for compiled, params in prepared:
+            sql = compiled.sql
+            cursors.append(dbapi_connection.cursor())  # fails already on a closed connection
+            cursors[-1].execute(sql, compiled.parameters(params))
+            results.append(compiled.result(cursors[-1]))
+        return results
+    except dialect.loaded_dbapi.Error as error:
+        cursor = cursors[-1] if cursors else None
+        invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        raise sa.exc.DBAPIError.instance(
+            sql,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=dialect,
+        ) from error
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
 class _Result(list):
@@ -347,6 +378,12 @@ class _PreparedSQL:
             raise KeyError(f"no value for the bind parameter {name!r}")
         return default()
 
+    def result(self, cursor: Any) -> _Result:
+        # Whether rows come back is known from the statement; asking the cursor for its
+        # description costs psycopg a column object and type lookup per column.
+        rows = cursor.fetchall() if self.width else []
+        return _Result([self.row(r) for r in rows], cursor.rowcount)
+
     def row(self, raw: Sequence[Any]) -> tuple:
         if len(raw) != self.width:
             raise ValueError(f"expected {self.width} columns, got {len(raw)}")
@@ -368,6 +405,7 @@ def _plain(value: Any) -> Any:
 
 
 _BUILTIN = frozenset({str, int, float, bytes})
+
 
 def _same(value: Any) -> Any:
     return value

@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -35,7 +35,7 @@ from bot.dialogue import (
     State,
 )
 from bot.parse import Intent, parse
-from db import Prepared
+from db import Prepared, run_together
 from db import kept_connection as db_kept_connection
 from db import writer as db_writer
 from jobs.schedule import parse_business_hours
@@ -144,17 +144,6 @@ _REPLIES_TO = (
 )
 
 
-def lock_conversation(*, connection: sa.Connection, phone: str, now: datetime) -> sa.Row:
-    """The phone's conversation (id, state, language, version), locked until commit.
-
-    The first statement is a write: PostgreSQL locks the row, SQLite takes its write lock, so a
-    second message from the same phone waits here instead of reading a stale state.
-    """
-    statement = _UPSERTS[connection.dialect.name]
-    params = {"phone": phone, "empty_state": {}, "default_language": "en", "now": now}
-    return statement.execute(connection, params).one()
-
-
 def replies_already_given(*, session: Session, message_sid: str) -> list[str] | None:
     """The replies sent to this MessageSid before, or None if it is new."""
     inbound_id = session.execute(_INBOUND_BY_SID, {"sid": message_sid}).scalar()
@@ -239,14 +228,20 @@ def handle_inbound(
     get a Session joined to that same transaction. The caller commits.
     """
     now = now or utcnow()
-    conversation = lock_conversation(connection=connection, phone=message.phone, now=now)
-    _, enrollments = read_phone(connection=connection, phone=message.phone, now=now)
+    phone = message.phone
+    # The lock, the phone's rows and, when the request may use them, its payments: on
+    # PostgreSQL one round trip (db.run_together).
+    reads = [_lock_statement(connection, phone, now), (_PHONE_ROWS, {"b_phone": phone, "now": now})]
+    if dialogue.needs_payments(State(), parse(message.body)):
+        reads.append((_PAYMENTS, _payments_params(phone, now)))
+    results = run_together(connection, reads)
     plan = plan_inbound(
         connection=connection,
         message=message,
-        conversation=conversation,
-        enrollments=enrollments,
+        conversation=results[0].one(),
+        enrollments=_enrollment_rows(results[1]),
         now=now,
+        payment_rows=results[2] if len(results) > 2 else None,
     )
     return apply_plan(connection=connection, plan=plan)
 
@@ -258,22 +253,23 @@ def plan_inbound(
     conversation: Any,
     enrollments: Sequence[Any],
     now: datetime,
+    payment_rows: Sequence[Any] | None = None,
 ) -> Plan:
-    """Read what else the text needs (its cases' payments) and step the dialogue; no writes."""
+    """Read what else the text needs (its cases' payments, unless given) and step the dialogue.
+
+    Nothing is written.
+    """
     before = State.from_dict(conversation.state if conversation else {})
     command = parse(message.body)
+    if payment_rows is None and dialogue.needs_payments(before, command):
+        payment_rows = _PAYMENTS.execute(connection, _payments_params(message.phone, now))
     facts = Facts(
         now=now,
         language=_language(conversation, enrollments),
         phone_status=phone_status(enrollments),
         policy=current_policy(),
         nonce=message.message_sid,
-        cases=case_facts(
-            connection=connection,
-            rows=enrollments,
-            now=now,
-            payments=dialogue.needs_payments(before, command),
-        ),
+        cases=facts_of_cases(enrollments, now=now, payment_rows=payment_rows),
     )
     outcome = dialogue.step(before, command, facts)
     case_id = _turn_case(outcome.state, facts, enrollments)
@@ -300,9 +296,8 @@ def apply_plan(*, connection: sa.Connection, plan: Plan) -> Handled:
     """Save the conversation, log the turns and carry out the actions; raise Conflict if the
     conversation changed since `plan` read it. Runs in `connection`'s transaction."""
     message, now, outcome, inbound = plan.message, plan.now, plan.outcome, plan.inbound
-    _save_conversation(connection, plan)
-    inbound.id = _insert_turn(
-        connection,
+    save = _save_statement(connection, plan)
+    log_inbound = _turn_statement(
         inbound,
         direction=Direction.INBOUND,
         body=message.body,
@@ -312,8 +307,22 @@ def apply_plan(*, connection: sa.Connection, plan: Plan) -> Handled:
         state_before=plan.conversation.state if plan.conversation else {},
         state_after=plan.state_after,
     )
+    if not outcome.actions:
+        # Most texts: the save and every turn in one go (one round trip on PostgreSQL).
+        replies = [
+            _reply_statement(inbound, message.message_sid, body, now) for body in plan.replies
+        ]
+        saved, logged, *_ = run_together(connection, [save, log_inbound, *replies])
+        if saved.rowcount != 1:
+            raise Conflict(message.message_sid)
+        inbound.id = logged.one().id
+        return Handled(replies=plan.replies)
 
-    handled = Handled(replies=plan.replies or [])
+    saved, logged = run_together(connection, [save, log_inbound])
+    if saved.rowcount != 1:
+        raise Conflict(message.message_sid)
+    inbound.id = logged.one().id
+    handled = Handled(replies=[])
     if outcome.actions:
         params: dict[str, Any] = {}
         with Session(bind=connection, expire_on_commit=False) as session:
@@ -332,8 +341,10 @@ def apply_plan(*, connection: sa.Connection, plan: Plan) -> Handled:
         replies = (handled.refusal,) if handled.refusal is not None else outcome.replies
         handled.replies = _render(replies, outcome.language, params)
 
-    for body in handled.replies:
-        _insert_reply(connection, inbound, body, now)
+    run_together(
+        connection,
+        [_reply_statement(inbound, message.message_sid, body, now) for body in handled.replies],
+    )
     return handled
 
 
@@ -348,7 +359,8 @@ def _render(
     return rendered
 
 
-def _save_conversation(connection: sa.Connection, plan: Plan) -> None:
+def _save_statement(connection: sa.Connection, plan: Plan) -> tuple[Prepared, dict]:
+    """Save the conversation if its version is still the one read: it changes one row or none."""
     values = {
         "new_state": plan.state_after,
         "new_language": str(plan.outcome.language),
@@ -356,15 +368,24 @@ def _save_conversation(connection: sa.Connection, plan: Plan) -> None:
     }
     conversation = plan.conversation
     if conversation is None:
-        saved = _INSERT_CONVERSATION[connection.dialect.name].execute(
-            connection, {**values, "phone": plan.message.phone}
-        )
-    else:
-        saved = _SAVE_CONVERSATION.execute(
-            connection, {**values, "conversation_id": conversation.id, "read": conversation.version}
-        )
-    if saved.rowcount != 1:
-        raise Conflict(plan.message.message_sid)
+        return _INSERT_CONVERSATION[connection.dialect.name], {
+            **values,
+            "phone": plan.message.phone,
+        }
+    return _SAVE_CONVERSATION, {
+        **values,
+        "conversation_id": conversation.id,
+        "read": conversation.version,
+    }
+
+
+def _lock_statement(connection: sa.Connection, phone: str, now: datetime) -> tuple[Prepared, dict]:
+    return _UPSERTS[connection.dialect.name], {
+        "phone": phone,
+        "empty_state": {},
+        "default_language": "en",
+        "now": now,
+    }
 
 
 @dataclass
@@ -399,6 +420,25 @@ _TURN_COLUMNS = (
 _INSERT_TURN = Prepared(
     _TURNS.insert()
     .values({name: sa.bindparam(name, type_=_TURNS.c[name].type) for name in _TURN_COLUMNS})
+    .returning(_TURNS.c.id)
+)
+_INBOUND_ID = (
+    sa.select(_TURNS.c.id)
+    .where(_TURNS.c.provider_message_id == sa.bindparam("reply_to_sid", type_=sa.String))
+    .scalar_subquery()
+)
+_INSERT_REPLY = Prepared(
+    _TURNS.insert()
+    .values(
+        {
+            **{
+                name: sa.bindparam(name, type_=_TURNS.c[name].type)
+                for name in _TURN_COLUMNS
+                if name != "in_reply_to_id"
+            },
+            "in_reply_to_id": _INBOUND_ID,
+        }
+    )
     .returning(_TURNS.c.id)
 )
 _SET_TURN_PAYMENT = (
@@ -442,15 +482,9 @@ _INSERT_CONVERSATION = {
 }
 
 
-def _insert_turn(
-    connection: sa.Connection,
-    ref: TurnRef,
-    *,
-    direction: Direction,
-    body: str,
-    now: datetime,
-    **extra,
-) -> int:
+def _turn_statement(
+    ref: TurnRef, *, direction: Direction, body: str, now: datetime, **extra
+) -> tuple[Prepared, dict]:
     """Log one turn with Core, not the ORM: every inbound text writes two or more of them."""
     values = dict.fromkeys(_TURN_COLUMNS)
     values.update(
@@ -464,11 +498,41 @@ def _insert_turn(
         updated_at=now,
         **extra,
     )
-    return _INSERT_TURN.execute(connection, values).one().id
+    return _INSERT_TURN, values
+
+
+def _insert_turn(
+    connection: sa.Connection,
+    ref: TurnRef,
+    *,
+    direction: Direction,
+    body: str,
+    now: datetime,
+    **extra,
+) -> int:
+    statement, values = _turn_statement(ref, direction=direction, body=body, now=now, **extra)
+    return statement.execute(connection, values).one().id
+
+
+def _reply_statement(
+    inbound: TurnRef, inbound_sid: str, body: str, now: datetime
+) -> tuple[Prepared, dict]:
+    """Log a TwiML reply to the inbound turn with this MessageSid, in the same transaction."""
+    _, values = _turn_statement(
+        inbound,
+        direction=Direction.OUTBOUND,
+        body=body,
+        now=now,
+        delivery_status="twiml",
+        payment_id=inbound.payment_id,
+    )
+    del values["in_reply_to_id"]
+    # Found by its MessageSid, not its id, so the reply can go with the inbound turn's insert.
+    return _INSERT_REPLY, {**values, "reply_to_sid": inbound_sid}
 
 
 def _insert_reply(connection: sa.Connection, inbound: TurnRef, body: str, now: datetime) -> int:
-    """Log a TwiML reply to `inbound`."""
+    """Log a TwiML reply to `inbound` (logged already, with its id)."""
     return _insert_turn(
         connection,
         inbound,
@@ -565,7 +629,7 @@ _PHONE_ROWS = Prepared(
 
 
 class ConversationRow(NamedTuple):
-    """A phone's conversation as read (the row lock_conversation() returns has the same names)."""
+    """A phone's conversation as read (the row the locking upsert returns has the same names)."""
 
     id: int
     state: dict
@@ -623,7 +687,11 @@ def read_phone(
             first.conversation_version,
         )
     )
-    return conversation, [row for row in rows if row.id is not None]
+    return conversation, _enrollment_rows(rows)
+
+
+def _enrollment_rows(rows: Sequence[Any]) -> list[Any]:
+    return [row for row in rows if row.id is not None]
 
 
 def phone_rows(*, connection: sa.Connection, phone: str, now: datetime) -> list[Any]:
@@ -632,12 +700,23 @@ def phone_rows(*, connection: sa.Connection, phone: str, now: datetime) -> list[
 
 
 def case_facts(
-    *, connection: sa.Connection, rows: Sequence[Any], now: datetime, payments: bool = True
+    *, connection: sa.Connection, rows: Sequence[Any], now: datetime
 ) -> tuple[CaseFacts, ...]:
-    """What the dialogue may know about each open case the phone is active on.
+    """What the dialogue may know about each open case the phone is active on, payments too."""
+    phone = rows[0].phone if rows else ""
+    payment_rows = _PAYMENTS.execute(connection, _payments_params(phone, now)) if rows else []
+    return facts_of_cases(rows, now=now, payment_rows=payment_rows)
 
-    With `payments` false the cases come without their payments (dialogue.needs_payments).
+
+def facts_of_cases(
+    rows: Sequence[Any], *, now: datetime, payment_rows: Sequence[Any] | None
+) -> tuple[CaseFacts, ...]:
+    """The open cases the phone is active on, from its rows and its payments' rows.
+
+    Without payment rows (None) the cases come without payments (dialogue.needs_payments).
     """
+    from billing.service import COUNTED, month_start
+
     active = [r for r in rows if r.status == EnrollmentStatus.ACTIVE and r.case_open]
     if not active:
         return ()
@@ -645,8 +724,19 @@ def case_facts(
     zones = {r.case_id: r.timezone or default_zone for r in active}
     recent: dict[int, list[PaymentFacts]] = {}
     month_paid = dict.fromkeys(zones, 0)
-    if payments:
-        _read_payments(connection, active[0].phone, zones, now, recent, month_paid)
+    if payment_rows:
+        months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
+        for row in payment_rows:
+            if row.case_id not in zones:  # a closed case: no facts
+                continue
+            created = row.created_at
+            created = created if created.tzinfo else created.replace(tzinfo=UTC)
+            if row.rank <= dialogue.HISTORY_SIZE:
+                recent.setdefault(row.case_id, []).append(
+                    PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
+                )
+            if created >= months[row.case_id] and row.status in COUNTED:
+                month_paid[row.case_id] += row.amount_cents - row.refunded_cents
     return tuple(
         CaseFacts(
             case_id=row.case_id,
@@ -673,29 +763,17 @@ def case_facts(
     )
 
 
-def _read_payments(
-    connection: sa.Connection,
-    phone: str,
-    zones: Mapping[int, str],
-    now: datetime,
-    recent: dict[int, list[PaymentFacts]],
-    month_paid: dict[int, int],
-) -> None:
-    """One query for both: the latest few payments, and every payment of this month (the cap)."""
-    from billing.service import COUNTED, month_start
+_MONTH_AND_MORE = timedelta(days=32)
 
-    months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
-    since = min(months.values())
-    for row in _PAYMENTS.execute(connection, {"b_phone": phone, "since": since}):
-        if row.case_id not in zones:  # a closed case: no facts
-            continue
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-        if row.rank <= dialogue.HISTORY_SIZE:
-            recent.setdefault(row.case_id, []).append(
-                PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
-            )
-        if created >= months[row.case_id] and row.status in COUNTED:
-            month_paid[row.case_id] += row.amount_cents - row.refunded_cents
+
+def _payments_params(phone: str, now: datetime) -> dict:
+    """The phone's latest payments and everything since before any zone's month began.
+
+    One query for both: history, and this month's total for the cap (counted per case zone in
+    facts_of_cases). Not knowing the cases' zones yet, it reaches back a little further than
+    any month, so it can go with the first read.
+    """
+    return {"b_phone": phone, "since": now - _MONTH_AND_MORE}
 
 
 def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now):

@@ -143,6 +143,57 @@ def test_a_missing_value_is_an_error_not_a_null(engine):
         select.execute(connection, {})
 
 
+def _turn_insert(**values):
+    return db.Prepared(
+        TURNS.insert()
+        .values(
+            phone="+16175550100",
+            direction=sa.bindparam("direction"),
+            body=sa.bindparam("body"),
+            provider_message_id=sa.bindparam("sid"),
+            created_at=sa.bindparam("at", type_=TURNS.c.created_at.type),
+            updated_at=sa.bindparam("at", type_=TURNS.c.updated_at.type),
+            **values,
+        )
+        .returning(TURNS.c.id, TURNS.c.in_reply_to_id)
+    )
+
+
+def test_statements_run_together_see_what_the_ones_before_them_wrote(engine):
+    """On PostgreSQL they go in one pipeline; the reply finds the text it answers by its sid."""
+    text = _turn_insert()
+    reply = _turn_insert(
+        in_reply_to_id=sa.select(TURNS.c.id)
+        .where(TURNS.c.provider_message_id == sa.bindparam("reply_to"))
+        .scalar_subquery()
+    )
+    at = datetime.now(UTC)
+    with engine.begin() as connection:
+        logged, answered = db.run_together(
+            connection,
+            [
+                (text, {"direction": "inbound", "body": "BAL", "sid": "SM1", "at": at}),
+                (reply, {"direction": "outbound", "body": "$10", "sid": None, "at": at,
+                         "reply_to": "SM1"}),
+            ],
+        )  # fmt: skip
+    assert answered.one().in_reply_to_id == logged.one().id
+
+
+def test_an_error_in_statements_run_together_is_sqlalchemys_and_nothing_stays(engine):
+    insert = _turn_insert()
+    at = datetime.now(UTC)
+    first = {"direction": "inbound", "body": "BAL", "sid": "SM1", "at": at}
+    with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+        db.run_together(
+            connection,
+            [(insert, first), (insert, {**first, "body": "my secret words"})],  # the same sid
+        )
+    assert "my secret words" not in str(raised.value)
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(TURNS)).scalar() == 0
+
+
 def test_expanding_in_parameters_are_refused_rather_than_run_wrong(engine):
     statement = db.Prepared(sa.select(CASES.c.id).where(CASES.c.id.in_([1, 2])))
     with engine.connect() as connection, pytest.raises(ValueError, match="IN parameters"):

@@ -385,10 +385,10 @@ def test_the_phone_simulator_is_only_there_with_the_console_backend(client):
 def test_when_handling_breaks_the_payer_gets_an_apology_and_the_turn_is_kept(
     client, session, payer, monkeypatch
 ):
-    def broken(**_):
+    def broken(*_, **__):
         raise RuntimeError("database hiccup")
 
-    monkeypatch.setattr("bot.service.case_facts", broken)
+    monkeypatch.setattr("bot.service.facts_of_cases", broken)
     (reply,) = replies(text(client, "BAL"))
     assert "try again" in reply.lower() and "800-555-0134" in reply
     inbound, outbound = turns(session)
@@ -396,10 +396,10 @@ def test_when_handling_breaks_the_payer_gets_an_apology_and_the_turn_is_kept(
 
 
 def test_stop_is_honoured_even_when_handling_breaks(client, session, payer, monkeypatch):
-    def broken(**_):
+    def broken(*_, **__):
         raise RuntimeError("database hiccup")
 
-    monkeypatch.setattr("bot.service.case_facts", broken)
+    monkeypatch.setattr("bot.service.facts_of_cases", broken)
     (reply,) = replies(text(client, "STOP"))
     assert "unsubscribed" in reply
     session.expire_all()
