@@ -2,7 +2,7 @@
 
 It runs next to a bare Flask endpoint returning fixed TwiML, in the same run:
 
-    .venv/bin/python -m bench.webhook [--seconds 3] [--rounds 9] [--rate 200] [--pg POSTGRES_URL]
+    .venv/bin/python -m bench.webhook [--seconds 2] [--rounds 15] [--rate 200] [--pg POSTGRES_URL]
 
 Prints, for each endpoint: the most requests per second it answers (closed loop, 8 clients), as
 the median of `rounds` rounds taken in turn with the other endpoint so both see the same machine,
@@ -198,8 +198,8 @@ def report(label: str, rounds: list[float], latencies: list[float], rate: float)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3, help="length of each round")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--seconds", type=float, default=2, help="length of each round")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--pg", help="PostgreSQL server URL: a scratch database is made there")

@@ -19,7 +19,6 @@ from flask import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
-from werkzeug.datastructures import MultiDict
 
 import db
 from bot import service, sms, status
@@ -45,7 +44,7 @@ def public_url() -> str:
     return f"{base}{request.path}" + (f"?{query}" if query else "")
 
 
-def twilio_form() -> MultiDict[str, str]:
+def twilio_form() -> sms.Fields:
     """The fields Twilio posted.
 
     Twilio posts them urlencoded, in UTF-8: parse_qsl on the body, exactly as werkzeug's form
@@ -54,12 +53,12 @@ def twilio_form() -> MultiDict[str, str]:
     through request.form.
     """
     if request.mimetype != "application/x-www-form-urlencoded":
-        return sms.Fields(request.form)
+        return sms.Fields.from_pairs(request.form.items(multi=True))
     try:
         body = request.get_data().decode()
     except UnicodeDecodeError:
         return sms.Fields()  # werkzeug's parser gives no fields for a body that is not UTF-8
-    return sms.Fields(_form_fields(body))
+    return sms.Fields.from_pairs(_form_fields(body))
 
 
 def _form_fields(body: str) -> list[tuple[str, str]]:
@@ -79,7 +78,7 @@ def _form_fields(body: str) -> list[tuple[str, str]]:
     return fields
 
 
-def signature_ok(form: MultiDict[str, str]) -> bool:
+def signature_ok(form: sms.Fields) -> bool:
     """Twilio's X-Twilio-Signature on this request; the console backend has no Twilio to sign."""
     config = current_app.config
     if config["SMS_BACKEND"] != "twilio":
@@ -92,21 +91,21 @@ def signature_ok(form: MultiDict[str, str]) -> bool:
     )
 
 
-def inbound_from_form(form: MultiDict[str, str]) -> Inbound:
+def inbound_from_form(form: sms.Fields) -> Inbound:
     """Read Twilio's fields defensively: any body, bad bytes or missing fields still make a text."""
-    sender = form.get("From", "")
+    sender = form.value("From")
     try:
         phone = normalize_phone(sender)
     except PhoneError:
         phone = sender.strip()[:16] or "unknown"
-    body = form.get("Body", "")[: service.MAX_BODY]
+    body = form.value("Body")[: service.MAX_BODY]
     # Bytes that were not UTF-8 arrive as surrogates or U+FFFD; neither can go in the database.
     body = body.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
     try:
-        media = int(form.get("NumMedia", "0") or 0)
+        media = int(form.value("NumMedia", "0") or 0)
     except ValueError:
         media = 0
-    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    sid = form.value("MessageSid") or form.value("SmsSid")
     if not sid:
         # Without Twilio's id a retry cannot be recognised; derive one from the request itself.
         sid = "SMlocal" + hashlib.sha256(request.get_data()).hexdigest()[:27]
@@ -170,11 +169,11 @@ def delivery_status():
     if not signature_ok(form):
         log.warning("status callback refused: missing or wrong X-Twilio-Signature")
         abort(403)
-    sid = form.get("MessageSid") or form.get("SmsSid")
-    new_status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    sid = form.value("MessageSid") or form.value("SmsSid")
+    new_status = (form.value("MessageStatus") or form.value("SmsStatus")).lower()
     if not sid or not new_status:
         return Response("missing MessageSid or MessageStatus", status=400)
-    code = form.get("ErrorCode")
+    code = form.value("ErrorCode")
     session = get_session()
     with db.writer(db.engine()):  # queued with the inbound texts' writes on SQLite
         status.record(

@@ -302,7 +302,7 @@ def test_repeated_form_fields_are_all_covered_by_the_signature():
     )
 
 
-@pytest.mark.parametrize("fields", [Fields, MultiDict])
+@pytest.mark.parametrize("fields", [Fields.from_pairs, MultiDict])
 def test_the_webhook_fields_and_a_plain_multidict_sign_alike(fields):
     repeated = [*FORM.items(), ("MediaUrl", "https://a.example/2"), ("MediaUrl", "https://a/1")]
     signature = sign(auth_token=AUTH_TOKEN, url=WEBHOOK, params=MultiDict(repeated))
