@@ -232,6 +232,25 @@ class Prepared:
         return prepared
 
 
+Bound = list[tuple["_PreparedSQL", Any]]
+"""Statements with their parameters bound, ready to send (see bind_together)."""
+
+
+def bind_together(
+    dialect: sa.Dialect, statements: Sequence[tuple[Prepared, Mapping[str, Any]]]
+) -> Bound:
+    """Turn the caller's values into the parameters to send, ahead of run_bound().
+
+    Binding converts every value (JSON, UTC datetimes): done before a lock is taken, it is not
+    done while other writers wait.
+    """
+    return [
+        (compiled, compiled.parameters(params))
+        for statement, params in statements
+        for compiled in (statement.compiled(dialect),)
+    ]
+
+
 def run_together(
     connection: sa.Connection, statements: Sequence[tuple[Prepared, Mapping[str, Any]]]
 ) -> list[_Result]:
@@ -243,9 +262,14 @@ def run_together(
     (IntegrityError, OperationalError...), without the parameters, which hold what payers wrote;
     a lost connection is not used again.
     """
+    return run_bound(connection, bind_together(connection.dialect, statements))
+
+
+def run_bound(connection: sa.Connection, bound: Bound) -> list[_Result]:
+    """run_together() for statements bound already."""
     dialect = connection.dialect
     dbapi_connection = connection.connection.dbapi_connection
-    prepared = [(statement.compiled(dialect), params) for statement, params in statements]
+    prepared = bound
     cursors: list[Any] = []
     sql = prepared[0][0].sql if prepared else ""
     try:
@@ -254,7 +278,7 @@ def run_together(
             with dbapi_connection.pipeline():
                 for compiled, params in prepared:
                     cursors.append(dbapi_connection.cursor())
-                    cursors[-1].execute(compiled.sql, compiled.parameters(params))
+                    cursors[-1].execute(compiled.sql, params)
             return [
                 compiled.result(cursor)
                 for (compiled, _), cursor in zip(prepared, cursors, strict=True)
@@ -263,7 +287,7 @@ def run_together(
         for compiled, params in prepared:
             sql = compiled.sql
             cursors.append(dbapi_connection.cursor())  # fails already on a closed connection
-            cursors[-1].execute(sql, compiled.parameters(params))
+            cursors[-1].execute(sql, params)
             results.append(compiled.result(cursors[-1]))
         return results
     except dialect.loaded_dbapi.Error as error:

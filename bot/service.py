@@ -35,7 +35,7 @@ from bot.dialogue import (
     State,
 )
 from bot.parse import Intent, parse
-from db import Prepared, run_together
+from db import Bound, Prepared, bind_together, run_bound, run_together
 from db import kept_connection as db_kept_connection
 from db import writer as db_writer
 from jobs.schedule import parse_business_hours
@@ -210,9 +210,11 @@ def _answer_inbound(engine: sa.Engine, message: Inbound, now: datetime | None) -
                 enrollments=enrollments,
                 now=now,
             )
+            # Bound here, so the values are converted (JSON, datetimes) before the lock is taken.
+            writes = writes_of(plan, connection.dialect)
             try:
                 with db_writer(engine), connection.begin():
-                    return apply_plan(connection=connection, plan=plan)
+                    return apply_plan(connection=connection, plan=plan, writes=writes)
             except Conflict:
                 log.info("text %s met another from its phone; handled again", message.message_sid)
         with db_writer(engine), connection.begin():
@@ -292,33 +294,47 @@ def plan_inbound(
     )
 
 
-def apply_plan(*, connection: sa.Connection, plan: Plan) -> Handled:
-    """Save the conversation, log the turns and carry out the actions; raise Conflict if the
-    conversation changed since `plan` read it. Runs in `connection`'s transaction."""
-    message, now, outcome, inbound = plan.message, plan.now, plan.outcome, plan.inbound
-    save = _save_statement(connection, plan)
+def writes_of(plan: Plan, dialect: sa.Dialect) -> Bound | None:
+    """A text without actions writes its conversation and turns, nothing else: all of it bound
+    ahead. None for a text with actions, whose replies depend on what the actions do."""
+    if plan.outcome.actions:
+        return None
+    message, inbound = plan.message, plan.inbound
+    replies = [
+        _reply_statement(inbound, message.message_sid, body, plan.now) for body in plan.replies
+    ]
+    return bind_together(dialect, [*_save_and_log(plan, dialect), *replies])
+
+
+def _save_and_log(plan: Plan, dialect: sa.Dialect) -> list[tuple[Prepared, dict]]:
+    message = plan.message
     log_inbound = _turn_statement(
-        inbound,
+        plan.inbound,
         direction=Direction.INBOUND,
         body=message.body,
-        now=now,
+        now=plan.now,
         provider_message_id=message.message_sid,
         delivery_status="received",
         state_before=plan.conversation.state if plan.conversation else {},
         state_after=plan.state_after,
     )
+    return [_save_statement(dialect, plan), log_inbound]
+
+
+def apply_plan(*, connection: sa.Connection, plan: Plan, writes: Bound | None = None) -> Handled:
+    """Save the conversation, log the turns and carry out the actions; raise Conflict if the
+    conversation changed since `plan` read it. Runs in `connection`'s transaction."""
+    message, now, outcome, inbound = plan.message, plan.now, plan.outcome, plan.inbound
     if not outcome.actions:
         # Most texts: the save and every turn in one go (one round trip on PostgreSQL).
-        replies = [
-            _reply_statement(inbound, message.message_sid, body, now) for body in plan.replies
-        ]
-        saved, logged, *_ = run_together(connection, [save, log_inbound, *replies])
+        writes = writes or writes_of(plan, connection.dialect)
+        saved, logged, *_ = run_bound(connection, writes)
         if saved.rowcount != 1:
             raise Conflict(message.message_sid)
         inbound.id = logged.one().id
         return Handled(replies=plan.replies)
 
-    saved, logged = run_together(connection, [save, log_inbound])
+    saved, logged = run_together(connection, _save_and_log(plan, connection.dialect))
     if saved.rowcount != 1:
         raise Conflict(message.message_sid)
     inbound.id = logged.one().id
@@ -359,7 +375,7 @@ def _render(
     return rendered
 
 
-def _save_statement(connection: sa.Connection, plan: Plan) -> tuple[Prepared, dict]:
+def _save_statement(dialect: sa.Dialect, plan: Plan) -> tuple[Prepared, dict]:
     """Save the conversation if its version is still the one read: it changes one row or none."""
     values = {
         "new_state": plan.state_after,
@@ -368,7 +384,7 @@ def _save_statement(connection: sa.Connection, plan: Plan) -> tuple[Prepared, di
     }
     conversation = plan.conversation
     if conversation is None:
-        return _INSERT_CONVERSATION[connection.dialect.name], {
+        return _INSERT_CONVERSATION[dialect.name], {
             **values,
             "phone": plan.message.phone,
         }
