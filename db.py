@@ -161,6 +161,7 @@ class _Kept(threading.local):
 
     connection: sa.Connection | None = None
     pid: int | None = None
+    in_use: bool = False
 
 
 _kept = _Kept()
@@ -173,9 +174,14 @@ def kept_connection(bind: Engine) -> Iterator[sa.Connection]:
     For the webhook: checking a connection out of the pool and back in cost a text about 100 us
     of CPU under load, a sixth of its database work. The connection goes back to the pool when
     the thread asks for another engine's, when the engine is disposed, and after any error; a
-    connection left in a transaction is rolled back, never carried into the next use.
+    connection left in a transaction is rolled back, never carried into the next use. A use
+    inside a use on the same thread gets a pool connection of its own.
     """
     kept = _kept
+    if kept.in_use:  # a use inside a use (a request made from a request): a connection of its own
+        with bind.connect() as connection:
+            yield connection
+        return
     connection = kept.connection
     if (
         connection is None
@@ -187,11 +193,14 @@ def kept_connection(bind: Engine) -> Iterator[sa.Connection]:
         _let_go(kept, close=kept.pid == os.getpid())
         connection = kept.connection = bind.connect()
         kept.pid = os.getpid()
+    kept.in_use = True
     try:
         yield connection
     except BaseException:
         _let_go(kept)
         raise
+    finally:
+        kept.in_use = False
     if connection.in_transaction():
         connection.rollback()
 

@@ -212,6 +212,14 @@ def test_a_thread_keeps_one_connection_and_never_carries_a_transaction_over(engi
         assert again is connection
 
 
+def test_a_use_inside_a_use_gets_a_connection_of_its_own(engine):
+    with db.kept_connection(engine) as outer, db.kept_connection(engine) as inner:
+        assert inner is not outer
+    assert inner.closed and not outer.closed
+    with db.kept_connection(engine) as again:
+        assert again is outer
+
+
 def test_the_kept_connection_is_let_go_after_an_error_a_dispose_or_another_engine(
     engine, database_url
 ):
