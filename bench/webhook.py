@@ -8,7 +8,9 @@ Prints, for each endpoint: the most requests per second it answers (closed loop,
 the median of `rounds` rounds taken in turn with the other endpoint so both see the same machine,
 and their ratio, the median of each PayText round over the bare round right after it,
 and the p50/p99 latency when offered a steady 200 requests per second (open loop). Both run as
-in production (no debug mode). The load generator shares the machine's cores with the servers.
+in production (no debug mode). The load generator shares the machine's cores with the servers;
+the CPU time per request of the two gunicorn workers and of the load generator, over the
+closed-loop rounds, shows where the cores went (Linux: read from /proc).
 Targets: PayText at least half the bare endpoint's throughput, and p99 under 25 ms at 200/s.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import http.client
 import itertools
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -36,6 +40,7 @@ from scripts import embedded_redis
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-auth-token"
 PUBLIC = "http://paytext.bench"
+WORKERS = 2
 PHONES = 500
 """Payers texting at once; one phone's texts are handled one at a time, by design."""
 
@@ -81,7 +86,7 @@ def start_gunicorn(app_spec: str, port: int, env: dict) -> subprocess.Popen:
         [
             str(ROOT / ".venv/bin/gunicorn"),
             "--workers",
-            "2",
+            str(WORKERS),
             "--bind",
             f"127.0.0.1:{port}",
             "--log-level",
@@ -133,8 +138,8 @@ def one(connection: http.client.HTTPConnection) -> float:
     return elapsed
 
 
-def closed_loop(port: int, seconds: float, clients: int = 8) -> float:
-    """Requests per second with `clients` connections sending back to back."""
+def closed_loop(port: int, seconds: float, clients: int = 8) -> tuple[int, float]:
+    """Requests answered, and seconds taken, with `clients` connections sending back to back."""
     stop = time.monotonic() + seconds
     counts = [0] * clients
 
@@ -150,7 +155,40 @@ def closed_loop(port: int, seconds: float, clients: int = 8) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.monotonic() - started)
+    return sum(counts), time.monotonic() - started
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time the processes used so far (0 where /proc cannot tell)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def workers_of(process: subprocess.Popen, count: int = WORKERS) -> list[int]:
+    """gunicorn's worker processes (the children of its arbiter), once all `count` are up."""
+    pids: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(pids) < count and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+                pids = [int(pid) for pid in children.read().split()]
+        except OSError:
+            return []
+        time.sleep(0.05)
+    return pids
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def open_loop(port: int, seconds: float, rate: float) -> list[float]:
@@ -185,14 +223,35 @@ def open_loop(port: int, seconds: float, rate: float) -> list[float]:
     return latencies
 
 
-def report(label: str, rounds: list[float], latencies: list[float], rate: float) -> None:
+@dataclass
+class Load:
+    """What the closed-loop rounds of one endpoint measured."""
+
+    rounds: list[float] = field(default_factory=list)  # requests per second, one per round
+    requests: int = 0
+    server_cpu: float = 0.0  # seconds, both workers
+    client_cpu: float = 0.0  # seconds, this process (the load generator)
+
+    def measure(self, port: int, workers: list[int], seconds: float) -> None:
+        server, client = cpu_seconds(workers), own_cpu_seconds()
+        count, took = closed_loop(port, seconds)
+        self.server_cpu += cpu_seconds(workers) - server
+        self.client_cpu += own_cpu_seconds() - client
+        self.requests += count
+        self.rounds.append(count / took)
+
+
+def report(label: str, load: Load, latencies: list[float], rate: float) -> None:
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    per_request = 1e6 / max(load.requests, 1)
     print(
-        f"{label:<26} max {statistics.median(rounds):6.0f} req/s "
-        f"(rounds {' '.join(f'{r:.0f}' for r in rounds)})   at {rate:.0f} req/s: "
-        f"p50 {p50:4.1f} ms  p99 {p99:5.1f} ms  ({len(latencies)} requests)"
+        f"{label:<26} max {statistics.median(load.rounds):6.0f} req/s "
+        f"(rounds {' '.join(f'{r:.0f}' for r in load.rounds)})   at {rate:.0f} req/s: "
+        f"p50 {p50:4.1f} ms  p99 {p99:5.1f} ms  ({len(latencies)} requests)\n"
+        f"{'':<26} CPU per request: workers {load.server_cpu * per_request:4.0f} us, "
+        f"load generator {load.client_cpu * per_request:4.0f} us"
     )
 
 
@@ -237,20 +296,21 @@ def main() -> None:
     }
     processes = []
     try:
-        ports = {}
+        ports, workers = {}, {}
         for label, spec in endpoints.items():
             ports[label] = embedded_redis.free_port()
             processes.append(start_gunicorn(spec, ports[label], env))
+            workers[label] = workers_of(processes[-1])
             for _ in range(20):  # warm up both workers
                 one(http.client.HTTPConnection("127.0.0.1", ports[label]))
-        rounds: dict[str, list[float]] = {label: [] for label in endpoints}
+        loads = {label: Load() for label in endpoints}
         for _ in range(options.rounds):
             for label, port in ports.items():
-                rounds[label].append(closed_loop(port, options.seconds))
+                loads[label].measure(port, workers[label], options.seconds)
         for label, port in ports.items():
             latencies = open_loop(port, options.latency_seconds, options.rate)
-            report(label, rounds[label], latencies, options.rate)
-        paytext_rounds, bare_rounds = rounds.values()
+            report(label, loads[label], latencies, options.rate)
+        paytext_rounds, bare_rounds = (load.rounds for load in loads.values())
         paytext, bare = statistics.median(paytext_rounds), statistics.median(bare_rounds)
         # Each PayText round ran right before its bare round: their ratio is the least touched
         # by the machine's speed drifting over the run.
