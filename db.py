@@ -280,22 +280,21 @@ def run_bound(connection: sa.Connection, bound: Bound) -> list[_Result]:
     """run_together() for statements bound already."""
     dialect = connection.dialect
     dbapi_connection = connection.connection.dbapi_connection
-    prepared = bound
     cursors: list[Any] = []
-    sql = prepared[0][0].sql if prepared else ""
+    sql = bound[0][0].sql if bound else ""
     try:
-        if len(prepared) > 1 and dialect.name == "postgresql":
-            sql = ";\n".join(compiled.sql for compiled, _ in prepared)  # which one failed: unknown
+        if len(bound) > 1 and dialect.name == "postgresql":
+            sql = ";\n".join(compiled.sql for compiled, _ in bound)  # which one failed: unknown
             with dbapi_connection.pipeline():
-                for compiled, params in prepared:
+                for compiled, params in bound:
                     cursors.append(dbapi_connection.cursor())
                     cursors[-1].execute(compiled.sql, params)
             return [
                 compiled.result(cursor)
-                for (compiled, _), cursor in zip(prepared, cursors, strict=True)
+                for (compiled, _), cursor in zip(bound, cursors, strict=True)
             ]
         results = []
-        for compiled, params in prepared:
+        for compiled, params in bound:
             sql = compiled.sql
             cursors.append(dbapi_connection.cursor())  # fails already on a closed connection
             cursors[-1].execute(sql, params)

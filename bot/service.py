@@ -534,6 +534,21 @@ def _reply_statement(
     inbound: TurnRef, inbound_sid: str, body: str, now: datetime
 ) -> tuple[Prepared, dict]:
     """Log a TwiML reply to the inbound turn with this MessageSid, in the same transaction."""
+    values = _reply_values(inbound, body, now)
+    del values["in_reply_to_id"]
+    # Found by its MessageSid, not its id, so the reply can go with the inbound turn's insert.
+    return _INSERT_REPLY, {**values, "reply_to_sid": inbound_sid}
+
+
+def _insert_reply(connection: sa.Connection, inbound: TurnRef, body: str, now: datetime) -> int:
+    """Log a TwiML reply to `inbound` (logged already, with its id)."""
+    values = _reply_values(inbound, body, now)
+    values["in_reply_to_id"] = inbound.id
+    return _INSERT_TURN.execute(connection, values).one().id
+
+
+def _reply_values(inbound: TurnRef, body: str, now: datetime) -> dict:
+    """The outbound turn of a TwiML reply to `inbound`, not yet linked to it."""
     _, values = _turn_statement(
         inbound,
         direction=Direction.OUTBOUND,
@@ -542,23 +557,7 @@ def _reply_statement(
         delivery_status="twiml",
         payment_id=inbound.payment_id,
     )
-    del values["in_reply_to_id"]
-    # Found by its MessageSid, not its id, so the reply can go with the inbound turn's insert.
-    return _INSERT_REPLY, {**values, "reply_to_sid": inbound_sid}
-
-
-def _insert_reply(connection: sa.Connection, inbound: TurnRef, body: str, now: datetime) -> int:
-    """Log a TwiML reply to `inbound` (logged already, with its id)."""
-    return _insert_turn(
-        connection,
-        inbound,
-        direction=Direction.OUTBOUND,
-        body=body,
-        now=now,
-        delivery_status="twiml",
-        in_reply_to_id=inbound.id,
-        payment_id=inbound.payment_id,
-    )
+    return values
 
 
 def phone_status(enrollments: Sequence[Any]) -> PhoneStatus:
