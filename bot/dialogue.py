@@ -12,13 +12,16 @@ Rules worth knowing:
 - STOP always wins: OptOut and one confirmation. A repeated STOP from a phone already opted out
   gets OptOut again (idempotent, so the latest revocation is recorded) but no reply: the
   payer has had their one confirmation (CTIA) and asked for no more texts.
-- An opted-out phone gets no reply to anything but START/YES (OptIn and a confirmation) and
-  HELP.
+- An opted-out phone gets no reply to anything but a plain START/YES/SI (OptIn and a
+  confirmation; "ok" or "sure" may only acknowledge the opt-out) and HELP.
 - A quote is valid for policy.quote_ttl. YES after that, or after the card changed, quotes
   again instead of charging; YES on an amount the balance or caps no longer allow gets the
-  reply saying what is allowed. Any request other than YES/NO drops a quote; an unreadable
-  reply (UNKNOWN, EMPTY, digits) only repeats the question.
-- The chosen case and any half-finished request are forgotten after SESSION_IDLE of silence.
+  reply saying what is allowed; YES naming another amount ("yes, pay 100") quotes that amount.
+  A language switch keeps the quote and asks again; any other request but YES/NO drops it; an
+  unreadable reply (UNKNOWN, EMPTY, digits) only repeats the question.
+- A phone active on one case and invited to another (Facts.invited) accepts with YES.
+- The chosen case and any half-finished request are forgotten after SESSION_IDLE of silence;
+  a quote is kept, long expired, so a late YES quotes again.
 - Cases in Facts are the phone's active cases; the web layer leaves closed ones out.
 """
 
@@ -33,7 +36,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.messages import Language, Reply
-from bot.parse import Command, Intent
+from bot.parse import Command, Intent, consents
 from jobs.schedule import BusinessHours, is_open, next_opening, parse_business_hours
 
 SESSION_IDLE = timedelta(minutes=30)
@@ -151,6 +154,7 @@ class Facts:
     policy: Policy
     nonce: str
     cases: tuple[CaseFacts, ...] = ()
+    invited: bool = False  # an enrollment of the phone waits for its YES (double opt-in)
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
@@ -363,7 +367,8 @@ def needs_payments(state: State, command: Command) -> bool:
 def step(state: State, command: Command, facts: Facts) -> Outcome:
     """Answer one inbound message."""
     if state.updated_at is not None and facts.now - state.updated_at > SESSION_IDLE:
-        state = State()
+        # The quote stays (long expired) so a late YES quotes again rather than finding nothing.
+        state = State(quote=state.quote)
     outcome = _route(state, command, facts)
     return _evolve(outcome, state=_evolve(outcome.state, updated_at=facts.now))
 
@@ -375,7 +380,7 @@ def _route(state: State, command: Command, facts: Facts) -> Outcome:
             return _out(facts, State(), actions=(OptOut(),))
         return _out(facts, State(), _say(facts, "opted_out"), actions=(OptOut(),))
     if status == PhoneStatus.OPTED_OUT:
-        if intent in (Intent.START, Intent.YES):
+        if consents(command):
             return _out(facts, State(), _say(facts, "opted_in"), actions=(OptIn(),))
         if intent is Intent.HELP:
             return _out(facts, state, _say(facts, "help"))
@@ -407,6 +412,8 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
         state = _evolve(state, quote=None)
     if intent is Intent.DIGITS and state.pending is not None:
         return _choose_case(state, command, facts)
+    if intent is Intent.LANGUAGE and (state.quote is not None or state.pending is not None):
+        return _switch_mid_request(state, command, facts)
     unreadable = intent in (Intent.UNKNOWN, Intent.EMPTY, Intent.DIGITS)
     if state.quote is not None and (unreadable or intent in (Intent.YES, Intent.NO)):
         return _answer_quote(state, command, facts)
@@ -420,6 +427,9 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
             return _out(facts, _evolve(state, case_id=case.case_id), reply)
         command = _menu_choice(command)
         intent = command.intent
+    if facts.invited and (intent is Intent.START or (intent is Intent.YES and consents(command))):
+        # Already texting about one case, invited for another: this YES answers the invitation.
+        return _out(facts, state, _say(facts, "welcome"), actions=(Activate(),))
     if intent in (Intent.YES, Intent.NO):
         return _out(facts, state, _say(facts, "nothing_to_confirm"))
     if intent is Intent.HELP:
@@ -456,6 +466,18 @@ def _switch_language(state: State, command: Command, facts: Facts, key: str) -> 
     return _out(facts, state, _say(facts, key), actions=(SetLanguage(language),), language=language)
 
 
+def _switch_mid_request(state: State, command: Command, facts: Facts) -> Outcome:
+    """A language switch while a quote or a case choice waits: keep it, ask again in the new
+    language (a quote's 10 minutes still run)."""
+    switched = _switch_language(state, command, facts, "language_set")
+    quote = state.quote
+    if quote is not None:
+        again = _say(facts, "confirm_prompt", amount=quote.amount_cents, last4=quote.last4)
+    else:
+        again = _say(facts, "choose_case", cases=_case_endings(facts))
+    return _evolve(switched, replies=(*switched.replies, again))
+
+
 # Case-specific requests: the case is chosen first when the phone is on several.
 
 
@@ -490,7 +512,14 @@ def _named_case(digits: str | None, facts: Facts) -> CaseFacts | None:
 
 
 def _case_endings(facts: Facts) -> tuple[str, ...]:
-    return tuple(c.last4 for c in facts.cases)
+    """How the payer can name each case: its last 4 digits, or as many more as it takes to tell
+    apart two cases that end alike (MA-2024-118204 and MA-2023-558204: 118204 and 558204)."""
+    numbers = [c.number_digits for c in facts.cases]
+    longest = max((len(n) for n in numbers), default=4)
+    width = 4
+    while width < longest and len({n[-width:] for n in numbers}) < len(numbers):
+        width += 1
+    return tuple(n[-width:] for n in numbers)
 
 
 def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
@@ -561,6 +590,11 @@ def _answer_quote(state: State, command: Command, facts: Facts) -> Outcome:
     case = facts.case(quote.case_id)
     if case is None:
         return _out(facts, state, _say(facts, "nothing_to_confirm"))
+    named = command.amount_cents
+    if command.amount_error is not None or (named is not None and named != quote.amount_cents):
+        # "yes, pay 100" on a $250 quote asks for $100: quote that, never charge the $250.
+        asked = Command(Intent.PAY, amount_cents=named, amount_error=command.amount_error)
+        return _pay(state, asked, case, facts)
     card_changed = case.card is None or case.card.last4 != quote.last4
     if facts.now >= quote.expires_at or card_changed:
         again = _pay(state, Command(Intent.PAY, amount_cents=quote.amount_cents), case, facts)

@@ -146,12 +146,16 @@ _REVOKE = re.compile(
     r"|(?:dont|do not)\s+want\s+(?:any\s+|these\s+|your\s+|the\s+|to\s+(?:get|receive)\s+)?"
     r"(?:more\s+)?(?:text|texts|messages|msgs|sms)"
     r"|(?:remove|delete|take)\s+(?:me|my number|this number|my phone)\s+(?:from|off)"
+    # "remove me", "please remove my number": the whole request, or with only a courtesy after.
+    r"|(?:remove|delete)\s+(?:me|my number|this number|my phone(?:\s+number)?)"
+    r"(?=\s+(?:please|pls|plz|now|thanks|thank you)\b|$)"
     r"|opt\s?me\s?out|opt\s?out|unsubscribe|stopall|stop all|leave me alone|wrong number"
     r"|no\s+me\s+(?:manden|mande|envien|envie|escriban|escriba|texteen|textee)"
     r"|ya no\s+(?:me\s+)?(?:manden|mande|envien|envie|escriban|escriba|texteen|textee)"
     r"|(?:ya no|no)\s+(?:quiero|deseo)\s+(?:recibir\s+)?(?:mas\s+)?(?:mensajes|textos|msjs?)"
     r"|dej(?:en|e|a)\s+de\s+(?:escribir|mandar|enviar|textear|molestar)(?:me)?"
     r"|no mas\s+(?:mensajes|textos|msjs?)"
+    r"|^no mas\s+(?:por favor|porfavor|gracias)$"
     r"|(?:dar|darme|doy|me doy)\s+de\s+baja"
     r"|quitenme|quiteme|saquenme|borrenme|borreme|eliminenme|numero equivocado"
     r")\b"
@@ -340,10 +344,27 @@ def _command(
     if intent is Intent.LANGUAGE:
         return Command(intent, language=language, text=text)
     language = language or _guess_language(words)
-    if intent is not Intent.PAY:
+    # A YES that names an amount ("yes pay 100", "sí, 50") keeps it: the dialogue must not
+    # charge a quote for another sum.
+    if intent is not Intent.PAY and not (intent is Intent.YES and _HAS_DIGIT.search(amount_from)):
         return Command(intent, language=language, text=text)
     cents, error = _amount(amount_from)
     return Command(intent, amount_cents=cents, amount_error=error, language=language, text=text)
+
+
+_HAS_DIGIT = re.compile(r"[0-9]")
+
+# Consent given again after STOP must be a plain yes: "ok" or "sure" may only acknowledge the
+# opt-out confirmation. YES, Y and SI, as CTIA's opt-in keywords go, or START/UNSTOP.
+_CONSENT_WORDS = frozenset({"yes", "y", "si", "confirm", "confirmar", "confirmo"})
+
+
+def consents(command: Command) -> bool:
+    """Whether the message plainly gives consent to texts (START, UNSTOP, YES, SI)."""
+    if command.intent is Intent.START:
+        return True
+    first = command.text.split(" ", 1)[0]
+    return command.intent is Intent.YES and _squeeze(first) in _CONSENT_WORDS
 
 
 def _amount(text: str) -> tuple[int | None, str | None]:

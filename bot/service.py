@@ -272,6 +272,7 @@ def plan_inbound(
         policy=current_policy(),
         nonce=message.message_sid,
         cases=facts_of_cases(enrollments, now=now, payment_rows=payment_rows),
+        invited=any(e.status == EnrollmentStatus.PENDING for e in enrollments),
     )
     outcome = dialogue.step(before, command, facts)
     case_id = _turn_case(outcome.state, facts, enrollments)
@@ -864,7 +865,11 @@ _OPT_OUT = (
 )
 _OPT_IN = (
     _E.update()
-    .where(_E.c.phone == sa.bindparam("b_phone"), _E.c.status == EnrollmentStatus.OPTED_OUT)
+    # An undeliverable number that texts START evidently gets texts again.
+    .where(
+        _E.c.phone == sa.bindparam("b_phone"),
+        _E.c.status.in_((EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE)),
+    )
     .values(
         status=EnrollmentStatus.ACTIVE,
         consented_at=_NOW,
@@ -892,10 +897,20 @@ _SET_LANGUAGE = (
 
 
 def _language(conversation: Any, enrollments: Sequence[Any]) -> messages.Language:
-    if conversation is not None and (conversation.state or not enrollments):
+    """The payer's language: their enrollment's (ESPAÑOL/ENGLISH change it, and so may staff),
+    the newest one's if they differ; a number on no case is answered as it last was."""
+    if enrollments:
+        newest = max(enrollments, key=lambda e: (_aware(e.updated_at), e.id))
+        return messages.Language(newest.language)
+    if conversation is not None:
         return messages.Language(conversation.language)
-    # A new conversation speaks the language the payer was enrolled in.
-    return messages.Language(enrollments[0].language if enrollments else messages.Language.EN)
+    return messages.Language.EN
+
+
+def _aware(when: datetime | None) -> datetime:
+    if when is None:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | None:
@@ -907,9 +922,7 @@ def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | 
     if len(facts.cases) == 1:
         return facts.cases[0].case_id
     if enrollments:
-        return max(
-            enrollments, key=lambda e: (e.updated_at or datetime.min.replace(tzinfo=UTC), e.id)
-        ).case_id
+        return max(enrollments, key=lambda e: (_aware(e.updated_at), e.id)).case_id
     return None
 
 

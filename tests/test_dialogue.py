@@ -172,6 +172,12 @@ def test_start_or_yes_while_opted_out_opts_back_in_with_a_confirmation(body):
     assert "Reply HELP for help, STOP to opt out." in text(outcome)
 
 
+@pytest.mark.parametrize("body", ["ok", "Ok thanks", "Ok gracias", "sure", "claro", "yeah"])
+def test_an_acknowledgement_of_the_opt_out_does_not_re_subscribe(body):
+    outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT))
+    assert outcome.actions == () and outcome.replies == ()
+
+
 def test_help_is_answered_even_while_opted_out():
     outcome = send("HELP", facts(phone_status=PhoneStatus.OPTED_OUT))
     assert keys(outcome) == ("help",) and outcome.actions == ()
@@ -193,6 +199,16 @@ def test_si_on_a_pending_enrollment_welcomes_in_spanish():
     outcome = send("Sí", facts(phone_status=PhoneStatus.PENDING, language="es"))
     assert outcome.actions == (Activate(),)
     assert "Pueden aplicarse tarifas de mensajes y datos" in text(outcome)
+
+
+def test_yes_from_a_phone_active_on_one_case_accepts_the_invitation_for_another():
+    invited = facts(invited=True)
+    outcome = send("YES", invited)
+    assert outcome.actions == (Activate(),) and keys(outcome) == ("welcome",)
+    assert send("START", invited).actions == (Activate(),)
+    # A live quote comes first: YES pays it, the invitation waits.
+    assert isinstance(conversation("PAY", "YES", known=invited).actions[0], ChargeQuote)
+    assert send("ok", invited).actions == ()  # only a plain YES answers an invitation
 
 
 def test_no_on_a_pending_enrollment_declines_like_an_opt_out():
@@ -314,6 +330,47 @@ def test_an_unreadable_reply_to_a_quote_repeats_the_question_and_keeps_the_quote
     assert text(outcome) == "Reply YES to pay $250.00 with your card ending 1234, or NO to cancel."
     assert outcome.state.quote is not None
     assert isinstance(conversation("PAY", "hmm", "yes").actions[0], ChargeQuote)
+
+
+@pytest.mark.parametrize("body", ["yes pay 100", "Sí, pagar 100", "yes but only $100"])
+def test_yes_naming_another_amount_quotes_that_amount_and_charges_nothing(body):
+    outcome = conversation("PAY", body)
+    assert outcome.actions == ()
+    assert outcome.state.quote.amount_cents == 10_000
+    assert "$100.00" in text(outcome)
+    assert isinstance(conversation("PAY", body, "YES").actions[0], ChargeQuote)
+    assert conversation("PAY", body, "YES").actions[0].amount_cents == 10_000
+
+
+def test_yes_naming_the_quoted_amount_charges_it():
+    outcome = conversation("PAY", "yes 250")
+    assert outcome.actions[0].amount_cents == 25_000
+
+
+def test_yes_with_an_amount_that_cannot_be_taken_says_so_and_charges_nothing():
+    outcome = conversation("PAY", "yes 0.999")
+    assert outcome.actions == () and keys(outcome) == ("amount_format",)
+
+
+def test_yes_long_after_a_quote_quotes_again():
+    outcome = conversation("PAY", "YES", minutes_apart=45)
+    assert keys(outcome) == ("quote_expired", "pay_quote")
+    assert outcome.actions == ()
+
+
+def test_a_language_switch_during_a_quote_keeps_it_and_asks_again_in_that_language():
+    outcome = conversation("PAY", "ESPAÑOL")
+    assert outcome.language == "es" and outcome.state.quote is not None
+    assert keys(outcome) == ("language_set", "confirm_prompt")
+    assert "$250.00" in texts(outcome)[1]
+    assert isinstance(conversation("PAY", "ESPAÑOL", "SI").actions[-1], ChargeQuote)
+
+
+def test_a_language_switch_while_choosing_a_case_asks_again_in_that_language():
+    outcome = conversation("BAL", "SPANISH", known=TWO_CASES)
+    assert keys(outcome) == ("language_set", "choose_case")
+    assert outcome.state.stage is Stage.CHOOSING_CASE
+    assert keys(conversation("BAL", "SPANISH", "7730", known=TWO_CASES)) == ("balance_no_due",)
 
 
 def test_another_request_drops_the_quote():
@@ -582,10 +639,17 @@ TWO_CASES = facts(case(), SECOND)
 def test_a_phone_on_several_cases_is_asked_which_case_before_any_case_answer():
     outcome = send("BAL", TWO_CASES)
     assert text(outcome) == (
-        "You have more than one case. Reply with the last 4 digits of the case you mean: "
-        "4821 or 7730"
+        "You have more than one case. Reply with the ending of the case you mean: 4821 or 7730"
     )
     assert outcome.state.stage is Stage.CHOOSING_CASE
+
+
+def test_cases_that_end_alike_are_told_apart_by_more_digits():
+    alike = facts(case(case_number="MA-2024-118204"), case(case_id=2, case_number="MA-2023-558204"))
+    question = text(send("BAL", alike))
+    assert question.endswith(": 18204 or 58204")  # as few digits as tell them apart
+    outcome = conversation("BAL", "58204", known=alike)
+    assert keys(outcome) == ("balance",) and outcome.state.case_id == 2
 
 
 def test_naming_the_case_answers_the_original_request():
@@ -611,7 +675,7 @@ def test_the_chosen_case_is_forgotten_after_thirty_minutes_of_silence():
 def test_digits_that_match_no_case_ask_again_and_keep_the_request():
     outcome = conversation("BAL", "9999", known=TWO_CASES)
     assert text(outcome) == (
-        "None of your cases ends in 9999. Reply with the last 4 digits of one of them: 4821 or 7730"
+        "None of your cases ends in 9999. Reply with the ending of one of them: 4821 or 7730"
     )
     assert conversation("BAL", "9999", "4821", known=TWO_CASES).replies[0].key == "balance"
 

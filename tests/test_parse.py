@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.parse import STOP_WORDS, Command, Intent, parse
+from bot.parse import STOP_WORDS, Command, Intent, consents, parse
 
 PAY, YES, NO, BAL = Intent.PAY, Intent.YES, Intent.NO, Intent.BALANCE
 HIST, APPT, AGENT, HELP = Intent.HISTORY, Intent.APPOINTMENT, Intent.AGENT, Intent.HELP
@@ -80,6 +80,10 @@ MESSAGES = [
     ("confirmar", YES, None),
     ("yes please", YES, None),
     ("yes pay it", YES, None),
+    # A YES naming an amount keeps it: the dialogue re-quotes rather than charge another sum.
+    ("yes pay 100", YES, 10_000),
+    ("Sí, pagar 100", YES, 10_000),
+    ("yes but only $50", YES, 5_000),
     ("si quiero pagar", YES, None),
     ("👍 yes", YES, None),
     ("NO", NO, None),
@@ -225,6 +229,11 @@ MESSAGES = [
     ("don't text me anymore", STOP, None),
     ("Do not text me again", STOP, None),
     ("remove me from this list", STOP, None),
+    ("remove me", STOP, None),
+    ("Please remove my number", STOP, None),
+    ("remove me please", STOP, None),
+    ("No más, por favor", STOP, None),
+    ("no mas gracias", STOP, None),
     ("Take me off your list", STOP, None),
     ("I don't want these texts", STOP, None),
     ("no more texts", STOP, None),
@@ -273,7 +282,7 @@ MESSAGES = [
 
 def expected(intent: Intent, detail) -> dict:
     fields = {"intent": intent, "amount_cents": None, "amount_error": None, "digits": None}
-    if intent is PAY and isinstance(detail, int):
+    if intent in (PAY, YES) and isinstance(detail, int):
         fields["amount_cents"] = detail
     elif intent is PAY:
         fields["amount_error"] = detail
@@ -362,3 +371,33 @@ def test_a_message_whose_first_word_is_an_opt_out_keyword_always_opts_out(
 ):
     body = prefix + keyword + (separator + rest if separator else "")
     assert parse(body).intent is STOP
+
+
+@pytest.mark.parametrize(
+    ("body", "gives"),
+    [
+        ("YES", True),
+        ("y", True),
+        ("Sí", True),
+        ("siii", True),
+        ("yes please", True),
+        ("START", True),
+        ("unstop", True),
+        ("ok", False),
+        ("Ok thanks", False),
+        ("Ok gracias", False),
+        ("sure", False),
+        ("claro", False),
+        ("dale", False),
+        ("yeah", False),
+        ("BAL", False),
+    ],
+)
+def test_only_a_plain_yes_or_start_gives_consent_again(body, gives):
+    """After STOP, "ok" may only acknowledge the confirmation; it must not re-subscribe."""
+    assert consents(parse(body)) is gives
+
+
+@pytest.mark.parametrize("body", ["No, más tarde", "no más tarde", "remove the late fee"])
+def test_a_no_with_more_words_is_not_an_opt_out(body):
+    assert parse(body).intent is not STOP

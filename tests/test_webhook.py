@@ -164,6 +164,24 @@ def test_start_after_stop_resubscribes(client, session, payer):
     assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
 
 
+def test_ok_after_stop_acknowledges_and_does_not_resubscribe(client, session, payer):
+    replies(text(client, "STOP"))
+    assert replies(text(client, "ok")) == []
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.OPTED_OUT
+
+
+def test_an_undeliverable_number_that_texts_start_gets_texts_again(client, session, payer):
+    _, enrollment = payer
+    enrollment.status = EnrollmentStatus.UNDELIVERABLE
+    session.add(enrollment)
+    session.commit()
+    (reply,) = replies(text(client, "START"))
+    assert "STOP" in reply.upper()
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
+
+
 def test_stop_wins_even_in_the_middle_of_a_payment(client, session, payer):
     from models import Payment
 
@@ -192,6 +210,39 @@ def test_a_pending_number_is_activated_by_si_and_welcomed(client, session):
     enrollment = session.exec(select(Enrollment)).one()
     session.refresh(enrollment)
     assert enrollment.status == EnrollmentStatus.ACTIVE and enrollment.confirmed_at is not None
+
+
+def test_yes_from_a_payer_active_on_one_case_accepts_the_invitation_for_another(
+    client, session, payer
+):
+    other = make_case(session, case_number="CS-007731")
+    make_enrollment(
+        session, other, "+16175550134", status=EnrollmentStatus.PENDING, confirmed_at=None
+    )
+    (welcome,) = replies(text(client, "YES"))
+    assert "signed up" in welcome
+    session.expire_all()
+    statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
+    assert statuses == {payer[0].id: EnrollmentStatus.ACTIVE, other.id: EnrollmentStatus.ACTIVE}
+
+
+def test_a_number_that_texted_before_it_was_enrolled_is_answered_in_its_enrollment_language(
+    client, session
+):
+    replies(text(client, "PAY", phone="+16175550188"))  # not enrolled yet: answered in English
+    case = make_case(session, language="es", balance_cents=12_345)
+    make_enrollment(
+        session,
+        case,
+        "+16175550188",
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        language="es",
+    )
+    (welcome,) = replies(text(client, "SI", phone="+16175550188"))
+    assert "Gracias por inscribirse" in welcome
+    (balance,) = replies(text(client, "SALDO", phone="+16175550188"))
+    assert "saldo" in balance.lower() and "$123.45" in balance
 
 
 def test_agent_records_a_handoff_for_staff(client, session, payer):

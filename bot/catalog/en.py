@@ -54,10 +54,10 @@ MESSAGES: dict[str, str] = {
     ),
     "language_set": "OK, we'll text you in English. Reply ESPAÑOL for Spanish.",
     "choose_case": (
-        "You have more than one case. Reply with the last 4 digits of the case you mean: {cases}"
+        "You have more than one case. Reply with the ending of the case you mean: {cases}"
     ),
     "case_not_found": (
-        "None of your cases ends in {digits}. Reply with the last 4 digits of one of them: {cases}"
+        "None of your cases ends in {digits}. Reply with the ending of one of them: {cases}"
     ),
     "case_selected": "OK, now using case ending {case_last4}. Reply MENU for options.",
     "word.or": "or",
