@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session, select
 
@@ -29,12 +30,20 @@ EARLY_TTL = 24 * 3600
 
 
 def apply_early(*, session: Session, turn: ConversationTurn) -> None:
-    """Apply a report that arrived before `turn` was saved."""
+    """Apply a report that arrived before `turn` was saved.
+
+    With none yet, look again once the session commits: a report that comes while the turn is
+    saved but not committed finds no turn (so it waits in Redis), and could come after this
+    look. The webhook looks for the turn again after keeping a report (settle_early), so
+    between the two every report is applied.
+    """
     if not turn.provider_message_id:
         return
     redis = current_app.extensions["redis"]
     key = EARLY_KEY.format(sid=turn.provider_message_id)
     early = redis.hgetall(key)
+    if not early:
+        _look_again_after_commit(session, turn.provider_message_id)
     if early:
         redis.delete(key)
         code = int(_text(early.get(b"error_code", b"0")) or 0)
@@ -47,6 +56,42 @@ def apply_early(*, session: Session, turn: ConversationTurn) -> None:
         )
 
 
+def settle_early(*, session: Session, sid: str) -> bool:
+    """Apply a kept report if its turn has been committed since; commits. True if applied."""
+    if not current_app.extensions["redis"].exists(EARLY_KEY.format(sid=sid)):
+        return False
+    turn = session.exec(
+        select(ConversationTurn).where(ConversationTurn.provider_message_id == sid)
+    ).first()
+    if turn is None:
+        return False
+    apply_early(session=session, turn=turn)
+    session.commit()
+    return True
+
+
+_AFTER_COMMIT = "paytext_early_sids"
+
+
+def _look_again_after_commit(session: Session, sid: str) -> None:
+    sids = session.info.setdefault(_AFTER_COMMIT, set())
+    if not sids:
+        sa.event.listen(session, "after_commit", _after_commit, once=True)
+    sids.add(sid)
+
+
+def _after_commit(session: Session) -> None:
+    # The committing session cannot run SQL now; a report kept meanwhile is applied in another.
+    sids = session.info.pop(_AFTER_COMMIT, set())
+    redis = current_app.extensions["redis"]
+    kept = [sid for sid in sids if redis.exists(EARLY_KEY.format(sid=sid))]
+    if not kept:
+        return
+    with Session(session.get_bind(), expire_on_commit=False) as other:
+        for sid in kept:
+            settle_early(session=other, sid=sid)
+
+
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -57,7 +102,11 @@ def newer(current: str | None, incoming: str) -> bool:
 
 
 def record(*, session: Session, sid: str, status: str, error_code: int | None) -> bool:
-    """Apply a status report to the turn with this message id; False when nothing changed."""
+    """Apply a status report to the turn with this message id; False when nothing changed.
+
+    A report for a turn not saved yet is kept in Redis: the caller commits, then calls
+    settle_early in case the turn was committed meanwhile.
+    """
     turn = session.exec(
         select(ConversationTurn).where(ConversationTurn.provider_message_id == sid)
     ).first()

@@ -183,6 +183,8 @@ def delivery_status():
             error_code=int(code) if code and code.isdigit() else None,
         )
         session.commit()
+        # Kept for a turn not committed yet? It may have been committed since (status.apply_early).
+        status.settle_early(session=session, sid=sid)
     return Response(status=204)
 
 

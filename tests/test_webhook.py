@@ -408,6 +408,52 @@ def test_a_report_that_arrives_before_the_turn_is_applied_when_it_is_saved(
     assert session.get(ConversationTurn, turn.id).delivery_status == "delivered"
 
 
+def test_a_report_that_comes_while_the_turn_is_saved_but_not_committed_is_applied(
+    app, client, fake_twilio, session, payer
+):
+    from bot.outbound import send_text
+    from db import session_scope
+
+    with app.app_context(), session_scope() as s:
+        turn = send_text(session=s, phone="+16175550134", body="hi", case_id=None).turn
+        # Twilio's report comes before the sender commits: the webhook finds no turn yet.
+        status_callback(client, fake_twilio, turn.provider_message_id, "delivered")
+    session.expire_all()
+    assert session.get(ConversationTurn, turn.id).delivery_status == "delivered"
+
+
+def test_a_report_kept_early_is_applied_if_the_turn_is_committed_before_the_webhook_ends(
+    app, client, fake_twilio, session, payer, monkeypatch
+):
+    from bot import status
+    from bot.outbound import send_text
+    from db import session_scope
+
+    # A sender past its own looks for early reports.
+    monkeypatch.setattr(status, "apply_early", lambda **_: None)
+    with app.app_context(), session_scope() as s:
+        turn = send_text(session=s, phone="+16175550134", body="hi", case_id=None).turn
+    monkeypatch.undo()
+    record, calls = status.record, []
+
+    def record_then_sender_commits(**kwargs):
+        # The report's lookup finds no turn; the sender commits it before the webhook ends.
+        calls.append(kwargs)
+        if len(calls) > 1:
+            return record(**kwargs)
+        with app.app_context(), session_scope() as s:
+            s.get(ConversationTurn, turn.id).provider_message_id = None
+        kept = record(**kwargs)
+        with app.app_context(), session_scope() as s:
+            s.get(ConversationTurn, turn.id).provider_message_id = kwargs["sid"]
+        return kept
+
+    monkeypatch.setattr(status, "record", record_then_sender_commits)
+    status_callback(client, fake_twilio, fake_twilio.messages[-1]["sid"], "delivered")
+    session.expire_all()
+    assert session.get(ConversationTurn, turn.id).delivery_status == "delivered"
+
+
 @pytest.mark.parametrize(
     ("code", "status"), [(21610, "opted_out"), (30006, "undeliverable"), (30005, "undeliverable")]
 )
