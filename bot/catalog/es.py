@@ -16,21 +16,21 @@ MESSAGES: dict[str, str] = {
     "opted_in": (
         "{agency}: Listo, va a recibir de nuevo mensajes de pagos y citas, "
         "unos {per_month} al mes. Pueden aplicarse tarifas de mensajes y datos. "
-        "Responda AYUDA para ayuda o STOP para cancelar."
+        "Responda AYUDA para obtener ayuda o STOP para darse de baja."
     ),
     "optin_invite": (
         "{agency}: Responda SI para recibir mensajes de pagos y citas del caso que termina en "
         "{case_last4}, unos {per_month} al mes. Pueden aplicarse tarifas de mensajes y datos. "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     "welcome": (
         "{agency}: Gracias por inscribirse. Le enviaremos recordatorios de pagos y citas, "
         "y recibos de pago, unos {per_month} mensajes al mes. "
         "Pueden aplicarse tarifas de mensajes y datos. "
-        "Responda AYUDA para ayuda o STOP para cancelar."
+        "Responda AYUDA para obtener ayuda o STOP para darse de baja."
     ),
     "confirm_enrollment": (
-        "{agency}: Responda SI para recibir mensajes de pagos y citas, o STOP para cancelar. "
+        "{agency}: Responda SI para recibir mensajes de pagos y citas, o STOP para darse de baja. "
         "Pueden aplicarse tarifas de mensajes y datos."
     ),
     "enroll_declined": (
@@ -42,13 +42,13 @@ MESSAGES: dict[str, str] = {
     ),
     "unknown_number": (
         "{agency}: No encontramos un caso con este teléfono. Llame al {agency_phone}. "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     # Conversation.
     "help": (
         "{agency}: Mensajes de pagos y citas de su caso, unos {per_month} al mes. "
         "Pueden aplicarse tarifas de mensajes y datos. Para ayuda, llame al {agency_phone}. "
-        "Responda MENU para ver opciones o STOP para cancelar."
+        "Responda MENU para ver opciones o STOP para darse de baja."
     ),
     "menu": (
         "{agency}. Responda con:\n1 Pagar\n2 Saldo\n3 Historial de pagos\n4 Citas\n"
@@ -73,7 +73,7 @@ MESSAGES: dict[str, str] = {
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
         "{last4}? Responda SI para pagar (tiene {minutes} minutos) o NO para cancelar."
     ),
-    "quote_expired": "La oferta de pago anterior ha vencido y no le cobramos nada.",
+    "quote_expired": "El pago anterior ya no se puede confirmar y no le cobramos nada.",
     "confirm_prompt": (
         "Responda SI para pagar {amount} con su tarjeta terminada en {last4} o NO para cancelar."
     ),
@@ -91,7 +91,7 @@ MESSAGES: dict[str, str] = {
         "El caso que termina en {case_last4} no tiene saldo. No tiene que pagar nada por ahora."
     ),
     "pay_ask_amount": (
-        "No tiene un pago pendiente en el caso que termina en {case_last4}. "
+        "No tiene pagos programados por ahora en el caso que termina en {case_last4}. "
         "Su saldo es {balance}. Para abonar, responda PAGAR y el monto, por ejemplo PAGAR 50."
     ),
     "amount_format": (
@@ -113,7 +113,8 @@ MESSAGES: dict[str, str] = {
         "Responda PAGAR y un monto menor o llame al {agency_phone}."
     ),
     "monthly_limit_reached": (
-        "Ya ha pagado el tope de {cap} por texto de este mes. Para pagar, llame al {agency_phone}."
+        "Este mes ya ha llegado al tope de {cap} para pagos por texto. "
+        "Para pagar, llame al {agency_phone}."
     ),
     "card_link": (
         "{agency}: Para pagar por texto, primero agregue una tarjeta de débito o crédito "
@@ -157,7 +158,7 @@ MESSAGES: dict[str, str] = {
     ),
     "declined": (
         "{agency}: Su pago de {amount} fue rechazado. {reason} No le cobramos nada. "
-        "Actualice su tarjeta en este enlace y luego responda PAGAR: {url}"
+        "Actualice su tarjeta en este enlace: {url} Luego responda PAGAR."
     ),
     "reason.insufficient_funds": "La tarjeta no tiene fondos suficientes.",
     "reason.expired_card": "La tarjeta ha vencido.",
@@ -180,44 +181,44 @@ MESSAGES: dict[str, str] = {
     "due_soon": (
         "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence el "
         "{due_date}. Responda PAGAR para pagar {amount} con su tarjeta terminada en {last4}. "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     "due_soon_no_card": (
         "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence el "
         "{due_date}. Responda PAGAR para agregar una tarjeta y pagar por texto. "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     "due_today": (
         "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence hoy, "
         "{due_date}. Responda PAGAR para pagar {amount} con su tarjeta terminada en {last4}. "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     "due_today_no_card": (
         "{agency}: Su pago de {amount} del caso que termina en {case_last4} vence hoy, "
         "{due_date}. Responda PAGAR para agregar una tarjeta y pagar por texto. "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     "overdue": (
-        "{agency}: Su pago de {amount} del caso que termina en {case_last4}, con fecha del "
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4}, con vencimiento el "
         "{due_date}, sigue pendiente. Responda PAGAR para pagar {amount} con su tarjeta "
-        "terminada en {last4}. Responda STOP para cancelar."
+        "terminada en {last4}. Responda STOP para darse de baja."
     ),
     "overdue_no_card": (
-        "{agency}: Su pago de {amount} del caso que termina en {case_last4}, con fecha del "
+        "{agency}: Su pago de {amount} del caso que termina en {case_last4}, con vencimiento el "
         "{due_date}, sigue pendiente. Responda PAGAR para agregar una tarjeta y pagar por "
-        "texto. Responda STOP para cancelar."
+        "texto. Responda STOP para darse de baja."
     ),
     "appt_reminder": (
         "{agency}: Le recordamos que tiene {kind} el {when} en {location}. "
-        "Responda CITA para ver detalles o STOP para cancelar."
+        "Responda CITA para ver detalles o STOP para darse de baja."
     ),
     "appt_reminder_video": (
         "{agency}: Le recordamos que tiene {kind} el {when}. Enlace de video: {video_link} "
-        "Responda STOP para cancelar."
+        "Responda STOP para darse de baja."
     ),
     "appt_reminder_no_place": (
         "{agency}: Le recordamos que tiene {kind} el {when}. "
-        "Para detalles, llame al {agency_phone}. Responda STOP para cancelar."
+        "Para detalles, llame al {agency_phone}. Responda STOP para darse de baja."
     ),
     "staff_reply": "{agency}: {text}",
     # Páginas web para el pagador (tarjeta y aprobación de pagos); fragmentos, nunca por texto.
@@ -227,7 +228,7 @@ MESSAGES: dict[str, str] = {
     "page.card_title": "Agregar una tarjeta",
     "page.card_intro": (
         "Guarde una tarjeta de débito o crédito para el caso que termina en {case_last4}. "
-        "Solo la cobramos cuando usted confirma un pago por texto."
+        "Solo le hacemos un cargo cuando usted confirma un pago por texto."
     ),
     "page.card_replaces": "Esta tarjeta reemplaza su tarjeta {brand} terminada en {last4}.",
     "page.card_details": "Datos de la tarjeta",
@@ -237,22 +238,22 @@ MESSAGES: dict[str, str] = {
     "page.card_cvc": "Código de seguridad (CVC)",
     "page.card_save": "Guardar tarjeta",
     "page.card_sandbox_note": (
-        "Modo de prueba: no se cobra ninguna tarjeta real. Use una de estas tarjetas de prueba:"
+        "Modo de prueba: no se hacen cargos a tarjetas reales. Use una de estas tarjetas de prueba:"
     ),
     "page.card_saved_title": "Tarjeta guardada",
     "page.card_saved": (
         "Su tarjeta {brand} terminada en {last4} quedó guardada. Para pagar, responda PAGAR "
         "a nuestro mensaje."
     ),
-    "page.card_error.invalid_number": "El número de tarjeta no es válido. Por favor revíselo.",
+    "page.card_error.invalid_number": "El número de tarjeta no es válido. Por favor, revíselo.",
     "page.card_error.not_test_card": (
         "En modo de prueba solo funcionan los números de tarjeta de prueba de abajo."
     ),
     "page.card_error.invalid_expiry_month": "El mes de vencimiento no es válido.",
     "page.card_error.invalid_expiry_year": "La fecha de vencimiento no es válida o ya pasó.",
     "page.card_error.invalid_cvc": "El código de seguridad no es válido.",
-    "page.card_error.setup_incomplete": "Su tarjeta no se guardó. Por favor ingrésela de nuevo.",
-    "page.card_error.other": "No pudimos guardar la tarjeta. Por favor intente de nuevo.",
+    "page.card_error.setup_incomplete": "Su tarjeta no se guardó. Por favor, ingrésela de nuevo.",
+    "page.card_error.other": "No pudimos guardar la tarjeta. Por favor, intente de nuevo.",
     "page.link_title": "Este enlace no funciona",
     "page.link_expired": (
         "Este enlace venció o ya se usó. Para recibir uno nuevo, responda PAGAR a nuestro "
@@ -278,11 +279,11 @@ MESSAGES: dict[str, str] = {
         "Su banco no aprobó el pago de {amount} y no le cobramos nada. Responda PAGAR a "
         "nuestro mensaje para intentarlo de nuevo, o llame al {agency_phone}."
     ),
-    "page.auth_closed": "Este pago ya no espera aprobación. No tiene que hacer nada más.",
+    "page.auth_closed": "Este pago ya no necesita aprobación. No tiene que hacer nada más.",
     "page.error_title": "Intente de nuevo",
     "page.try_later": (
         "No pudimos comunicarnos con el procesador de pagos, así que no se cobró ni se guardó "
-        "nada. Por favor intente de nuevo en unos minutos."
+        "nada. Por favor, intente de nuevo en unos minutos."
     ),
 }
 
