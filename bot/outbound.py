@@ -60,7 +60,9 @@ def send_text(
     """Send one text now and log it as an outbound turn; the caller commits.
 
     Provider failures are recorded, not raised: an opted-out or undeliverable number is marked
-    so nothing more is sent to it, and a transient failure is left for the caller to retry.
+    so nothing more is sent to it, and a transient failure is left for the caller to retry. A
+    text whose outcome is unknown (Twilio's answer was lost) is logged `unknown`: it may have
+    gone, so no caller sends it again.
     """
     result = current_app.extensions["sms"].send(
         to=phone, body=body, status_callback=status_callback_url()
@@ -73,7 +75,7 @@ def send_text(
         direction=Direction.OUTBOUND,
         body=body,
         provider_message_id=result.sid,
-        delivery_status=result.status if result.ok else "failed",
+        delivery_status=_delivery_status(result),
         error_code=result.error_code,
         intent=intent,
         reminder_id=reminder_id,
@@ -92,6 +94,12 @@ def send_text(
         mark_failure(session=session, phone=phone, failure=result.failure, code=result.error_code)
     session.flush()
     return Sent(turn, result)
+
+
+def _delivery_status(result: SendResult) -> str | None:
+    if result.ok:
+        return result.status
+    return "unknown" if result.outcome_unknown else "failed"
 
 
 def mark_failure(
@@ -138,7 +146,8 @@ def send_invite(*, session: Session, enrollment: Enrollment, case_number: str) -
         enrollment_id=enrollment.id,
         intent="optin_invite",
     )
-    if sent.result.ok:
+    if sent.result.ok or sent.result.outcome_unknown:
+        # An invitation that may have gone counts as sent: inviting twice costs the payer a text.
         enrollment.invited_at = utcnow()
         session.add(enrollment)
     return sent

@@ -21,6 +21,7 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+from urllib3.exceptions import NewConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class Failure(StrEnum):
     OPTED_OUT = "opted_out"
     UNDELIVERABLE = "undeliverable"
     PERMANENT = "permanent"
+    # The request may have reached Twilio and the text may have gone: sending it again could
+    # text the payer twice, and Twilio's API has no idempotency key to ask.
+    UNKNOWN = "unknown"
 
 
 # 30001 (queue overflow) and 30008 (unknown carrier error) come in delivery reports; Twilio's
@@ -53,12 +57,31 @@ def classify(error_code: int | None, http_status: int | None) -> Failure:
     if error_code in _TRANSIENT_CODES:
         return Failure.TRANSIENT
     if http_status is None:
-        # No code and no status: Twilio never answered (refused, reset, timed out). A code
+        # No code and no status: no answer came, so the message may have been created. A code
         # without a status is a delivery report, and an unknown one is not worth retrying.
-        return Failure.TRANSIENT if error_code is None else Failure.PERMANENT
-    if http_status == 429 or http_status >= 500:
-        return Failure.TRANSIENT
+        return Failure.UNKNOWN if error_code is None else Failure.PERMANENT
+    if http_status == 429:
+        return Failure.TRANSIENT  # refused before anything was created: slow down and retry
+    if http_status >= 500:
+        # Twilio (or a proxy in front of it) failed while handling the request, perhaps after
+        # creating the message.
+        return Failure.UNKNOWN
     return Failure.PERMANENT
+
+
+def classify_network_error(exc: requests.RequestException) -> Failure:
+    """Transient only when no connection to Twilio was ever made, else the outcome is unknown.
+
+    A refused connection, a failed DNS lookup or a connect timeout sent nothing, so retrying is
+    safe. A read timeout or a connection dropped after the request went out may follow a
+    message Twilio already accepted.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return Failure.TRANSIENT
+    # urllib3 reports a connection it could not open (NameResolutionError is one) as the reason
+    # of the MaxRetryError that requests wraps.
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return Failure.TRANSIENT if isinstance(reason, NewConnectionError) else Failure.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -74,17 +97,23 @@ class SendResult:
 
     @property
     def retryable(self) -> bool:
-        """True when the same send may succeed later."""
+        """True when the same send may succeed later, and cannot have gone already."""
         return self.failure is Failure.TRANSIENT
 
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when the text may have gone although no answer says so: never send it again."""
+        return self.failure is Failure.UNKNOWN
 
-def _failed(error_code: int | None, message: str, http_status: int | None) -> SendResult:
-    return SendResult(
-        ok=False,
-        error_code=error_code,
-        error_message=message,
-        failure=classify(error_code, http_status),
-    )
+
+def _failed(
+    error_code: int | None, message: str, http_status: int | None, failure: Failure | None = None
+) -> SendResult:
+    failure = failure or classify(error_code, http_status)
+    if failure is Failure.UNKNOWN:
+        # Staff read this where the text is logged; it should stop them sending it again.
+        message = f"no answer from Twilio, the text may have gone: {message}"
+    return SendResult(ok=False, error_code=error_code, error_message=message, failure=failure)
 
 
 @runtime_checkable
@@ -157,7 +186,7 @@ class TwilioGateway:
         except TwilioServiceException as exc:
             return _failed(exc.code, exc.detail or exc.title, exc.status)
         except requests.RequestException as exc:
-            return _failed(None, f"{type(exc).__name__}: {exc}", None)
+            return _failed(None, f"{type(exc).__name__}: {exc}", None, classify_network_error(exc))
         return SendResult(ok=True, sid=message.sid, status=message.status)
 
 

@@ -20,7 +20,10 @@ killed) is claimed again after a timeout, and the new job skips every phone that
 turn for the reminder. So each phone gets each reminder at most once. The only texts a crash can
 leave in doubt are those in flight at that moment (at most SEND_LANES per worker: claimed, but
 Twilio's answer never recorded): they are not sent again, and are recorded as `outcome_unknown`
-for staff to see, since Twilio's API offers no idempotency key to ask whether they went.
+for staff to see, since Twilio's API offers no idempotency key to ask whether they went. A send
+whose answer is lost without a crash (a read timeout, a connection dropped after the request
+went out, an HTTP 5xx) is in the same doubt and treated the same way; only an error that
+proves nothing reached Twilio (connection refused, DNS, 429) is retried.
 """
 
 from __future__ import annotations
@@ -1644,6 +1647,7 @@ def _deliver(
 
 def _merge(tally: _Tally, part: _Tally) -> None:
     tally.sent_now += part.sent_now
+    tally.unknown += part.unknown
     tally.blocked.update(part.blocked)
     tally.failed.extend(part.failed)
     tally.deferred_until.extend(part.deferred_until)
@@ -1710,7 +1714,7 @@ class _Lane:
                             claimer.record(answer)
                             answer = None
                         continue
-                    answer["r_delivery_status"] = "retry" if result.retryable else "failed"
+                    answer["r_delivery_status"] = _unsent_status(result)
                     claimer.record(answer)
                     answer = None
                     self._failed(delivery, result, tally, pacer, now)
@@ -1729,6 +1733,11 @@ class _Lane:
             result.failure,
         )
         reach = delivery.reach
+        if result.outcome_unknown:
+            # Twilio may have taken it (a timeout, a dropped connection, a 5xx): as after a
+            # crash, the text is not sent again and the reminder is left for staff to see.
+            tally.unknown += 1
+            return
         if result.retryable:
             tally.retry_codes.append(str(result.error_code or "network"))
             retry_at = now + retry_delay(delivery.row.attempts)
@@ -1753,6 +1762,13 @@ class _Lane:
             tally.failed.append("undeliverable")
         else:
             tally.failed.append(f"error:{result.error_code}")
+
+
+def _unsent_status(result) -> str:
+    """A failed text's turn status: to retry, in doubt (never resent), or failed."""
+    if result.retryable:
+        return "retry"
+    return UNKNOWN if result.outcome_unknown else "failed"
 
 
 def _apply_early_reports(session: Session, accepted: Sequence[tuple[int, str]]) -> None:

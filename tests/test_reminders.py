@@ -8,9 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from flask import current_app
 from rq import SimpleWorker
 from sqlmodel import select
 
+from bot.sms import TwilioGateway
 from jobs import reminders
 from jobs.reminders import cancel_pending, dispatch_due, plan_all, plan_case
 from models import (
@@ -28,6 +30,7 @@ from models import (
     ReminderStatus,
     utcnow,
 )
+from tests.conftest import free_port
 from tests.factories import make_case, make_enrollment
 from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
 
@@ -652,11 +655,55 @@ def test_a_transient_error_is_retried_with_backoff_then_sent_once(twilio, sessio
     assert turn.provider_message_id == twilio.messages[0]["sid"]
 
 
-def test_a_server_error_is_transient_too(twilio, session):
+@pytest.mark.parametrize("lost", ["answer_too_late", "hung_up_after_sending", "server_error"])
+def test_a_text_whose_answer_was_lost_is_never_sent_again_and_is_left_for_staff(
+    twilio, session, lost
+):
     case = due_today_case(session)
-    twilio.fail_next(20500, status=500)
+    if lost == "answer_too_late":
+        current_app.extensions["sms"] = TwilioGateway(
+            DEFAULT_ACCOUNT_SID,
+            DEFAULT_AUTH_TOKEN,
+            from_number="+15005550006",
+            base_url=twilio.url,
+            timeout=0.2,
+        )
+        twilio.answer_late(0.6)
+    elif lost == "hung_up_after_sending":
+        twilio.hang_up_after_accepting()
+    else:
+        twilio.fail_next(20500, status=500)  # Twilio failed, perhaps after creating it
     dispatch_due()
-    assert rows(session, case.id)[ReminderKind.DUE_TODAY].reason == "retry:20500"
+    reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (reminder.status, reminder.reason) == (ReminderStatus.FAILED, "outcome_unknown")
+    (turn,) = turns(session, reminder_id=reminder.id)
+    assert (turn.delivery_status, turn.provider_message_id) == ("unknown", None)
+    assert session.get(Enrollment, turn.enrollment_id).status == EnrollmentStatus.ACTIVE
+    went = len(twilio.messages)
+
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    summary = dispatch_due(now=utcnow() + timedelta(hours=1))
+    assert (summary.due, len(twilio.messages)) == (0, went)
+
+
+def test_a_refused_connection_sent_nothing_so_it_is_retried(twilio, session):
+    case = due_today_case(session)
+    current_app.extensions["sms"] = TwilioGateway(
+        DEFAULT_ACCOUNT_SID,
+        DEFAULT_AUTH_TOKEN,
+        from_number="+15005550006",
+        base_url=f"http://127.0.0.1:{free_port()}",
+    )
+    dispatch_due()
+    waiting = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (waiting.status, waiting.reason) == (ReminderStatus.DEFERRED, "retry:network")
+    current_app.extensions["sms"] = TwilioGateway(
+        DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, from_number="+15005550006", base_url=twilio.url
+    )
+    dispatch_due(now=waiting.send_at)
+    assert [message["to"] for message in twilio.messages] == [PHONE]
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
 
 
 @pytest.mark.parametrize(

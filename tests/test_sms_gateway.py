@@ -9,9 +9,17 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from hypothesis import given
 from hypothesis import strategies as st
 from twilio.twiml.messaging_response import MessagingResponse
+from urllib3.exceptions import (
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 from werkzeug.datastructures import MultiDict
 
 from bot.sms import (
@@ -22,6 +30,7 @@ from bot.sms import (
     SmsGateway,
     TwilioGateway,
     classify,
+    classify_network_error,
     sign,
     twiml,
     validate_signature,
@@ -120,7 +129,7 @@ def test_gateway_needs_credentials_and_a_sender():
         (21614, 400, Failure.UNDELIVERABLE),
         (21610, 400, Failure.OPTED_OUT),
         (20429, 429, Failure.TRANSIENT),
-        (20500, 500, Failure.TRANSIENT),
+        (20500, 500, Failure.UNKNOWN),
         (21408, 400, Failure.PERMANENT),
     ],
 )
@@ -188,7 +197,7 @@ def test_connection_refused_is_transient():
     assert "ConnectionError" in result.error_message
 
 
-def test_a_server_that_never_answers_times_out_as_transient():
+def test_a_server_that_never_answers_leaves_the_outcome_unknown():
     # The kernel completes the handshake for a listening socket, but nothing ever replies.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -204,8 +213,32 @@ def test_a_server_that_never_answers_times_out_as_transient():
 
         result = gateway.send(to=PAYER, body="hi")
 
-    assert result.failure is Failure.TRANSIENT
+    assert result.failure is Failure.UNKNOWN
+    assert (result.retryable, result.outcome_unknown) == (False, True)
     assert "Timeout" in result.error_message
+
+
+def test_an_answer_slower_than_the_timeout_is_unknown_because_twilio_took_the_message(fake):
+    gateway = TwilioGateway(
+        ACCOUNT_SID, AUTH_TOKEN, from_number=FROM_NUMBER, base_url=fake.url, timeout=0.2
+    )
+    fake.answer_late(0.6)
+
+    result = gateway.send(to=PAYER, body="hi")
+
+    assert [m["to"] for m in fake.messages] == [PAYER]  # it went
+    assert result.outcome_unknown and not result.retryable
+    assert "may have gone" in result.error_message and "ReadTimeout" in result.error_message
+
+
+def test_a_connection_dropped_after_the_request_went_out_is_unknown(fake, gateway):
+    fake.hang_up_after_accepting()
+
+    result = gateway.send(to=PAYER, body="hi")
+
+    assert len(fake.messages) == 1
+    assert result.failure is Failure.UNKNOWN and "ConnectionError" in result.error_message
+    assert gateway.send(to=PAYER, body="again").ok  # the next send opens a new connection
 
 
 def test_concurrent_sends_each_get_their_own_answer(fake, gateway):
@@ -231,11 +264,12 @@ def test_both_gateways_satisfy_the_protocol(fake, gateway):
 @pytest.mark.parametrize(
     ("error_code", "http_status", "failure"),
     [
-        (None, None, Failure.TRANSIENT),  # connection refused, reset or timed out
+        (None, None, Failure.UNKNOWN),  # no answer at all: the message may exist
         (20429, 429, Failure.TRANSIENT),
         (None, 429, Failure.TRANSIENT),
-        (20500, 500, Failure.TRANSIENT),
-        (502, 502, Failure.TRANSIENT),  # what the SDK reports for a non-JSON gateway error
+        (20500, 500, Failure.UNKNOWN),  # Twilio failed, perhaps after creating the message
+        (20503, 503, Failure.UNKNOWN),
+        (502, 502, Failure.UNKNOWN),  # what the SDK reports for a non-JSON gateway error
         (30003, None, Failure.TRANSIENT),  # delivery report: handset unreachable
         (21610, 400, Failure.OPTED_OUT),
         (21610, None, Failure.OPTED_OUT),
@@ -251,6 +285,27 @@ def test_both_gateways_satisfy_the_protocol(fake, gateway):
 )
 def test_classify_maps_twilio_errors_to_what_to_do_next(error_code, http_status, failure):
     assert classify(error_code, http_status) is failure
+
+
+def _unopened(error: Exception) -> requests.ConnectionError:
+    """What requests raises when urllib3 could not open the connection at all."""
+    return requests.ConnectionError(MaxRetryError(None, "/Messages.json", error))
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        (_unopened(NewConnectionError(None, "Connection refused")), Failure.TRANSIENT),
+        (_unopened(NameResolutionError("api.twilio.com", None, OSError())), Failure.TRANSIENT),
+        (requests.ConnectTimeout("connect timed out"), Failure.TRANSIENT),
+        (requests.ReadTimeout(ReadTimeoutError(None, "/", "read timed out")), Failure.UNKNOWN),
+        (requests.ConnectionError(ProtocolError("Connection aborted.")), Failure.UNKNOWN),
+        (requests.exceptions.ChunkedEncodingError("response ended early"), Failure.UNKNOWN),
+        (requests.exceptions.SSLError("record layer failure"), Failure.UNKNOWN),
+    ],
+)
+def test_a_network_error_is_retried_only_when_no_request_can_have_reached_twilio(error, failure):
+    assert classify_network_error(error) is failure
 
 
 # --- signatures ----------------------------------------------------------------------------

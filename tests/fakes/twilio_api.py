@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ class FakeTwilio:
         self._lock = threading.Lock()
         self._next_failures: deque[tuple[int, int]] = deque()
         self._failures_for: dict[str, tuple[int, int]] = {}
+        self._lost_answers: deque[float | None] = deque()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -91,6 +93,23 @@ class FakeTwilio:
         """Answer every send to this number with this Twilio error."""
         with self._lock:
             self._failures_for[to_number] = (code, status)
+
+    def answer_late(self, seconds: float, times: int = 1) -> None:
+        """Accept the next `times` messages, but hold each answer back this long (a timeout)."""
+        with self._lock:
+            self._lost_answers.extend([seconds] * times)
+
+    def hang_up_after_accepting(self, times: int = 1) -> None:
+        """Accept the next `times` messages, then close the connection without answering."""
+        with self._lock:
+            self._lost_answers.extend([None] * times)
+
+    def _lost_answer(self) -> tuple[bool, float | None]:
+        """Whether the next accepted message's answer goes astray, and how late (None: never)."""
+        with self._lock:
+            if not self._lost_answers:
+                return False, None
+            return True, self._lost_answers.popleft()
 
     def deliver(self, sid: str, status: str = "delivered", error_code: int | None = None) -> dict:
         """Mark a message delivered (or failed) and return the status callback form Twilio posts."""
@@ -211,7 +230,17 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 self._answer(*fake._error(20404, 404))
                 return
             form = {key: values[-1] for key, values in parse_qs(raw).items()}
-            self._answer(*fake._create_message(form))
+            status, payload = fake._create_message(form)
+            lost, delay = fake._lost_answer() if status == 201 else (False, None)
+            if lost and delay is None:
+                self.close_connection = True  # the message exists; its answer never leaves
+                return
+            if lost:
+                time.sleep(delay)
+            try:
+                self._answer(status, payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up waiting
 
         def do_GET(self) -> None:
             self._answer(*fake._error(20404, 404))
