@@ -14,13 +14,15 @@ add up to the amount due (the amount PAY would quote: the smaller of amount due 
 
 Never twice: dispatch claims rows atomically (status scheduled -> queued, `attempts` + 1, which
 is the claim's token); a job only works on rows whose status and token still match, moving them
-to `sending`. Before each text, a turn for (reminder, phone) is committed with status `claimed`;
-only then is Twilio called and the answer recorded. A row whose job vanished (Redis lost, worker
-killed) is claimed again after a timeout, and the new job skips every phone that already has a
-turn for the reminder. So each phone gets each reminder at most once. The only texts a crash can
-leave in doubt are those in flight at that moment (at most SEND_LANES per worker: claimed, but
-Twilio's answer never recorded): they are not sent again, and are recorded as `outcome_unknown`
-for staff to see, since Twilio's API offers no idempotency key to ask whether they went. A send
+to `sending`. Before each text, a turn for (reminder, phone) is committed with status `claimed`,
+and only while the row is still `sending` under the job's token; only then is Twilio called and
+the answer recorded. A row whose job vanished (Redis lost, worker killed) is claimed again after
+a timeout, and the new job skips every phone that already has a turn for the reminder; if the
+old job was only slow, its next claim finds the token changed and it sends nothing more. So
+each phone gets each reminder at most once. The only texts a crash can leave in doubt are those
+in flight at that moment (at most SEND_LANES per worker: claimed, but Twilio's answer never
+recorded): they are not sent again, and are recorded as `outcome_unknown` for staff to see,
+since Twilio's API offers no idempotency key to ask whether they went. A send
 whose answer is lost without a crash (a read timeout, a connection dropped after the request
 went out, an HTTP 5xx) is in the same doubt and treated the same way; only an error that
 proves nothing reached Twilio (connection refused, DNS, 429) is retried.
@@ -1422,14 +1424,23 @@ _TIME = _TURNS.c.created_at.type
 
 
 def _still_wanted():
-    """SQL: the job still holds the reminder, and the phone has not opted out meanwhile."""
+    """SQL: the job's claim on the reminder still holds, and the phone has not opted out meanwhile.
+
+    The claim is the row's status and its token: a row recovered from a job thought dead and
+    claimed again is `sending` once more, and the old job, if it was only slow, must not send
+    too. On PostgreSQL the row is read FOR SHARE, so a recovery, a new claim or a STOP that
+    changes it waits for this claim to commit, and the job it enqueues then sees the claim.
+    """
     reminders = Reminder.__table__
     enrollments = Enrollment.__table__
-    held = (
-        sa.select(reminders.c.status)
-        .where(reminders.c.id == sa.bindparam("b_reminder_id"))
-        .scalar_subquery()
-        == ReminderStatus.SENDING
+    held = sa.exists(
+        sa.select(reminders.c.id)
+        .where(
+            reminders.c.id == sa.bindparam("b_reminder_id"),
+            reminders.c.status == ReminderStatus.SENDING,
+            reminders.c.attempts == sa.bindparam("b_token", type_=sa.Integer),
+        )
+        .with_for_update(read=True)
     )
     stopped = sa.exists().where(
         enrollments.c.phone == sa.bindparam("b_phone"), enrollments.c.status.in_(_BLOCKED)
@@ -1502,7 +1513,7 @@ _NO_ANSWER = {
     "r_error_code": None,
     "r_at": None,
 }
-_HELD = sa.select(Reminder.__table__.c.status).where(
+_HELD = sa.select(Reminder.__table__.c.status, Reminder.__table__.c.attempts).where(
     Reminder.__table__.c.id == sa.bindparam("b_reminder_id")
 )
 _LAZY_COMMITS = sa.text("SET synchronous_commit TO OFF")
@@ -1548,6 +1559,7 @@ class _Claimer:
         assert self._connection is not None
         params: dict[str, Any] = {
             "b_reminder_id": delivery.row.id,
+            "b_token": delivery.row.attempts,
             "b_phone": delivery.phone,
             "b_now": now,
             "b_body": delivery.body,
@@ -1582,13 +1594,13 @@ class _Claimer:
         if not self.postgres:
             self._connection.commit()
 
-    def held(self, reminder_id: int) -> bool:
-        """Whether the job still holds the reminder (not cancelled meanwhile)."""
+    def held(self, row: _Row) -> bool:
+        """Whether the job still holds the reminder (not cancelled or claimed again meanwhile)."""
         assert self._connection is not None
-        status = self._connection.execute(_HELD, {"b_reminder_id": reminder_id}).scalar()
+        found = self._connection.execute(_HELD, {"b_reminder_id": row.id}).first()
         if not self.postgres:
             self._connection.commit()
-        return status == ReminderStatus.SENDING
+        return found is not None and tuple(found) == (ReminderStatus.SENDING, row.attempts)
 
 
 def _deliver(
@@ -1688,7 +1700,7 @@ class _Lane:
                     turn_id = claimer.claim(delivery, now, answer)
                     answer = None
                     if turn_id is None:
-                        if claimer.held(delivery.row.id):
+                        if claimer.held(delivery.row):
                             tally.blocked["opted_out"] += 1
                         else:
                             tally.canceled = True  # STOP or staff cancelled it meanwhile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -10,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 from flask import current_app
 from rq import SimpleWorker
-from sqlmodel import select
+from sqlmodel import Session, select
 
+import db
 from bot.sms import TwilioGateway
 from jobs import reminders
 from jobs.reminders import cancel_pending, dispatch_due, plan_all, plan_case
@@ -510,6 +512,81 @@ def test_a_send_job_run_twice_sends_nothing_twice(queued_app, session):
     assert (first.texts, second.texts, second.reminders) == (1, 0, 0)
     assert len(queued_app.extensions["sms"].sent) == 1
     assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+
+
+def test_a_slow_job_whose_rows_were_recovered_and_claimed_again_sends_nothing_more(
+    queued_app, session
+):
+    first = due_today_case(session)
+    second = due_today_case(session)  # the same number: the job's second text, in the same lane
+    dispatch_due()
+    (slow_job,) = queued_app.extensions["queues"]["sms"].get_jobs()
+    console = queued_app.extensions["sms"]
+    slow_text_started, new_job_sending, slow_job_done = (threading.Event() for _ in range(3))
+
+    class Twilio:
+        """Answers the slow job's first text only once a second job is sending its rows."""
+
+        name = "console"
+
+        def send(self, **text):
+            if threading.current_thread().name == "new":
+                new_job_sending.set()
+                slow_job_done.wait(5)  # the new job is mid-send while the slow one goes on
+            elif not slow_text_started.is_set():
+                slow_text_started.set()
+                new_job_sending.wait(5)
+            return console.send(**text)
+
+    queued_app.extensions["sms"] = Twilio()
+
+    def run(claims) -> None:
+        with queued_app.app_context():
+            reminders.send_reminders(claims=claims)
+
+    slow = threading.Thread(target=run, args=(slow_job.args[0],), name="slow")
+    slow.start()
+    assert slow_text_started.wait(5)
+    # The dispatcher takes the slow job for dead and hands its rows to a new job.
+    later = utcnow() + reminders.SENDING_TIMEOUT + timedelta(minutes=1)
+    assert dispatch_due(now=later).recovered == 2
+    replacement = queued_app.extensions["queues"]["sms"].get_jobs()[-1]
+    new = threading.Thread(target=run, args=(replacement.args[0],), name="new")
+    new.start()
+    slow.join(5)
+    slow_job_done.set()
+    new.join(5)
+
+    endings = Counter(message.body.split("case ending ")[1][:4] for message in console.sent)
+    assert endings == {first.case_number[-4:]: 1, second.case_number[-4:]: 1}
+
+
+def test_a_stop_being_saved_while_the_job_claims_the_text_stops_it(queued_app, session):
+    first = due_today_case(session)
+    second = due_today_case(session)  # the same number: the job's next text in the lane
+    dispatch_due()
+    (job,) = queued_app.extensions["queues"]["sms"].get_jobs()
+    console = queued_app.extensions["sms"]
+    stop = Session(db.engine(queued_app))
+
+    class Twilio:
+        """While the first text goes, a STOP's transaction cancels the second and commits late."""
+
+        name = "console"
+
+        def send(self, **text):
+            if not console.sent:
+                cancel_pending(session=stop, case_ids=[second.id], reason="opted_out")
+                stop.flush()
+                threading.Timer(0.3, stop.commit).start()
+            return console.send(**text)
+
+    queued_app.extensions["sms"] = Twilio()
+    reminders.send_reminders(claims=job.args[0])
+    stop.close()
+    (sent,) = console.sent
+    assert f"case ending {first.case_number[-4:]}" in sent.body
+    assert rows(session, second.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.CANCELED
 
 
 def test_two_dispatchers_at_once_claim_each_reminder_once(queued_app, session):
