@@ -8,9 +8,17 @@ Cycles: a due-cycle reminder's cycle is its due date (`2026-05-01`); an appointm
 `appt:<appointment id>`. When a due date moves, the cycle's unsent rows move with it.
 
 Paid this cycle: the cycle due on D starts at local midnight after D minus one calendar month
-(the previous due date). It counts as paid when nothing is owed (balance or amount due at 0),
-or when the payments that succeeded for the case, created since the cycle start, net of refunds,
-add up to the amount due (the amount PAY would quote: the smaller of amount due and balance).
+(the previous due date P) and the previous cycle likewise ends on P. Payments (those that
+succeeded, net of refunds, by when they were made) pay the oldest installment first: what the
+previous cycle's payments fell short of its installment is taken from this cycle's payments,
+and what they paid beyond it counts for this cycle. This cycle counts as paid when nothing is
+owed (balance or amount due at 0), or when what is left for it covers the amount due (the
+amount PAY would quote: the smaller of amount due and balance). So last month's installment
+paid two days late pays last month, and this month's reminders still go.
+The previous cycle is judged only if a phone on the case could pay by text through all of it
+(an active enrollment confirmed before it began): PayText cannot see an installment paid some
+other way before that, so until then every payment this cycle counts for this cycle. Cycles
+before the previous one are taken as settled.
 
 Never twice: dispatch claims rows atomically (status scheduled -> queued, `attempts` + 1, which
 is the claim's token); a job only works on rows whose status and token still match, moving them
@@ -376,15 +384,53 @@ def cycle_start(due_date: date, zone: ZoneInfo) -> datetime:
     return local_midnight(minus_one_month(due_date) + timedelta(days=1), zone)
 
 
+def previous_cycle_start(due_date: date, zone: ZoneInfo) -> datetime:
+    """Where the cycle before the one due on `due_date` begins."""
+    return cycle_start(minus_one_month(due_date), zone)
+
+
 def amount_owed(*, amount_due_cents: int, balance_cents: int) -> int:
     """What a reminder asks for, the same amount PAY quotes: the installment, capped by balance."""
     return max(0, min(amount_due_cents, balance_cents))
 
 
-def is_paid(*, amount_due_cents: int, balance_cents: int, paid_in_cycle_cents: int) -> bool:
-    """Paid this cycle: nothing is owed, or this cycle's payments cover the amount due."""
+def paid_toward_cycle(
+    *,
+    amount_due_cents: int,
+    balance_cents: int,
+    paid_in_cycle_cents: int,
+    paid_in_previous_cycle_cents: int | None,
+) -> int:
+    """What this cycle's payments leave for this cycle once the previous installment is paid.
+
+    None for the previous cycle means PayText could not see it: all of this cycle's payments
+    count for this cycle.
+    """
+    if paid_in_previous_cycle_cents is None:
+        return paid_in_cycle_cents
+    # The balance before either cycle's payments caps the previous installment, as it capped
+    # what PAY asked for then.
+    before = balance_cents + paid_in_cycle_cents + paid_in_previous_cycle_cents
+    previous = amount_owed(amount_due_cents=amount_due_cents, balance_cents=before)
+    return paid_in_previous_cycle_cents + paid_in_cycle_cents - previous
+
+
+def is_paid(
+    *,
+    amount_due_cents: int,
+    balance_cents: int,
+    paid_in_cycle_cents: int,
+    paid_in_previous_cycle_cents: int | None = None,
+) -> bool:
+    """Paid this cycle: nothing is owed, or what payments leave for this cycle covers it."""
     owed = amount_owed(amount_due_cents=amount_due_cents, balance_cents=balance_cents)
-    return owed <= 0 or paid_in_cycle_cents >= owed
+    left = paid_toward_cycle(
+        amount_due_cents=amount_due_cents,
+        balance_cents=balance_cents,
+        paid_in_cycle_cents=paid_in_cycle_cents,
+        paid_in_previous_cycle_cents=paid_in_previous_cycle_cents,
+    )
+    return owed <= 0 or left >= owed
 
 
 # --- texts (pure) ------------------------------------------------------------------------------
@@ -1119,6 +1165,7 @@ class _Context:
     blocked_phones: set[str]
     cards: dict[int, str]
     payments: dict[int, list[tuple[datetime, int]]]
+    texting_since: dict[int, datetime]
     appointments: dict[int, Any]
     turns: dict[tuple[int, str], Any]
 
@@ -1209,6 +1256,7 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         )
     }
     enrollments: dict[int, list[Any]] = defaultdict(list)
+    texting_since: dict[int, datetime] = {}
     opted_out: set[int] = set()
     for enrollment in session.execute(
         sa.select(
@@ -1217,12 +1265,16 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
             Enrollment.phone,
             Enrollment.language,
             Enrollment.status,
+            sa.func.coalesce(Enrollment.confirmed_at, Enrollment.created_at).label("since"),
         )
         .where(Enrollment.case_id.in_(case_ids))
         .order_by(Enrollment.id)
     ):
         if enrollment.status == EnrollmentStatus.ACTIVE:
             enrollments[enrollment.case_id].append(enrollment)
+            earlier = texting_since.get(enrollment.case_id)
+            if earlier is None or enrollment.since < earlier:
+                texting_since[enrollment.case_id] = enrollment.since
         elif enrollment.status == EnrollmentStatus.OPTED_OUT:
             opted_out.add(enrollment.case_id)
     phones = sorted({e.phone for found in enrollments.values() for e in found})
@@ -1243,7 +1295,7 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         cards[case_id] = last4  # the newest active card wins
     earliest = min(
         (
-            minus_one_month(case.next_due_date)
+            minus_one_month(minus_one_month(case.next_due_date))
             for case in cases.values()
             if case.next_due_date is not None
         ),
@@ -1251,7 +1303,8 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
     )
     payments: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
     if earliest is not None:
-        # A day's margin covers every zone; each case's own cycle start is applied later.
+        # The previous cycle's too. A day's margin covers every zone; each case's own cycle
+        # starts are applied later.
         since = datetime.combine(earliest - timedelta(days=1), time(0), tzinfo=UTC)
         for case_id, created_at, net in session.execute(
             sa.select(
@@ -1294,7 +1347,16 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         )
     }
     return _Context(
-        rows, cases, enrollments, opted_out, blocked_phones, cards, payments, appointments, turns
+        rows,
+        cases,
+        enrollments,
+        opted_out,
+        blocked_phones,
+        cards,
+        payments,
+        texting_since,
+        appointments,
+        turns,
     )
 
 
@@ -1341,11 +1403,16 @@ def _judge(
         if now >= stale:
             return _Final(ReminderStatus.SKIPPED, "too_late")
         start = cycle_start(due, reach.zone)
-        paid = sum(net for at, net in context.payments.get(row.case_id, []) if at >= start)
+        before = previous_cycle_start(due, reach.zone)
+        payments = context.payments.get(row.case_id, [])
+        paid_before = None
+        if context.texting_since[row.case_id] < before:
+            paid_before = sum(net for at, net in payments if before <= at < start)
         if is_paid(
             amount_due_cents=case.amount_due_cents,
             balance_cents=case.balance_cents,
-            paid_in_cycle_cents=paid,
+            paid_in_cycle_cents=sum(net for at, net in payments if at >= start),
+            paid_in_previous_cycle_cents=paid_before,
         ):
             return _Final(ReminderStatus.SKIPPED, "paid")
         amount = amount_owed(

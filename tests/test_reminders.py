@@ -364,6 +364,42 @@ def test_a_payment_for_the_previous_cycle_does_not_count_as_paid(ctx, session, s
     assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
 
 
+def texting_for_months(session, **fields):
+    """A case due today (13:00 local) whose payer has paid by text for months."""
+    zone = zone_at(13)
+    case = make_case(session, timezone=zone, next_due_date=local_today(zone), **fields)
+    make_enrollment(session, case, PHONE, confirmed_at=utcnow() - timedelta(days=120))
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    return case
+
+
+def local_noon(day: date, case) -> datetime:
+    return datetime.combine(day, time(12), tzinfo=ZoneInfo(case.timezone))
+
+
+def test_last_months_installment_paid_late_does_not_silence_this_months_reminder(ctx, session, sms):
+    case = texting_for_months(session, balance_cents=75_000)
+    last_due = reminders.minus_one_month(case.next_due_date)
+    pay(session, case, 25_000, at=local_noon(last_due + timedelta(days=2), case))
+    dispatch_due()
+    reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (reminder.status, reminder.reason) == (ReminderStatus.SENT, None)
+    assert [message.to for message in sms] == [PHONE]
+
+
+def test_last_months_installment_paid_on_time_leaves_this_months_payment_to_this_month(
+    ctx, session, sms
+):
+    case = texting_for_months(session, balance_cents=50_000)
+    last_due = reminders.minus_one_month(case.next_due_date)
+    pay(session, case, 25_000, at=local_noon(last_due - timedelta(days=1), case))
+    pay(session, case, 25_000, at=utcnow() - timedelta(hours=2))
+    dispatch_due()
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].reason == "paid"
+    assert list(sms) == []
+
+
 def test_a_partial_payment_does_not_count_as_paid(ctx, session, sms):
     case = due_today_case(session)
     pay(session, case, 10_000, at=utcnow() - timedelta(hours=2))

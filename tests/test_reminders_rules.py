@@ -25,8 +25,10 @@ from jobs.reminders import (
     expires_at,
     is_paid,
     minus_one_month,
+    paid_toward_cycle,
     phone_reach,
     plan_reminders,
+    previous_cycle_start,
     reminder_text,
     retry_delay,
 )
@@ -140,6 +142,54 @@ def test_paid_means_nothing_owed_or_this_cycles_payments_cover_the_installment()
     # Owing less than the installment, paying that balance is enough.
     assert is_paid(amount_due_cents=25_000, balance_cents=5_000, paid_in_cycle_cents=5_000)
     assert amount_owed(amount_due_cents=25_000, balance_cents=5_000) == 5_000
+
+
+def paid(this: int, previous: int | None, *, balance: int = 75_000) -> bool:
+    """Paid this cycle, for a $250.00 installment."""
+    return is_paid(
+        amount_due_cents=25_000,
+        balance_cents=balance,
+        paid_in_cycle_cents=this,
+        paid_in_previous_cycle_cents=previous,
+    )
+
+
+def test_last_cycles_installment_paid_late_pays_last_cycle_not_this_one():
+    assert not paid(25_000, 0)
+    left = paid_toward_cycle(
+        amount_due_cents=25_000,
+        balance_cents=75_000,
+        paid_in_cycle_cents=25_000,
+        paid_in_previous_cycle_cents=0,
+    )
+    assert left == 0
+    assert paid(50_000, 0)  # last month's and this month's
+
+
+def test_what_last_cycle_paid_short_or_over_moves_to_this_cycle():
+    assert paid(25_000, 25_000)
+    assert not paid(25_000, 10_000)  # $150.00 of this cycle's payment made up last cycle's
+    assert paid(40_000, 10_000)
+    assert paid(0, 50_000)  # two installments at once last cycle
+    assert not paid(0, 45_000)
+
+
+def test_a_previous_cycle_paytext_could_not_see_leaves_every_payment_to_this_cycle():
+    assert paid(25_000, None)
+    assert not paid(10_000, None)
+
+
+def test_the_previous_installment_is_capped_by_the_balance_as_this_ones_is():
+    # $300.00 left two cycles ago: $250.00 then, $50.00 now.
+    assert paid(5_000, 25_000, balance=0)
+    assert not paid(0, 25_000, balance=5_000)
+    # $100.00 left a cycle ago, paid late this cycle: nothing is owed now.
+    assert paid(10_000, 0, balance=0)
+
+
+def test_the_previous_cycle_starts_the_day_after_the_due_date_before_it():
+    assert previous_cycle_start(date(2026, 12, 1), NY) == datetime(2026, 10, 2, tzinfo=NY)
+    assert previous_cycle_start(date(2026, 3, 31), NY) == datetime(2026, 1, 29, tzinfo=NY)
 
 
 def test_transient_failures_back_off_up_to_an_hour():
