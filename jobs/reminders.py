@@ -173,13 +173,36 @@ def current_policy() -> ReminderPolicy:
 
 @dataclass(frozen=True)
 class Reach:
-    """The clock and window a text to one payer is judged by."""
+    """The clock and window a text to one payer is judged by.
+
+    `zone` is the clock dates and times are written in; `others` are further zones the payer
+    may be in (a number whose area code spans several, on a case with no zone of its own).
+    A text goes only while the window is open by every one of those clocks.
+    """
 
     zone: ZoneInfo
     window: Window
+    others: tuple[ZoneInfo, ...] = ()
+
+    def allows(self, at: datetime) -> bool:
+        """Whether a text may go out at `at`."""
+        if not self.others:
+            return schedule.is_allowed(at, tz=self.zone, window=self.window)
+        return schedule.is_allowed_everywhere(at, zones=self.zones, window=self.window)
+
+    def next_allowed(self, at: datetime) -> datetime:
+        """`at` itself if a text may go out then, else the next moment one may."""
+        if not self.others:
+            return schedule.next_allowed(at, tz=self.zone, window=self.window)
+        return schedule.next_allowed_everywhere(at, zones=self.zones, window=self.window)
+
+    @property
+    def zones(self) -> tuple[ZoneInfo, ...]:
+        """Every zone the payer may be in."""
+        return (self.zone, *self.others)
 
 
-_ZONES: dict[tuple[str, str, str], ZoneInfo] = {}
+_ZONES: dict[tuple[str, str, str], tuple[ZoneInfo, ...]] = {}
 _STATES: dict[str, str | None] = {}
 
 
@@ -190,16 +213,16 @@ def _prefix(phone: str) -> str:
     return phone[:8] if phone.startswith("+1") and len(phone) == 12 else phone
 
 
-def _zone_for(case_tz: str | None, phone: str | None, default: str) -> ZoneInfo:
+def _zones_for(case_tz: str | None, phone: str | None, default: str) -> tuple[ZoneInfo, ...]:
     key = (case_tz or "", default, _prefix(phone or ""))
-    zone = _ZONES.get(key)
-    if zone is None:
+    zones = _ZONES.get(key)
+    if zones is None:
         if len(_ZONES) > 100_000:
             _ZONES.clear()
-        zone = _ZONES[key] = schedule.resolve_timezone(
+        zones = _ZONES[key] = schedule.resolve_timezones(
             case_tz=case_tz, phone=phone, default=default
         )
-    return zone
+    return zones
 
 
 def _state_for(phone: str) -> str | None:
@@ -212,17 +235,16 @@ def _state_for(phone: str) -> str | None:
 
 
 def phone_reach(*, case_tz: str | None, phone: str, policy: ReminderPolicy) -> Reach:
-    """One phone's clock (the case's zone, else the number's, else the default) and window."""
-    return Reach(
-        _zone_for(case_tz, phone, policy.default_tz), policy.quiet.window_for(_state_for(phone))
-    )
+    """One phone's clocks (the case's zone, else the number's, else the default) and window."""
+    zone, *others = _zones_for(case_tz, phone, policy.default_tz)
+    return Reach(zone, policy.quiet.window_for(_state_for(phone)), tuple(others))
 
 
 def case_reach(*, case_tz: str | None, phones: Sequence[str], policy: ReminderPolicy) -> Reach:
-    """The clock of a case's first phone and the window every one of its phones allows."""
-    zone = _zone_for(case_tz, phones[0] if phones else None, policy.default_tz)
+    """The clocks of a case's first phone and the window every one of its phones allows."""
+    zone, *others = _zones_for(case_tz, phones[0] if phones else None, policy.default_tz)
     windows = [policy.quiet.window_for(_state_for(phone)) for phone in phones]
-    return Reach(zone, common_window(windows) if windows else policy.quiet.default)
+    return Reach(zone, common_window(windows) if windows else policy.quiet.default, tuple(others))
 
 
 def common_window(windows: Sequence[Window]) -> Window:
@@ -298,19 +320,19 @@ def plan_reminders(
     planned: list[Planned] = []
     if due_date is not None:
         offsets = {schedule.ReminderKind(str(kind)): days for kind, days in policy.offsets.items()}
-        times = _cycle_times(
-            due_date,
-            reach.zone,
-            reach.window,
-            tuple(sorted(offsets.items())),
-            clamp_send_time(policy.send_time, reach.window),
-        )
-        for kind, send_at in times:
+        by_offset = tuple(sorted(offsets.items()))
+        send_time = clamp_send_time(policy.send_time, reach.window)
+        # The send times by each clock the payer may keep, in the reach's order.
+        by_zone = [
+            _cycle_times(due_date, zone, reach.window, by_offset, send_time) for zone in reach.zones
+        ]
+        for kind_times in zip(*by_zone, strict=True):
+            kind = kind_times[0][0]
             planned.append(
                 Planned(
                     kind=kind,
                     cycle=due_date.isoformat(),
-                    send_at=send_at,
+                    send_at=first_allowed(reach, [at for _, at in kind_times]),
                     expires_at=expires_at(
                         kind,
                         zone=reach.zone,
@@ -320,7 +342,7 @@ def plan_reminders(
                 )
             )
     for appointment_id, starts_at in appointments:
-        send_at = schedule.appointment_send_time(starts_at, tz=reach.zone, window=reach.window)
+        send_at = appointment_send_at(starts_at, reach)
         planned.append(
             Planned(
                 kind=ReminderKind.APPOINTMENT,
@@ -331,6 +353,30 @@ def plan_reminders(
             )
         )
     return planned
+
+
+def appointment_send_at(starts_at: datetime, reach: Reach) -> datetime:
+    """When to remind of an appointment: a day before, out of quiet hours by every clock."""
+    return first_allowed(
+        reach,
+        [
+            schedule.appointment_send_time(starts_at, tz=zone, window=reach.window)
+            for zone in reach.zones
+        ],
+    )
+
+
+def first_allowed(reach: Reach, times: Sequence[datetime]) -> datetime:
+    """Of a send time worked out by each of the reach's clocks, the first every clock allows.
+
+    With none allowed, the next allowed moment after the first. A payer in Mountain or Central
+    time with a 20:30 send time gets 20:30 Central (19:30 Mountain) on the day, since 20:30
+    Mountain is 21:30 Central, rather than the next morning, a day late.
+    """
+    if not reach.others:
+        return times[0]
+    allowed = [at for at in times if reach.allows(at)]
+    return allowed[0] if allowed else reach.next_allowed(times[0])
 
 
 _CYCLE_CACHE: dict[tuple, tuple[tuple[ReminderKind, datetime], ...]] = {}
@@ -364,7 +410,7 @@ def effective_send_at(planned: Planned, *, now: datetime, reach: Reach) -> datet
     """
     at = planned.send_at
     if at < now:
-        at = schedule.next_allowed(now, tz=reach.zone, window=reach.window)
+        at = reach.next_allowed(now)
     return at if at < planned.expires_at else None
 
 
@@ -1002,8 +1048,8 @@ def _check_claimed(
             continue
         # Judged by the case's clock and its phones' common window; the job checks each phone.
         reach = case_reach(case_tz=zones.get(case_id), phones=phones[case_id], policy=policy)
-        if not schedule.is_allowed(now, tz=reach.zone, window=reach.window):
-            later = schedule.next_allowed(now, tz=reach.zone, window=reach.window)
+        if not reach.allows(now):
+            later = reach.next_allowed(now)
             changes.append(
                 {
                     **change,
@@ -1380,9 +1426,7 @@ def _judge(
             return _Final(ReminderStatus.SKIPPED, "appointment_canceled")
         if appointment.starts_at <= now:
             return _Final(ReminderStatus.SKIPPED, "too_late")
-        nominal = schedule.appointment_send_time(
-            appointment.starts_at, tz=reach.zone, window=reach.window
-        )
+        nominal = appointment_send_at(appointment.starts_at, reach)
         if nominal > now + timedelta(minutes=5):
             # The appointment moved later since the row was planned: plan it again.
             return _replan_now(session, row, now)
@@ -1758,10 +1802,8 @@ class _Lane:
                     pacer.wait()
                     now = self.clock()
                     reach = delivery.reach
-                    if not schedule.is_allowed(now, tz=reach.zone, window=reach.window):
-                        tally.deferred_until.append(
-                            schedule.next_allowed(now, tz=reach.zone, window=reach.window)
-                        )
+                    if not reach.allows(now):
+                        tally.deferred_until.append(reach.next_allowed(now))
                         continue
                     # The claim (with the previous answer) is on disk before Twilio is called.
                     turn_id = claimer.claim(delivery, now, answer)
@@ -1820,9 +1862,7 @@ class _Lane:
         if result.retryable:
             tally.retry_codes.append(str(result.error_code or "network"))
             retry_at = now + retry_delay(delivery.row.attempts)
-            tally.retry_at.append(
-                schedule.next_allowed(retry_at, tz=reach.zone, window=reach.window)
-            )
+            tally.retry_at.append(reach.next_allowed(retry_at))
             if result.error_code == 20429:
                 pacer.pause(1.0)  # Twilio says slow down: every worker waits a second
             return

@@ -217,22 +217,35 @@ def _zone(name: str | None) -> ZoneInfo | None:
         return None
 
 
-def _zone_name_for_phone(phone: str | None) -> str | None:
+def _zone_names_for_phone(phone: str | None) -> tuple[str, ...]:
     number = _parse(phone)
     # Toll-free and other non-geographic numbers map to every zone in North America.
     if number is None or not phonenumbers.is_number_geographical(number):
-        return None
+        return ()
     zones = phone_timezone.time_zones_for_number(number)
-    known = [zone for zone in zones if zone != phone_timezone.UNKNOWN_TIMEZONE]
-    return known[0] if known else None
+    return tuple(zone for zone in zones if zone != phone_timezone.UNKNOWN_TIMEZONE)
+
+
+def resolve_timezones(
+    *, case_tz: str | None, phone: str | None, default: str = DEFAULT_TIMEZONE
+) -> tuple[ZoneInfo, ...]:
+    """Every zone the payer may be in: the case's if valid, else all the number's, else `default`.
+
+    An area code can span zones (605: Sioux Falls is Central, Rapid City Mountain), and the
+    number alone cannot say which side the payer lives on; quiet hours then hold in all of them.
+    """
+    zone = _zone(case_tz)
+    if zone is not None:
+        return (zone,)
+    zones = tuple(found for name in _zone_names_for_phone(phone) if (found := _zone(name)))
+    return zones or (ZoneInfo(default),)
 
 
 def resolve_timezone(
     *, case_tz: str | None, phone: str | None, default: str = DEFAULT_TIMEZONE
 ) -> ZoneInfo:
     """The case's zone if valid, else the phone number's first zone, else `default`."""
-    zone = _zone(case_tz) or _zone(_zone_name_for_phone(phone))
-    return zone or ZoneInfo(default)
+    return resolve_timezones(case_tz=case_tz, phone=phone, default=default)[0]
 
 
 # --- instants and wall clocks ------------------------------------------------------------------
@@ -331,6 +344,24 @@ def is_allowed(at: datetime, *, tz: ZoneInfo, window: Window) -> bool:
 def next_allowed(at: datetime, *, tz: ZoneInfo, window: Window) -> datetime:
     """`at` itself if a text may go out then, else the next moment one may."""
     return _next_inside(at, tz, lambda _day: (window,))
+
+
+def is_allowed_everywhere(at: datetime, *, zones: Sequence[ZoneInfo], window: Window) -> bool:
+    """Whether a text may go out at `at` by the clock of every zone the payer may be in."""
+    return all(is_allowed(at, tz=zone, window=window) for zone in zones)
+
+
+def next_allowed_everywhere(at: datetime, *, zones: Sequence[ZoneInfo], window: Window) -> datetime:
+    """`at` itself if every zone's window is open then, else the next moment all of them are."""
+    moment = _aware_utc(at)
+    horizon = moment + timedelta(days=14)
+    while moment < horizon:
+        # Each step waits for the zone whose window opens last; one open in all ends it.
+        later = max(next_allowed(moment, tz=zone, window=window) for zone in zones)
+        if later == moment:
+            return moment
+        moment = later
+    raise ValueError(f"the window {window} is never open in all of {zones} at once")
 
 
 def due_cycle_send_times(

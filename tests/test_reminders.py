@@ -493,6 +493,33 @@ def test_each_phone_is_held_to_its_own_window_while_the_batch_runs(config, sessi
         assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
 
 
+def test_a_number_whose_area_code_spans_two_zones_is_not_texted_after_nine_in_either(
+    queued_app, session
+):
+    case = make_case(session, timezone=None, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, case, "+16055550100")  # 605: Sioux Falls Central, Rapid City Mountain
+    plan_case(session=session, case_id=case.id, now=datetime(2030, 6, 1, tzinfo=UTC))
+    session.commit()
+    chicago, denver = ZoneInfo("America/Chicago"), ZoneInfo("America/Denver")
+    half_past_nine_central = datetime(2030, 6, 14, 21, 30, tzinfo=chicago)  # 20:30 in Denver
+    summary = dispatch_due(now=half_past_nine_central)
+    assert (summary.enqueued, summary.deferred) == (0, 2)
+    waiting = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (waiting.status, waiting.reason) == (ReminderStatus.DEFERRED, "quiet_hours")
+    assert waiting.send_at == datetime(2030, 6, 15, 8, tzinfo=denver)  # 09:00 Central
+
+    # A job that was dispatched in time but runs late holds back the same way.
+    other = make_case(session, timezone=None, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, other, "+16055550111")
+    plan_case(session=session, case_id=other.id, now=datetime(2030, 6, 14, 12, tzinfo=UTC))
+    session.commit()
+    assert dispatch_due(now=datetime(2030, 6, 14, 20, 50, tzinfo=chicago)).enqueued == 1
+    job = queued_app.extensions["queues"]["sms"].get_jobs()[-1]
+    reminders.send_reminders(claims=job.args[0], clock=lambda: half_past_nine_central)
+    assert list(queued_app.extensions["sms"].sent) == []
+    assert rows(session, other.id)[ReminderKind.DUE_TODAY].reason == "quiet_hours"
+
+
 # --- STOP, twice, and concurrency --------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -97,6 +98,45 @@ def test_a_case_zone_wins_over_the_phone_and_the_phone_gives_the_state():
     assert nowhere.zone.key == POLICY.default_tz
     both = case_reach(case_tz=None, phones=["+16175550100", "+13055550100"], policy=POLICY)
     assert (both.zone.key, both.window) == ("America/New_York", FLORIDA)
+
+
+DENVER = ZoneInfo("America/Denver")
+CENTRAL = ZoneInfo("America/North_Dakota/Center")
+SIOUX_FALLS = "+16055550100"  # the 605 area code spans Central and Mountain time
+
+
+def test_a_number_spanning_two_zones_is_judged_by_both_unless_the_case_has_a_zone():
+    either = phone_reach(case_tz=None, phone=SIOUX_FALLS, policy=POLICY)
+    assert (either.zone, either.others) == (DENVER, (CENTRAL,))
+    assert case_reach(case_tz=None, phones=[SIOUX_FALLS], policy=POLICY) == either
+    known = phone_reach(case_tz="America/Chicago", phone=SIOUX_FALLS, policy=POLICY)
+    assert (known.zone.key, known.others) == ("America/Chicago", ())
+    half_past_eight_mountain = datetime(2030, 6, 14, 20, 30, tzinfo=DENVER)  # 21:30 Central
+    assert not either.allows(half_past_eight_mountain)
+    assert either.next_allowed(half_past_eight_mountain) == datetime(2030, 6, 15, 8, tzinfo=DENVER)
+
+
+def test_a_send_time_late_in_the_day_goes_by_the_zone_where_it_is_still_allowed():
+    evening = replace(POLICY, send_time=time(20, 30))
+    either = Reach(DENVER, DEFAULT, (CENTRAL,))
+    plans = plan_reminders(
+        due_date=date(2030, 6, 14), appointments=(), reach=either, policy=evening
+    )
+    due_today = next(p for p in plans if p.kind == ReminderKind.DUE_TODAY)
+    assert due_today.send_at == datetime(2030, 6, 14, 20, 30, tzinfo=CENTRAL)  # 19:30 Mountain
+    morning = replace(POLICY, send_time=time(8, 15))
+    plans = plan_reminders(
+        due_date=date(2030, 6, 14), appointments=(), reach=either, policy=morning
+    )
+    due_today = next(p for p in plans if p.kind == ReminderKind.DUE_TODAY)
+    assert due_today.send_at == datetime(2030, 6, 14, 8, 15, tzinfo=DENVER)  # 09:15 Central
+
+
+def test_an_appointment_reminder_for_a_payer_in_either_zone_waits_for_both_windows():
+    either = Reach(DENVER, DEFAULT, (CENTRAL,))
+    starts = datetime(2030, 6, 15, 7, 30, tzinfo=DENVER)  # a day before: 08:30 Central only
+    (plan,) = plan_reminders(due_date=None, appointments=[(7, starts)], reach=either, policy=POLICY)
+    assert plan.send_at == datetime(2030, 6, 14, 8, tzinfo=DENVER)
 
 
 def test_a_missed_send_time_becomes_the_next_allowed_moment_unless_too_late():

@@ -19,8 +19,10 @@ from jobs.schedule import (
     appointment_send_time,
     due_cycle_send_times,
     is_allowed,
+    is_allowed_everywhere,
     is_open,
     next_allowed,
+    next_allowed_everywhere,
     next_opening,
     parse_business_hours,
     parse_clock,
@@ -29,10 +31,14 @@ from jobs.schedule import (
     parse_windows,
     resolve_state,
     resolve_timezone,
+    resolve_timezones,
     state_for_phone,
 )
 
 BOSTON = ZoneInfo("America/New_York")
+CHICAGO = ZoneInfo("America/Chicago")
+DENVER = ZoneInfo("America/Denver")
+CENTRAL_ND = ZoneInfo("America/North_Dakota/Center")
 LOS_ANGELES = ZoneInfo("America/Los_Angeles")
 HONOLULU = ZoneInfo("Pacific/Honolulu")
 PHOENIX = ZoneInfo("America/Phoenix")
@@ -44,6 +50,7 @@ MIAMI_PHONE = "+13055551234"
 TULSA_PHONE = "+19185551234"
 SAN_JUAN_PHONE = "+17875551234"
 TOLL_FREE = "+18005551234"
+SIOUX_FALLS_PHONE = "+16055551234"  # South Dakota's one area code spans Central and Mountain
 JAMAICA_MOBILE = "+18765551234"  # phonenumbers maps it to every North American zone
 
 
@@ -334,6 +341,70 @@ def test_a_misconfigured_default_zone_fails_loudly():
         resolve_timezone(case_tz=None, phone=None, default="Eastern")
 
 
+def test_a_number_whose_area_code_spans_zones_may_be_in_any_of_them():
+    assert resolve_timezones(case_tz=None, phone=SIOUX_FALLS_PHONE) == (DENVER, CENTRAL_ND)
+    assert resolve_timezones(case_tz="America/Chicago", phone=SIOUX_FALLS_PHONE) == (CHICAGO,)
+    assert resolve_timezones(case_tz=None, phone=BOSTON_PHONE) == (BOSTON,)
+    assert resolve_timezones(case_tz=None, phone=TOLL_FREE) == (BOSTON,)
+
+
+# --- quiet hours in several zones at once ------------------------------------------------------
+
+
+def test_a_payer_who_may_be_in_either_zone_is_texted_only_while_both_windows_are_open():
+    zones = (DENVER, CENTRAL_ND)
+    half_past_eight_mountain = datetime(2030, 6, 14, 20, 30, tzinfo=DENVER)  # 21:30 Central
+    assert not is_allowed_everywhere(half_past_eight_mountain, zones=zones, window=DEFAULT_WINDOW)
+    later = next_allowed_everywhere(half_past_eight_mountain, zones=zones, window=DEFAULT_WINDOW)
+    assert later == datetime(2030, 6, 15, 8, tzinfo=DENVER)  # 09:00 Central
+    assert is_allowed_everywhere(later, zones=zones, window=DEFAULT_WINDOW)
+    eight_central = datetime(2030, 6, 15, 8, tzinfo=CHICAGO)  # 07:00 Mountain: too early there
+    assert next_allowed_everywhere(eight_central, zones=zones, window=DEFAULT_WINDOW) == later
+
+
+def test_one_zone_gives_the_same_answers_as_the_single_zone_rules():
+    for hour in range(24):
+        at = utc(2030, 3, 10, hour)
+        assert is_allowed_everywhere(at, zones=(DENVER,), window=DEFAULT_WINDOW) == is_allowed(
+            at, tz=DENVER, window=DEFAULT_WINDOW
+        )
+        assert next_allowed_everywhere(at, zones=(DENVER,), window=DEFAULT_WINDOW) == next_allowed(
+            at, tz=DENVER, window=DEFAULT_WINDOW
+        )
+
+
+def test_zones_that_change_clocks_differently_narrow_the_window_only_in_summer():
+    zones = (DENVER, PHOENIX)  # Arizona keeps standard time all year
+    july_evening = datetime(2030, 7, 1, 20, 30, tzinfo=PHOENIX)  # 21:30 in Denver
+    january_evening = datetime(2030, 1, 7, 20, 30, tzinfo=PHOENIX)  # 20:30 in Denver too
+    assert not is_allowed_everywhere(july_evening, zones=zones, window=DEFAULT_WINDOW)
+    assert is_allowed_everywhere(january_evening, zones=zones, window=DEFAULT_WINDOW)
+    july_morning = datetime(2030, 7, 2, 7, 30, tzinfo=PHOENIX)  # 08:30 in Denver
+    assert next_allowed_everywhere(july_morning, zones=zones, window=DEFAULT_WINDOW) == datetime(
+        2030, 7, 2, 8, tzinfo=PHOENIX
+    )
+
+
+@pytest.mark.parametrize(
+    ("at", "opens"),
+    [
+        # The evening before spring forward (21:00 CST) waits for 08:00 MDT, 09:00 CDT.
+        (utc(2030, 3, 10, 3), utc(2030, 3, 10, 14)),
+        # The evening before fall back (21:00 CDT) waits for 08:00 MST, 09:00 CST.
+        (utc(2030, 11, 3, 2), utc(2030, 11, 3, 15)),
+    ],
+)
+def test_two_zones_over_a_clock_change_open_when_the_later_one_does(at, opens):
+    zones = (CENTRAL_ND, DENVER)
+    assert next_allowed_everywhere(at, zones=zones, window=DEFAULT_WINDOW) == opens
+
+
+def test_zones_whose_windows_never_meet_fail_loudly():
+    hour = Window(time(8), time(9))
+    with pytest.raises(ValueError, match="never open"):
+        next_allowed_everywhere(utc(2030, 6, 1), zones=(BOSTON, HONOLULU), window=hour)
+
+
 @pytest.mark.parametrize(
     "phone, state",
     [
@@ -614,6 +685,45 @@ def test_next_allowed_is_the_first_allowed_moment_at_or_after_the_input(data, tz
         probe = min(at + (sent - at) * fraction, sent - timedelta(microseconds=1))
         assert not is_allowed(max(at, probe), tz=tz, window=window)
         assert not is_allowed(max(at, sent - timedelta(seconds=1)), tz=tz, window=window)
+
+
+neighbouring_zones = st.lists(
+    st.sampled_from(
+        [
+            "America/St_Johns",
+            "America/New_York",
+            "America/Chicago",
+            "America/Denver",
+            "America/Phoenix",
+            "America/Los_Angeles",
+            "America/Anchorage",
+            "America/Adak",
+        ]
+    ).map(ZoneInfo),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
+# Long enough to overlap across the five hours between Newfoundland and the Aleutians.
+long_windows = windows.filter(lambda window: length(window) >= timedelta(hours=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), zones=neighbouring_zones, window=long_windows, fraction=st.floats(0, 1))
+def test_next_allowed_everywhere_is_the_first_moment_every_zone_allows(
+    data, zones, window, fraction
+):
+    at = data.draw(instants_in(zones[0]))
+    sent = next_allowed_everywhere(at, zones=zones, window=window)
+    assert sent >= at
+    assert all(is_allowed(sent, tz=zone, window=window) for zone in zones)
+    assert sent - at <= timedelta(days=1, hours=1)
+    if sent > at:
+        probe = min(at + (sent - at) * fraction, sent - timedelta(microseconds=1))
+        assert not is_allowed_everywhere(max(at, probe), zones=zones, window=window)
+        assert not is_allowed_everywhere(
+            max(at, sent - timedelta(seconds=1)), zones=zones, window=window
+        )
 
 
 offsets_settings = st.dictionaries(
