@@ -59,7 +59,11 @@ BUSINESS_HOURS = "Mon-Fri 08:30-16:30"
 """When staff answer AGENT requests, in each payer's local time."""
 
 DEFAULT_TIMEZONE = "America/New_York"
-"""Payers' time zone when neither the case nor the phone number tells us one; also the admin's."""
+"""Payers' time zone when neither the case nor the phone number tells us one.
+
+Also the staff pages' zone for agency-wide figures (the dashboard's days, sign-in locks) and for
+a case page whose case names no valid zone; a case page otherwise shows the case's own zone.
+"""
 
 QUIET_HOURS = "08:00-21:00"
 """The local window in which texts may be sent."""

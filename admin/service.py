@@ -191,6 +191,17 @@ class CaseDetail:
         return [h for h in self.handoffs if h.status == HandoffStatus.WAITING]
 
 
+def case_zone(case: Case, default: str) -> str:
+    """The zone a case's times are shown and entered in: its own, else the agency's.
+
+    Payers read times in their local zone, so staff quoting a time from the case page must see
+    the same clock; a mistyped zone on the case falls back rather than breaking the page.
+    """
+    from jobs.schedule import resolve_timezone
+
+    return resolve_timezone(case_tz=case.timezone, phone=None, default=default).key
+
+
 def case_detail(*, session: Session, case_id: int) -> CaseDetail | None:
     """Everything the case page shows, newest turns last."""
     case = session.get(Case, case_id)

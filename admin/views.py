@@ -36,7 +36,7 @@ from admin.auth import (
 from admin.service import AdminError
 from admin.users import UserError, create_user
 from db import get_session
-from models import AppointmentKind, EnrollmentStatus, Role, utcnow
+from models import AppointmentKind, Case, EnrollmentStatus, Role, utcnow
 from money import format_cents
 from phones import format_phone
 
@@ -58,17 +58,25 @@ def _zone() -> str:
     return current_app.config["DEFAULT_TIMEZONE"]
 
 
-def local(moment: datetime | None, fmt: str = "%b %-d, %Y %-I:%M %p %Z") -> str:
-    """A UTC instant shown in the agency's time zone."""
+def local(
+    moment: datetime | None, fmt: str = "%b %-d, %Y %-I:%M %p %Z", *, zone: str | None = None
+) -> str:
+    """A UTC instant shown in `zone` (a case's), else in the agency's time zone."""
     if moment is None:
         return ""
-    return moment.astimezone(ZoneInfo(_zone())).strftime(fmt)
+    return moment.astimezone(ZoneInfo(zone or _zone())).strftime(fmt)
+
+
+def case_zone(case: Case) -> str:
+    """The zone a case's times are shown and entered in (its own, else the agency's)."""
+    return service.case_zone(case, _zone())
 
 
 @bp.context_processor
 def _layout() -> dict:
     extra = {
         "local": local,
+        "case_zone": case_zone,
         "money": format_cents,
         "phone": format_phone,
         "agency_zone": _zone(),
@@ -326,7 +334,7 @@ def export_case(case_id: int):
     detail = service.case_detail(session=get_session(), case_id=case_id)
     if detail is None:
         abort(404)
-    rows = service.export_rows(session=get_session(), case_id=case_id, zone=_zone())
+    rows = service.export_rows(session=get_session(), case_id=case_id, zone=case_zone(detail.case))
     filename = f"case-{detail.case.case_number}-conversation.csv"
     return Response(
         stream_with_context(service.csv_text(rows)),
@@ -411,13 +419,14 @@ def add_appointment(case_id: int):
     if not form.validate_on_submit():
         return _render_case(case_id, 400, appointment_form=form)
     session = get_session()
-    if service.case_detail(session=session, case_id=case_id) is None:
+    case = session.get(Case, case_id)
+    if case is None:
         abort(404)
     try:
         service.add_appointment(
             session=session,
             case_id=case_id,
-            starts_at=service.local_to_utc(form.day.data, form.time.data, _zone()),
+            starts_at=service.local_to_utc(form.day.data, form.time.data, case_zone(case)),
             kind=AppointmentKind(form.kind.data),
             location=form.location.data,
             video_link=form.video_link.data,
@@ -431,19 +440,21 @@ def add_appointment(case_id: int):
     return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
 
 
-def _appointment_case(appointment_id: int) -> int:
+def _appointment_case(appointment_id: int) -> Case:
     from models import Appointment
 
-    appointment = get_session().get(Appointment, appointment_id)
+    session = get_session()
+    appointment = session.get(Appointment, appointment_id)
     if appointment is None:
         abort(404)
-    return appointment.case_id
+    return session.get(Case, appointment.case_id)
 
 
 @bp.post("/appointments/<int:appointment_id>/move")
 def move_appointment(appointment_id: int):
     """Move an appointment; its reminders are re-planned."""
-    case_id = _appointment_case(appointment_id)
+    case = _appointment_case(appointment_id)
+    case_id = case.id
     form = forms.MoveAppointmentForm(prefix=f"move{appointment_id}")
     if not form.validate_on_submit():
         return _render_case(case_id, 400, move_forms={appointment_id: form})
@@ -452,7 +463,7 @@ def move_appointment(appointment_id: int):
         service.move_appointment(
             session=session,
             appointment_id=appointment_id,
-            starts_at=service.local_to_utc(form.day.data, form.time.data, _zone()),
+            starts_at=service.local_to_utc(form.day.data, form.time.data, case_zone(case)),
         )
     except AdminError as exc:
         session.rollback()
@@ -466,7 +477,7 @@ def move_appointment(appointment_id: int):
 @bp.post("/appointments/<int:appointment_id>/cancel")
 def cancel_appointment(appointment_id: int):
     """Cancel an appointment; its reminders are dropped."""
-    case_id = _appointment_case(appointment_id)
+    case_id = _appointment_case(appointment_id).id
     if not forms.ButtonForm(prefix="cancel").validate_on_submit():
         abort(400)
     session = get_session()

@@ -309,6 +309,91 @@ def test_the_case_page_shows_the_conversation_in_the_agency_time_zone(client, se
     assert "delivered" in thread and "balance" in thread
 
 
+def test_the_case_page_shows_every_time_in_the_cases_own_time_zone(client, session, staff):
+    case = make_case(session, timezone="America/Los_Angeles")
+    make_enrollment(session, case, "+14155550134")
+    at = datetime(2026, 1, 15, 15, 5, tzinfo=UTC)  # 7:05 AM in Los Angeles, 10:05 AM in New York
+    turn(session, case, "BAL", intent="balance", created_at=at)
+    session.add(
+        Payment(
+            case_id=case.id,
+            amount_cents=5_000,
+            idempotency_key="tz-test",
+            status=PaymentStatus.SUCCEEDED,
+            created_at=at,
+            succeeded_at=at,
+        )
+    )
+    session.add(
+        Reminder(
+            case_id=case.id, kind=ReminderKind.DUE_SOON, cycle="2026-01", send_at=at, status="sent"
+        )
+    )
+    session.add(Appointment(case_id=case.id, starts_at=at))
+    session.commit()
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert "times in America/Los_Angeles" in page
+    for section in ("timeline", "payments", "reminders", "appointments"):
+        part = page.split(f'id="{section}"')[1].split("</section>")[0]
+        assert "Jan 15, 2026 7:05 AM PST" in part, section
+        assert "EST" not in part, section
+    assert "Date and time in the case's time zone, America/Los_Angeles." in page
+
+
+@pytest.fixture
+def chicago_agency(config):
+    config["DEFAULT_TIMEZONE"] = "America/Chicago"
+
+
+@pytest.mark.parametrize("zone", [None, "Mars/Olympus_Mons"])
+def test_a_case_without_a_valid_time_zone_is_shown_in_the_agencys(
+    chicago_agency, client, session, staff, zone
+):
+    case = make_case(session, timezone=zone)
+    turn(session, case, "BAL", created_at=datetime(2026, 1, 15, 15, 5, tzinfo=UTC))
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert "times in America/Chicago (the agency's)" in page
+    assert "Jan 15, 2026 9:05 AM CST" in page.split('id="timeline"')[1]
+
+
+def test_an_appointment_is_entered_in_the_cases_time_zone(client, session, staff):
+    case = make_case(session, timezone="America/Denver")
+    day = (utcnow() + timedelta(days=10)).date()
+    added = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "case_conference", "day": day.isoformat(), "time": "09:30"},
+        prefix="appt",
+    )
+    assert added.status_code == 302, text_of(added)
+    appointment = session.exec(select(Appointment)).one()
+    local = appointment.starts_at.astimezone(ZoneInfo("America/Denver"))
+    assert (local.date(), local.hour, local.minute) == (day, 9, 30)
+
+    moved = post_form(
+        client,
+        f"/admin/appointments/{appointment.id}/move",
+        {"day": day.isoformat(), "time": "14:00"},
+        prefix=f"move{appointment.id}",
+    )
+    assert moved.status_code == 302
+    local = reload(session, Appointment, appointment.id).starts_at.astimezone(
+        ZoneInfo("America/Denver")
+    )
+    assert (local.hour, local.minute) == (14, 0)
+
+
+def test_the_handoff_queue_shows_each_request_in_its_cases_time_zone(client, session, staff):
+    at = datetime(2026, 1, 15, 15, 5, tzinfo=UTC)
+    for number, zone in (("W-1", "America/Los_Angeles"), ("E-1", "America/New_York")):
+        case = make_case(session, case_number=number, timezone=zone)
+        session.add(Handoff(case_id=case.id, phone="+16175550134", created_at=at))
+    session.commit()
+    inbox = text_of(client.get("/admin/handoffs"))
+    assert "asked Jan 15, 2026 7:05 AM PST" in inbox
+    assert "asked Jan 15, 2026 10:05 AM EST" in inbox
+
+
 def test_the_case_page_shows_reminders_with_their_reasons_and_consent_records(
     client, session, staff
 ):
@@ -572,6 +657,14 @@ def test_the_export_has_the_consent_record_and_every_turn(client, session, staff
     inbound = next(row for row in rows if row["direction"] == "inbound")
     assert inbound["text"].startswith("'=")  # never a live formula in a spreadsheet
     assert rows[-1]["status"] == "delivered"
+
+
+def test_the_export_gives_local_times_in_the_cases_time_zone(client, session, staff):
+    case = make_case(session, timezone="America/Phoenix")
+    turn(session, case, "BAL", created_at=datetime(2026, 7, 1, 15, 5, tzinfo=UTC))
+    export = text_of(client.get(f"/admin/cases/{case.id}/export.csv"))
+    rows = list(csv.DictReader(io.StringIO(export)))
+    assert rows[-1]["time_local"] == "2026-07-01 08:05:00 MST"
 
 
 # --- Import ----------------------------------------------------------------------------------
