@@ -46,8 +46,8 @@ from models import (
 )
 
 PER_PAGE = 25
-TIMELINE_LIMIT = 500
-"""Most recent turns shown on a case page; the CSV export has every one."""
+TIMELINE_PAGE = 500
+"""Turns per page of a case's conversation, newest page first; the CSV export has every one."""
 
 IMPORT_TTL = timedelta(minutes=30)
 """How long an uploaded CSV waits in Redis for its preview to be confirmed."""
@@ -173,6 +173,8 @@ class CaseDetail:
     enrollments: list[Enrollment]
     turns: list[ConversationTurn]
     turns_total: int
+    turns_page: int
+    turns_pages: int
     payments: list[Payment]
     refunds: dict[int, list[Refund]]
     reminders: list[Reminder]
@@ -202,20 +204,28 @@ def case_zone(case: Case, default: str) -> str:
     return resolve_timezone(case_tz=case.timezone, phone=None, default=default).key
 
 
-def case_detail(*, session: Session, case_id: int) -> CaseDetail | None:
-    """Everything the case page shows, newest turns last."""
+def case_detail(
+    *, session: Session, case_id: int, turns_page: int = 1, per_page: int = TIMELINE_PAGE
+) -> CaseDetail | None:
+    """Everything the case page shows, with one page of turns (page 1 the newest), oldest first.
+
+    A page number out of range shows the nearest page rather than an empty conversation.
+    """
     case = session.get(Case, case_id)
     if case is None:
         return None
     turns_total = session.exec(
         select(sa.func.count()).where(ConversationTurn.case_id == case_id)
     ).one()
+    turns_pages = max(1, math.ceil(turns_total / per_page))
+    turns_page = min(max(turns_page, 1), turns_pages)
     turns = list(
         session.exec(
             select(ConversationTurn)
             .where(ConversationTurn.case_id == case_id)
             .order_by(ConversationTurn.created_at.desc(), ConversationTurn.id.desc())
-            .limit(TIMELINE_LIMIT)
+            .offset((turns_page - 1) * per_page)
+            .limit(per_page)
         ).all()
     )[::-1]
     payments = list(
@@ -254,6 +264,8 @@ def case_detail(*, session: Session, case_id: int) -> CaseDetail | None:
         ),
         turns=turns,
         turns_total=turns_total,
+        turns_page=turns_page,
+        turns_pages=turns_pages,
         payments=payments,
         refunds=refunds,
         reminders=list(

@@ -298,8 +298,8 @@ def _case_forms(detail: service.CaseDetail) -> dict:
     }
 
 
-def _render_case(case_id: int, status: int = 200, **overrides):
-    detail = service.case_detail(session=get_session(), case_id=case_id)
+def _render_case(case_id: int, status: int = 200, turns_page: int = 1, **overrides):
+    detail = service.case_detail(session=get_session(), case_id=case_id, turns_page=turns_page)
     if detail is None:
         abort(404)
     page_forms = _case_forms(detail)
@@ -324,8 +324,8 @@ def _render_case(case_id: int, status: int = 200, **overrides):
 
 @bp.get("/cases/<int:case_id>")
 def case(case_id: int):
-    """The case: conversation, payments, reminders, appointments, enrollments, handoffs."""
-    return _render_case(case_id)
+    """The case: conversation (a page at a time), payments, reminders, appointments, enrollments."""
+    return _render_case(case_id, turns_page=request.args.get("page", 1, type=int))
 
 
 @bp.get("/cases/<int:case_id>/export.csv")

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import select
 
-from admin.service import search_cases
+from admin.service import TIMELINE_PAGE, case_detail, search_cases
 from models import (
     AdminUser,
     Appointment,
@@ -422,6 +422,61 @@ def test_the_case_page_shows_reminders_with_their_reasons_and_consent_records(
         assert word in reminders
     enrollments = page.split('id="enrollments"')[1].split("</section>")[0]
     assert "I agree to texts v7" in enrollments and "v7" in enrollments
+
+
+def conversation(session, case, count: int) -> None:
+    """`count` turns a minute apart, "message 0001" the oldest."""
+    start = datetime(2026, 1, 1, 15, tzinfo=UTC)
+    session.add_all(
+        ConversationTurn(
+            case_id=case.id,
+            phone="+16175550134",
+            direction=Direction.INBOUND,
+            body=f"message {n:04d}",
+            created_at=start + timedelta(minutes=n),
+        )
+        for n in range(1, count + 1)
+    )
+    session.commit()
+
+
+def test_the_conversation_is_read_a_page_at_a_time_newest_page_first(session):
+    case = make_case(session)
+    conversation(session, case, 7)
+
+    def bodies(page: int) -> tuple[list[str], int, int]:
+        detail = case_detail(session=session, case_id=case.id, turns_page=page, per_page=3)
+        return [t.body[-1] for t in detail.turns], detail.turns_page, detail.turns_pages
+
+    assert bodies(1) == (["5", "6", "7"], 1, 3)
+    assert bodies(2) == (["2", "3", "4"], 2, 3)
+    assert bodies(3) == (["1"], 3, 3)
+    assert bodies(99) == (["1"], 3, 3)  # past the oldest page: the oldest page
+    assert bodies(-4) == (["5", "6", "7"], 1, 3)
+
+
+def test_older_messages_are_reached_from_the_case_page(client, session, staff):
+    case = make_case(session)
+    conversation(session, case, TIMELINE_PAGE + 3)
+    latest = text_of(client.get(f"/admin/cases/{case.id}"))
+    thread = latest.split('id="timeline"')[1].split("</ol>")[0]
+    assert "message 0004" in thread and f"message {TIMELINE_PAGE + 3:04d}" in thread
+    assert "message 0003" not in thread
+    assert f"Showing {TIMELINE_PAGE} of {TIMELINE_PAGE + 3} messages (the latest)" in latest
+    assert f'href="/admin/cases/{case.id}?page=2#conversation" rel="next"' in latest
+    assert 'rel="prev"' not in latest
+
+    older = text_of(client.get(f"/admin/cases/{case.id}?page=2"))
+    thread = older.split('id="timeline"')[1].split("</ol>")[0]
+    assert re.findall(r"message \d{4}", thread) == [
+        "message 0001",
+        "message 0002",
+        "message 0003",
+    ]
+    assert "page 2 of 2, counting back from the latest" in older
+    assert f'href="/admin/cases/{case.id}?page=1#conversation" rel="prev"' in older
+    assert 'id="older-messages"' not in older
+    assert client.get(f"/admin/cases/{case.id}?page=9999999999999999999999").status_code == 200
 
 
 def test_an_unknown_case_is_a_clear_404(client, staff):
