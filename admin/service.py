@@ -411,7 +411,10 @@ def send_staff_reply(
     text: str,
     staff_user_id: int,
 ) -> Sent:
-    """Text a staff member's reply, logged as theirs, and mark the case's handoffs answered."""
+    """Text a staff member's reply, logged as theirs, and mark that phone's handoffs answered.
+
+    Another number on the case that asked for a person is still waiting: it got no text.
+    """
     enrollment = _textable(session, case_id, phone)
     body = messages.render(
         "staff_reply", {"agency": config["AGENCY_NAME"], "text": text}, enrollment.language
@@ -429,7 +432,9 @@ def send_staff_reply(
         now = utcnow()
         for handoff in session.exec(
             select(Handoff).where(
-                Handoff.case_id == case_id, Handoff.status == HandoffStatus.WAITING
+                Handoff.case_id == case_id,
+                Handoff.phone == phone,
+                Handoff.status == HandoffStatus.WAITING,
             )
         ).all():
             handoff.status = HandoffStatus.ANSWERED
@@ -773,6 +778,26 @@ def handoff_inbox(*, session: Session, limit: int = 200) -> list[InboxRow]:
             ).all()
         }
     return [InboxRow(h, c, turns.get(h.turn_id)) for h, c in rows]
+
+
+def close_handoff(
+    *, session: Session, handoff_id: int, staff_user_id: int, now: datetime | None = None
+) -> Handoff:
+    """Take a request for a person out of the queue without a text; caller commits.
+
+    For a payer reached another way (a phone call) or who can no longer be texted; who closed
+    it and when are kept in the answered_by and answered_at columns.
+    """
+    handoff = session.get(Handoff, handoff_id)
+    if handoff is None:
+        raise AdminError("No such request for a person.")
+    if handoff.status != HandoffStatus.WAITING:
+        raise AdminError(f"That request is already {handoff.status}; nothing changed.")
+    handoff.status = HandoffStatus.CLOSED
+    handoff.answered_by = staff_user_id
+    handoff.answered_at = now or utcnow()
+    session.add(handoff)
+    return handoff
 
 
 def waiting_handoff_count(*, session: Session) -> int:

@@ -279,8 +279,9 @@ def _case_forms(detail: service.CaseDetail) -> dict:
     phones = forms.choices([(p, format_phone(p)) for p in detail.textable_phones])
     reply = forms.ReplyForm(prefix="reply", formdata=None)
     reply.phone.choices = phones
-    if detail.waiting_handoffs:
-        reply.phone.data = detail.waiting_handoffs[0].phone
+    waiting = [h.phone for h in detail.waiting_handoffs if h.phone in detail.textable_phones]
+    if waiting:
+        reply.phone.data = waiting[0]
     card = forms.PhoneChoiceForm(prefix="card", formdata=None)
     card.phone.choices = phones
     return {
@@ -292,6 +293,7 @@ def _case_forms(detail: service.CaseDetail) -> dict:
             for a in detail.appointments
         },
         "cancel_form": forms.ButtonForm(prefix="cancel", formdata=None),
+        "close_form": forms.ButtonForm(prefix="close", formdata=None),
         "refund_forms": {
             p.id: forms.RefundForm(prefix=f"refund{p.id}", formdata=None) for p in detail.payments
         },
@@ -609,7 +611,38 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
 @bp.get("/handoffs")
 def handoffs():
     """Payers waiting for a person, oldest first."""
-    return render_template("admin/handoffs.html", rows=service.handoff_inbox(session=get_session()))
+    return render_template(
+        "admin/handoffs.html",
+        rows=service.handoff_inbox(session=get_session()),
+        close_form=forms.ButtonForm(prefix="close", formdata=None),
+    )
+
+
+@bp.post("/handoffs/<int:handoff_id>/close")
+def close_handoff(handoff_id: int):
+    """Close a request for a person without texting (the payer was called, say)."""
+    from models import Handoff
+
+    if not forms.ButtonForm(prefix="close").validate_on_submit():
+        abort(400)
+    session = get_session()
+    if session.get(Handoff, handoff_id) is None:
+        abort(404)
+    try:
+        handoff = service.close_handoff(
+            session=session, handoff_id=handoff_id, staff_user_id=current_user.id
+        )
+    except AdminError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(
+            f"The request from {format_phone(handoff.phone)} is closed; no text was sent.",
+            "success",
+        )
+    back = request.args.get("next")
+    return redirect(_safe_next(back) if back else url_for("admin.handoffs"))
 
 
 # --- Import ----------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from models import (
     Direction,
     Enrollment,
     EnrollmentStatus,
+    HandoffStatus,
     Payment,
     PaymentStatus,
     utcnow,
@@ -832,10 +833,11 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
 
 
 def opt_out(*, session: Session, phone: str, enrollments: Sequence[Any], now: datetime) -> None:
-    """STOP: every enrollment of the phone is opted out and their cases' reminders cancelled."""
+    """STOP: the phone's enrollments are opted out, reminders cancelled, handoffs closed."""
     from jobs.reminders import cancel_pending
 
     session.execute(_OPT_OUT, {"b_phone": phone, "now": now})
+    session.execute(_CLOSE_HANDOFFS, {"b_phone": phone, "now": now})
     touched = {e.case_id for e in enrollments}
     # A case keeps its reminders while another phone on it is still active.
     still_active = set(
@@ -862,6 +864,14 @@ _OPT_OUT = (
         status_reason="opted out by text",
         updated_at=_NOW,
     )
+)
+_H = HandoffRow.__table__
+# Staff may not text a number that opted out, so its AGENT request would wait in the queue for
+# ever; closed with no staff member, it stays on the case page as closed at the opt-out.
+_CLOSE_HANDOFFS = (
+    _H.update()
+    .where(_H.c.phone == sa.bindparam("b_phone"), _H.c.status == HandoffStatus.WAITING)
+    .values(status=HandoffStatus.CLOSED, answered_at=_NOW)
 )
 _OPT_IN = (
     _E.update()
@@ -939,6 +949,7 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
     if parse(message.body).intent is Intent.STOP:
         # Opt-out wins over everything, a broken dependency included.
         session.execute(_OPT_OUT, {"b_phone": message.phone, "now": now})
+        session.execute(_CLOSE_HANDOFFS, {"b_phone": message.phone, "now": now})
         reply = messages.render("opted_out", {"agency": config["AGENCY_NAME"]}, language)
     else:
         reply = messages.render(

@@ -520,6 +520,95 @@ def test_a_staff_reply_goes_out_as_a_text_logged_as_theirs_and_answers_the_hando
     assert "by staff@agency.test" in page
 
 
+def test_a_reply_answers_only_the_handoff_of_the_number_it_went_to(app, client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    make_enrollment(session, case, "+16175550199")
+    for number in ("+16175550134", "+16175550199"):
+        session.add(Handoff(case_id=case.id, phone=number))
+    session.commit()
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550199", "text": "We will call you today."},
+        prefix="reply",
+    )
+    assert response.status_code == 302
+    session.expire_all()
+    status = {h.phone: h.status for h in session.exec(select(Handoff)).all()}
+    assert status == {"+16175550134": HandoffStatus.WAITING, "+16175550199": HandoffStatus.ANSWERED}
+    inbox = text_of(client.get("/admin/handoffs"))
+    assert "(617) 555-0134" in inbox and "(617) 555-0199" not in inbox
+
+
+def waiting_on(session, case, number="+16175550134") -> Handoff:
+    handoff = Handoff(case_id=case.id, phone=number)
+    session.add(handoff)
+    session.commit()
+    return handoff
+
+
+def test_staff_close_a_handoff_without_texting_and_it_leaves_the_queue(app, client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    handoff = waiting_on(session, case)
+    assert '<span class="badge" aria-label="1 waiting">' in text_of(client.get("/admin/handoffs"))
+
+    response = post_form(
+        client, f"/admin/handoffs/{handoff.id}/close", prefix="close", follow_redirects=True
+    )
+    assert response.status_code == 200
+    assert "The request from (617) 555-0134 is closed; no text was sent." in text_of(response)
+    assert "No one is waiting." in text_of(response)
+    assert 'class="badge"' not in text_of(response)
+    closed = reload(session, Handoff, handoff.id)
+    assert (closed.status, closed.answered_by) == (HandoffStatus.CLOSED, staff.id)
+    assert closed.answered_at is not None
+    assert texts(app) == []
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert 'id="waiting-handoffs"' not in page
+    history = page.split('id="handoffs"')[1].split("</section>")[0]
+    assert "closed" in history and "by staff@agency.test" in history
+
+
+def test_closing_from_the_case_page_returns_to_it(client, session, staff):
+    case = make_case(session)
+    handoff = waiting_on(session, case)
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    action = f"/admin/handoffs/{handoff.id}/close?next=/admin/cases/{case.id}"
+    assert f'action="{action}"' in page
+    response = post_form(client, action, prefix="close")
+    assert response.headers["Location"] == f"/admin/cases/{case.id}"
+
+
+def test_a_handoff_already_answered_is_not_closed_again(client, session, staff):
+    case = make_case(session)
+    handoff = waiting_on(session, case)
+    answered_at = utcnow()
+    handoff.status, handoff.answered_at = HandoffStatus.ANSWERED, answered_at
+    session.add(handoff)
+    session.commit()
+    response = post_form(
+        client, f"/admin/handoffs/{handoff.id}/close", prefix="close", follow_redirects=True
+    )
+    assert "That request is already answered; nothing changed." in text_of(response)
+    again = reload(session, Handoff, handoff.id)
+    assert (again.status, again.answered_by) == (HandoffStatus.ANSWERED, None)
+    assert client.get("/admin/handoffs/999/close").status_code == 405
+    assert post_form(client, "/admin/handoffs/999/close", prefix="close").status_code == 404
+
+
+def test_a_number_that_cannot_be_texted_keeps_a_way_to_close_its_request(client, session, staff):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134", status=EnrollmentStatus.UNDELIVERABLE)
+    handoff = waiting_on(session, case)
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert "send-reply" not in page  # no number on the case can be texted
+    waiting = page.split('id="waiting-handoffs"')[1].split("</div>")[0]
+    assert "That number cannot be texted now" in waiting
+    assert f"/admin/handoffs/{handoff.id}/close" in waiting and "Close without texting" in waiting
+
+
 def test_a_reply_too_long_for_two_texts_is_refused_and_kept(app, client, session, staff):
     case = make_case(session)
     make_enrollment(session, case, "+16175550134")

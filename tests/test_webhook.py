@@ -254,6 +254,37 @@ def test_agent_records_a_handoff_for_staff(client, session, payer):
     assert reply
 
 
+def test_stop_after_agent_closes_that_numbers_requests_for_a_person(client, session, payer):
+    case, _ = payer
+    make_enrollment(session, case, "+16175550199")
+    replies(text(client, "AGENT"))
+    replies(text(client, "AGENT", phone="+16175550199"))
+    replies(text(client, "STOP"))
+    session.expire_all()
+    handoffs = {h.phone: h for h in session.exec(select(Handoff)).all()}
+    stopped, other = handoffs["+16175550134"], handoffs["+16175550199"]
+    assert (stopped.status, stopped.answered_by) == ("closed", None)
+    assert stopped.answered_at is not None
+    assert (other.status, other.answered_at) == ("waiting", None)
+
+
+def test_stop_closes_requests_for_a_person_even_when_handling_the_text_failed(
+    client, session, payer, monkeypatch
+):
+    from bot import service
+
+    replies(text(client, "AGENT"))
+
+    def broken(**_kwargs):
+        raise RuntimeError("a dependency is down")
+
+    monkeypatch.setattr(service, "answer_inbound", broken)
+    replies(text(client, "STOP"))
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.OPTED_OUT
+    assert session.exec(select(Handoff)).one().status == "closed"
+
+
 def test_a_phone_on_two_cases_is_asked_which_case_first(client, session, payer):
     other = make_case(session, case_number="CS-007310", balance_cents=5_000)
     make_enrollment(session, other, "+16175550134")
