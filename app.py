@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, jsonify
 from redis import Redis
 from rq import Queue
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import db
 import settings
@@ -34,6 +35,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _configure_logging(app)
     _choose_backends(app)
     _check_production_settings(app)
+
+    _trust_proxies(app)
 
     db.init_app(app)
     _init_redis(app)
@@ -90,6 +93,20 @@ def _check_production_settings(app: Flask) -> None:
         config["SANDBOX_WEBHOOK_SECRET"] = f"whsec_{digest[:32]}"
     else:
         config["SANDBOX_WEBHOOK_SECRET"] = config["STRIPE_WEBHOOK_SECRET"]
+
+
+def _trust_proxies(app: Flask) -> None:
+    """Behind TRUSTED_PROXIES proxies, request.remote_addr is the client's address, not theirs.
+
+    Counted against the router's address, twenty bad sign-ins from anyone locked every staff
+    member out. Only the address changes: webhook signatures are checked against
+    PUBLIC_BASE_URL, whatever host or scheme the proxy forwards.
+    """
+    hops = int(app.config["TRUSTED_PROXIES"])
+    if hops < 0:
+        raise SettingsError(f"TRUSTED_PROXIES must be 0 or more, got {hops}")
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0, x_host=0, x_port=0)
 
 
 def _init_redis(app: Flask) -> None:

@@ -98,6 +98,13 @@ JOBS_TOKEN = None
 CARD_LINK_TTL_MINUTES = 60
 """How long a card link stays valid."""
 
+TRUSTED_PROXIES = 0
+"""Proxies in front of the app whose X-Forwarded-For names the client (1 behind a platform router).
+
+Sign-in failures are counted per client address: with 0 every request is taken to come from
+the address that connected, and X-Forwarded-For (which anyone can send) is ignored.
+"""
+
 MAX_UPLOAD_MB = 5
 """Largest request body the app accepts, in megabytes (the admin CSV upload); larger gets 413."""
 
@@ -113,6 +120,7 @@ INT_SETTINGS = {
     "REMINDER_DISPATCH_SECONDS",
     "CARD_LINK_TTL_MINUTES",
     "MAX_UPLOAD_MB",
+    "TRUSTED_PROXIES",
 }
 BOOL_SETTINGS = {"RQ_ASYNC"}
 

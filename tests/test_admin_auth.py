@@ -314,3 +314,53 @@ def test_a_session_lasts_twelve_hours_at_most(client, session):
     cookie = sign_in(client, "ana@agency.test").headers["Set-Cookie"]
     expires = parsedate_to_datetime(re.search(r"Expires=([^;]+)", cookie).group(1))
     assert timedelta(hours=11) < expires - utcnow() <= timedelta(hours=12)
+
+
+@pytest.fixture
+def behind_a_router(config):
+    config["TRUSTED_PROXIES"] = 1
+
+
+def from_address(client, forwarded_for: str):
+    """Requests from this client arrive with the X-Forwarded-For a router would add."""
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = forwarded_for
+    return client
+
+
+def test_behind_a_router_failures_are_counted_per_client_not_for_everyone(
+    behind_a_router, app, session
+):
+    from admin.auth import MAX_ADDRESS_FAILURES
+
+    make_user(session, "ana@agency.test")
+    attacker = from_address(app.test_client(), "203.0.113.9")
+    for n in range(MAX_ADDRESS_FAILURES):
+        assert sign_in(attacker, f"guess{n}@agency.test", "wrong wrong wrong").status_code == 401
+    assert sign_in(attacker, "guess@agency.test", "wrong wrong wrong").status_code == 429
+    # A forged address in front of the router's entry changes nothing: the router's is used.
+    forged = from_address(app.test_client(), "192.0.2.1, 203.0.113.9")
+    assert sign_in(forged, "ana@agency.test").status_code == 429
+
+    colleague = from_address(app.test_client(), "198.51.100.4")
+    assert sign_in(colleague, "ana@agency.test").status_code == 302
+
+
+def test_without_a_trusted_proxy_x_forwarded_for_cannot_dodge_the_limit(app, session):
+    from admin.auth import MAX_ADDRESS_FAILURES
+
+    make_user(session, "ana@agency.test")
+    for n in range(MAX_ADDRESS_FAILURES):
+        client = from_address(app.test_client(), f"192.0.2.{n}")
+        assert sign_in(client, f"guess{n}@agency.test", "wrong wrong wrong").status_code == 401
+    assert (
+        sign_in(from_address(app.test_client(), "192.0.2.99"), "ana@agency.test").status_code == 429
+    )
+
+
+def test_trusted_proxies_cannot_be_negative(config):
+    from app import create_app
+    from settings import SettingsError
+
+    config["TRUSTED_PROXIES"] = -1
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        create_app(config)

@@ -88,6 +88,23 @@ def test_a_forged_signature_gets_403_and_changes_nothing(client, session, payer)
     assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.ACTIVE
 
 
+@pytest.fixture(params=[0, 1])
+def proxies(request, config):
+    config["TRUSTED_PROXIES"] = request.param
+
+
+def test_behind_a_proxy_signatures_are_still_checked_against_public_base_url(
+    proxies, client, session, payer
+):
+    client.environ_base.update(
+        HTTP_X_FORWARDED_FOR="203.0.113.9",
+        HTTP_X_FORWARDED_PROTO="https",
+        HTTP_X_FORWARDED_HOST="internal.example",
+    )
+    assert replies(text(client, "BAL"))
+    assert text(client, "BAL", token="not-the-token").status_code == 403
+
+
 def test_a_signature_for_other_parameters_is_refused(client, session, payer):
     params = inbound_params("BAL")
     from bot import sms
