@@ -28,6 +28,7 @@ from flask import Flask, current_app, g
 from flask.cli import AppGroup
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from werkzeug.routing import IntegerConverter
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = logging.getLogger(__name__)
@@ -564,8 +565,23 @@ def revision_command(message: str) -> None:
     )
 
 
+ROW_ID_MAX = 2**31 - 1
+"""The largest row id: every primary key is an INTEGER column, 32 bits on PostgreSQL."""
+
+
+class RowIdConverter(IntegerConverter):
+    """`<id:name>` in a route: a row id, so a number no row can have is a 404, not a 500.
+
+    Passed to the database, 2**64 overflowed the driver (SQLite) or the column (PostgreSQL).
+    """
+
+    def __init__(self, url_map: Any) -> None:
+        super().__init__(url_map, min=1, max=ROW_ID_MAX)
+
+
 def init_app(app: Flask) -> None:
-    """Create the engine, close sessions after each request, register `flask db`."""
+    """Create the engine, close sessions after each request, register `flask db` and `<id:>`."""
+    app.url_map.converters["id"] = RowIdConverter
     app.extensions["db_engine"] = make_engine(app.config["DATABASE_URL"])
     app.teardown_appcontext(close_session)
     app.cli.add_command(db_cli)

@@ -324,13 +324,13 @@ def _render_case(case_id: int, status: int = 200, turns_page: int = 1, **overrid
     )
 
 
-@bp.get("/cases/<int:case_id>")
+@bp.get("/cases/<id:case_id>")
 def case(case_id: int):
     """The case: conversation (a page at a time), payments, reminders, appointments, enrollments."""
     return _render_case(case_id, turns_page=request.args.get("page", 1, type=int))
 
 
-@bp.get("/cases/<int:case_id>/export.csv")
+@bp.get("/cases/<id:case_id>/export.csv")
 def export_case(case_id: int):
     """The case's consent records and every turn, as CSV."""
     detail = service.case_detail(session=get_session(), case_id=case_id)
@@ -345,7 +345,7 @@ def export_case(case_id: int):
     )
 
 
-@bp.post("/cases/<int:case_id>/reply")
+@bp.post("/cases/<id:case_id>/reply")
 def reply(case_id: int):
     """A staff member texts the payer; the turn is logged as theirs and handoffs are answered."""
     detail = service.case_detail(session=get_session(), case_id=case_id)
@@ -375,7 +375,7 @@ def reply(case_id: int):
     return redirect(url_for("admin.case", case_id=case_id, _anchor="conversation"))
 
 
-@bp.post("/cases/<int:case_id>/card-link")
+@bp.post("/cases/<id:case_id>/card-link")
 def card_link(case_id: int):
     """Text the payer a link to add a card."""
     detail = service.case_detail(session=get_session(), case_id=case_id)
@@ -414,7 +414,7 @@ def _flash_sent(sent, success: str) -> None:
         )
 
 
-@bp.post("/cases/<int:case_id>/appointments")
+@bp.post("/cases/<id:case_id>/appointments")
 def add_appointment(case_id: int):
     """Schedule an appointment; its reminders are planned."""
     form = forms.AppointmentForm(prefix="appt")
@@ -452,7 +452,7 @@ def _appointment_case(appointment_id: int) -> Case:
     return session.get(Case, appointment.case_id)
 
 
-@bp.post("/appointments/<int:appointment_id>/move")
+@bp.post("/appointments/<id:appointment_id>/move")
 def move_appointment(appointment_id: int):
     """Move an appointment; its reminders are re-planned."""
     case = _appointment_case(appointment_id)
@@ -476,7 +476,7 @@ def move_appointment(appointment_id: int):
     return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
 
 
-@bp.post("/appointments/<int:appointment_id>/cancel")
+@bp.post("/appointments/<id:appointment_id>/cancel")
 def cancel_appointment(appointment_id: int):
     """Cancel an appointment; its reminders are dropped."""
     case_id = _appointment_case(appointment_id).id
@@ -494,7 +494,7 @@ def cancel_appointment(appointment_id: int):
     return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
 
 
-@bp.post("/payments/<int:payment_id>/refund")
+@bp.post("/payments/<id:payment_id>/refund")
 @role_required(Role.ADMIN)
 def refund(payment_id: int):
     """Refund all or part of a payment (admins only)."""
@@ -618,7 +618,7 @@ def handoffs():
     )
 
 
-@bp.post("/handoffs/<int:handoff_id>/close")
+@bp.post("/handoffs/<id:handoff_id>/close")
 def close_handoff(handoff_id: int):
     """Close a request for a person without texting (the payer was called, say)."""
     from models import Handoff
@@ -773,7 +773,7 @@ def create_staff_user():
     return redirect(url_for("admin.users"))
 
 
-@bp.post("/users/<int:user_id>/role")
+@bp.post("/users/<id:user_id>/role")
 @role_required(Role.ADMIN)
 def change_role(user_id: int):
     """Make a user admin or staff (admins only)."""
@@ -797,7 +797,7 @@ def change_role(user_id: int):
     return redirect(url_for("admin.users"))
 
 
-@bp.post("/users/<int:user_id>/unlock")
+@bp.post("/users/<id:user_id>/unlock")
 @role_required(Role.ADMIN)
 def unlock_user(user_id: int):
     """Lift a sign-in lock-out (admins only)."""

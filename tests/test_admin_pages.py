@@ -484,6 +484,33 @@ def test_an_unknown_case_is_a_clear_404(client, staff):
     assert response.status_code == 404 and "Not found" in text_of(response)
 
 
+@pytest.mark.parametrize("huge", [str(2**64), str(2**31), "9" * 40])
+def test_an_id_too_big_for_any_row_is_a_404_not_a_500(client, session, admin, huge):
+    for url in (f"/admin/cases/{huge}", f"/admin/cases/{huge}/export.csv"):
+        assert client.get(url).status_code == 404, url
+    for url in (
+        f"/admin/cases/{huge}/reply",
+        f"/admin/cases/{huge}/card-link",
+        f"/admin/cases/{huge}/appointments",
+        f"/admin/appointments/{huge}/move",
+        f"/admin/appointments/{huge}/cancel",
+        f"/admin/payments/{huge}/refund",
+        f"/admin/handoffs/{huge}/close",
+        f"/admin/users/{huge}/role",
+        f"/admin/users/{huge}/unlock",
+    ):
+        assert post_form(client, url).status_code == 404, url
+
+
+def test_the_largest_possible_id_is_looked_up_like_any_other(client, session, admin):
+    from db import ROW_ID_MAX
+
+    response = client.get(f"/admin/cases/{ROW_ID_MAX}")
+    assert response.status_code == 404 and "Not found" in text_of(response)
+    cancel = post_form(client, f"/admin/appointments/{ROW_ID_MAX}/cancel", prefix="cancel")
+    assert cancel.status_code == 404
+
+
 # --- Staff replies and handoffs --------------------------------------------------------------
 
 
