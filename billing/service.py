@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -592,17 +594,16 @@ def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEve
 
 
 def _first_delivery(session: Session, event: WebhookEvent) -> bool:
-    savepoint = session.begin_nested()
-    try:
-        session.add(
-            WebhookEventRow(source="stripe", event_id=event.id[:80], event_type=event.type[:64])
-        )
-        session.flush()
-        savepoint.commit()
-    except IntegrityError:
-        savepoint.rollback()
-        return False
-    return True
+    """Record the event id in the transaction that applies it; False if it is recorded already.
+
+    A plain INSERT that skips a duplicate, not a savepoint: on SQLite a savepoint that opens
+    the transaction commits when released, which kept the id of an event whose handling then
+    failed, and Stripe's redelivery found it "duplicate". A delivery racing this one waits on
+    the unique index until this transaction ends.
+    """
+    statement = _insert_ignoring_duplicates(session, WebhookEventRow, ["source", "event_id"])
+    values = {"source": "stripe", "event_id": event.id[:80], "event_type": event.type[:64]}
+    return _inserted_id(session, statement.values(**values, received_at=utcnow())) is not None
 
 
 def _payment_for_intent(session: Session, intent: Mapping[str, Any]) -> Payment | None:
@@ -980,6 +981,21 @@ def _update(session: Session, statement: Any) -> int:
     """Run an UPDATE and return how many rows it changed (the ORM identity map is not synced)."""
     result = session.execute(statement.execution_options(synchronize_session=False))
     return result.rowcount
+
+
+def _insert_ignoring_duplicates(session: Session, model: type, unique: list[str]) -> Any:
+    """An INSERT that does nothing when a row with the same unique columns exists already."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert(model.__table__).on_conflict_do_nothing(index_elements=unique)
+
+
+def _inserted_id(session: Session, statement: Any) -> int | None:
+    """Run an INSERT built by _insert_ignoring_duplicates: the new row's id, None if it existed.
+
+    Asked with RETURNING: PostgreSQL's row count for an INSERT that returns rows reads -1.
+    """
+    table = statement.table
+    return session.execute(statement.returning(table.c.id)).scalar_one_or_none()
 
 
 def _lock(session: Session, model: type, row_id: int) -> None:

@@ -342,6 +342,27 @@ def test_a_replayed_event_changes_nothing(app, session, fake, payer):
     assert len(texts(session, intent="receipt")) == 1
 
 
+def test_an_event_that_failed_is_handled_when_stripe_delivers_it_again(app, session, fake, payer):
+    case, card = payer
+    created, result = died_after_stripe_answered(app, session, case, card)
+    fake.fail_next(500)  # Stripe's API blips while the webhook looks the intent up
+    first, payload, header = post_event(
+        app, fake, "payment_intent.succeeded", fake.get(result.intent_id)
+    )
+    assert first.status_code == 503
+    assert session.exec(select(WebhookEventRow)).all() == []
+    assert payment(session, created.id).status == PaymentStatus.PROCESSING
+
+    again = app.test_client().post(
+        "/stripe/webhook", data=payload, headers={"Stripe-Signature": header}
+    )
+
+    assert (again.status_code, again.json["outcome"]) == (200, "succeeded")
+    assert payment(session, created.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert len(texts(session, intent="receipt")) == 1
+
+
 @pytest.mark.parametrize("order", ["failed_first", "succeeded_first"])
 def test_events_out_of_order_end_in_the_right_state(app, session, fake, order):
     case = make_case(session)
