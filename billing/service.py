@@ -647,6 +647,9 @@ def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mappin
         session.refresh(payment)
     if payment.status != PaymentStatus.SUCCEEDED:
         return "ignored"
+    # Two deliveries handled at once would each count the refunds recorded before either
+    # committed, and both credit the difference: the second waits here for the first.
+    _lock(session, Payment, payment.id)
     for pending in _refunds(session, payment.id, RefundState.PENDING):
         _finish_refund(session, gateway, payment, pending)
     recorded = sum(r.amount_cents for r in _refunds(session, payment.id) if r.status != "failed")
@@ -654,21 +657,22 @@ def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mappin
     if refunded <= recorded:
         return "refunds_up_to_date"
     # Refunded at the processor (its dashboard, say) without going through PayText.
-    external = Refund(
-        payment_id=payment.id,
-        amount_cents=refunded - recorded,
-        status=RefundState.PENDING,
-        idempotency_key=f"paytext-external-{charge.get('id')}-{refunded}"[:80],
+    now = utcnow()
+    external_id = _inserted_id(
+        session,
+        _insert_ignoring_duplicates(session, Refund, ["idempotency_key"]).values(
+            payment_id=payment.id,
+            amount_cents=refunded - recorded,
+            status=RefundState.PENDING,
+            idempotency_key=f"paytext-external-{charge.get('id')}-{refunded}"[:80],
+            balance_applied=False,
+            created_at=now,
+            updated_at=now,
+        ),
     )
-    savepoint = session.begin_nested()
-    try:
-        session.add(external)
-        session.flush()
-        savepoint.commit()
-    except IntegrityError:
-        savepoint.rollback()
+    if external_id is None:
         return "refunds_up_to_date"
-    _refund_issued(session, external.id, processor_refund_id=None)
+    _refund_issued(session, external_id, processor_refund_id=None)
     return "external_refund"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -417,6 +418,54 @@ def test_a_refund_made_in_the_stripe_dashboard_goes_back_on_the_balance_once(
     assert (refund.amount_cents, refund.status, refund.admin_user_id) == (25_000, "succeeded", None)
     assert reload(session, Case, case.id).balance_cents == 100_000
     assert len(texts(session, intent="refund")) == 1
+
+
+def test_two_refund_events_handled_at_once_credit_each_refund_once(
+    app, session, fake, payer, monkeypatch
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    client = browser(app)
+    client.v1.refunds.create(params={"payment_intent": paid.processor_payment_id, "amount": 10_000})
+    after_first = fake.get(paid.processor_charge_id)
+    client.v1.refunds.create(params={"payment_intent": paid.processor_payment_id, "amount": 5_000})
+    after_second = fake.get(paid.processor_charge_id)
+
+    # Hold whichever delivery reads the recorded refunds first until the other has read them
+    # too, or until it is plainly waiting for the first to commit.
+    other_read = threading.Event()
+    readers = []
+    real_refunds = service._refunds
+
+    def refunds(session_, payment_id, status=None):
+        rows = real_refunds(session_, payment_id, status)
+        if status is None:
+            readers.append(payment_id)
+            if len(readers) == 1:
+                other_read.wait(timeout=1)
+            else:
+                other_read.set()
+        return rows
+
+    monkeypatch.setattr(service, "_refunds", refunds)
+    answers = []
+    threads = [
+        threading.Thread(
+            target=lambda charge=charge: answers.append(
+                post_event(app, fake, "charge.refunded", charge)[0].status_code
+            )
+        )
+        for charge in (after_first, after_second)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert answers == [200, 200]
+    assert payment(session, paid.id).refunded_cents == 15_000
+    assert sum(r.amount_cents for r in session.exec(select(Refund)).all()) == 15_000
+    assert reload(session, Case, case.id).balance_cents == 75_000 + 15_000
 
 
 def test_a_refund_through_paytext_and_its_webhook_put_the_balance_back_once(
