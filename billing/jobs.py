@@ -61,10 +61,18 @@ def charge_payment(payment_id: int) -> str:
         if request.attempt < MAX_ATTEMPTS and _rq_will_retry():
             log.warning("payment %s attempt %s: %s; will retry", payment_id, request.attempt, exc)
             raise
-        return _give_up(payment_id, code=exc.code or "processor_unavailable", message=str(exc))
+        return _give_up(
+            payment_id, code=exc.code or "processor_unavailable", message=str(exc), refused=False
+        )
     except PaymentError as exc:
         log.error("payment %s cannot be charged: %s (%s)", payment_id, exc, exc.code)
-        return _give_up(payment_id, code=exc.code or type(exc).__name__, message=str(exc))
+        # Refused outright on the first attempt: no request of ours can have charged the card.
+        return _give_up(
+            payment_id,
+            code=exc.code or type(exc).__name__,
+            message=str(exc),
+            refused=request.attempt == 1,
+        )
     _crash_if_testing(payment_id)
     with session_scope() as session:
         outcome = service.apply_charge_result(session=session, payment_id=payment_id, result=result)
@@ -98,8 +106,13 @@ def resume_payments(stale_after_seconds: int | None = None) -> int:
     return resumed
 
 
-def _give_up(payment_id: int, *, code: str, message: str) -> str:
-    """After the last attempt: settle on what the processor has, else tell the payer it failed."""
+def _give_up(payment_id: int, *, code: str, message: str, refused: bool) -> str:
+    """After the last attempt: settle on what the processor has, else tell the payer it failed.
+
+    "Nothing was charged" is said only when the processor confirms it has no charge for the
+    payment, or refused the only request ever sent (`refused`). When it cannot be asked, the
+    payment stays processing: resume_payments queues it again and the webhook may settle it.
+    """
     with session_scope() as session:
         request = service.charge_request(session=session, payment_id=payment_id)
     found = None
@@ -108,8 +121,16 @@ def _give_up(payment_id: int, *, code: str, message: str) -> str:
             found = current_app.extensions["payments"].find_payment(
                 customer_id=request.customer_id, payment_id=str(payment_id)
             )
-        except PaymentError:
-            found = None
+        except PaymentError as exc:
+            if not refused:
+                log.error(
+                    "payment %s: gave up charging (%s) and could not ask the processor whether"
+                    " it was charged (%s); left processing for resume_payments or the webhook",
+                    payment_id,
+                    code,
+                    exc.code or type(exc).__name__,
+                )
+                return "unconfirmed"
     with session_scope() as session:
         # A request that timed out may still have charged: never say "nothing was charged"
         # while the processor shows a charge.

@@ -12,7 +12,8 @@ from rq import SimpleWorker
 from sqlmodel import select
 
 from billing import links, service
-from billing.jobs import MAX_ATTEMPTS, RETRY_INTERVALS, charge_job_id
+from billing.gateway import TransientPaymentError
+from billing.jobs import MAX_ATTEMPTS, RETRY_INTERVALS, charge_job_id, charge_payment
 from models import CardOnFile, Case, Payment, PaymentStatus, Refund
 from models import WebhookEvent as WebhookEventRow
 from tests.billing_helpers import (
@@ -232,7 +233,7 @@ def test_after_the_last_retry_the_payer_is_told_nothing_was_charged(
 ):
     case, card = payer
     created = confirmed_payment(app, session, case, card, 25_000)
-    fake.fail_next(503, times=100)
+    fake.fail_next(503, times=MAX_ATTEMPTS)  # each attempt's look-up; the last check gets through
     with app.app_context():
         service.enqueue_charge(payment_id=created.id)
     work(app)
@@ -248,6 +249,46 @@ def test_after_the_last_retry_the_payer_is_told_nothing_was_charged(
     assert "did not go through, and nothing was charged" in told.body
     assert fake.payment_intents_created == 0
     assert reload(session, Case, case.id).balance_cents == 100_000
+
+
+def test_when_stripe_cannot_say_whether_the_last_attempt_charged_the_payer_is_not_told_it_failed(
+    app, session, fake, payer, monkeypatch, caplog
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    gateway = app.extensions["payments"]
+    real_charge, real_find = gateway.charge, gateway.find_payment
+    finds = []
+
+    def charge_and_lose_the_answer(**kwargs):
+        real_charge(**kwargs)  # Stripe charged the card...
+        raise TransientPaymentError("Connection reset", code=None)  # ...the answer was lost
+
+    def find_then_outage(**kwargs):
+        finds.append(kwargs)
+        if len(finds) == 1:
+            return real_find(**kwargs)  # before charging: nothing yet
+        raise TransientPaymentError("Stripe is unreachable", code=None)
+
+    monkeypatch.setattr(gateway, "charge", charge_and_lose_the_answer)
+    monkeypatch.setattr(gateway, "find_payment", find_then_outage)
+    with app.app_context():  # inline: no retry left, as on the last attempt
+        assert charge_payment(payment_id=created.id) == "unconfirmed"
+
+    assert payment(session, created.id).status == PaymentStatus.PROCESSING
+    assert texts(session, payment_id=created.id) == []
+    assert "could not ask the processor whether it was charged" in caplog.text
+    with app.app_context(), pytest.raises(service.PaymentRefused):
+        confirmed_payment(app, session, case, card, 100_000)  # it still holds its $250
+    session.rollback()
+
+    [intent] = [i for i in fake._objects.values() if i["object"] == "payment_intent"]
+    assert post_event(app, fake, "payment_intent.succeeded", intent)[0].json["outcome"] == (
+        "succeeded"
+    )
+    assert payment(session, created.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert [t.intent for t in texts(session, payment_id=created.id)] == ["receipt"]
 
 
 def test_a_charge_queued_twice_runs_once(queued, app, session, fake, payer):
