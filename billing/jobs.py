@@ -16,6 +16,7 @@ from rq import Retry, get_current_job
 
 from billing import service
 from billing.gateway import PaymentError, TransientPaymentError
+from bot import outbound
 from db import session_scope
 from jobs.context import job
 from models import utcnow
@@ -82,7 +83,11 @@ def charge_payment(payment_id: int) -> str:
 
 @job
 def resume_payments(stale_after_seconds: int | None = None) -> int:
-    """Queue the charge again for payments whose job was lost; returns how many were queued."""
+    """Queue the charge again for payments whose job was lost; returns how many were queued.
+
+    Also sends the payment texts a crash left unsent after their transaction committed.
+    """
+    outbound.send_left_behind()
     stale_after = (
         service.STALE_AFTER
         if stale_after_seconds is None

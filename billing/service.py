@@ -41,7 +41,7 @@ from billing.gateway import (
 )
 from bot.dialogue import ChargeQuote, case_ending
 from bot.messages import Reply, render_reply
-from bot.outbound import may_text, send_text
+from bot.outbound import may_text, queue_text
 from models import (
     CardOnFile,
     Case,
@@ -708,7 +708,7 @@ def save_card_from_setup(
     """Keep the card a finished setup saved as the case's card; text the payer the first time.
 
     The card page and the setup_intent.succeeded webhook both call this; the case row lock
-    makes the second one find the card already stored. The caller commits.
+    makes the second one find the card already stored. The caller commits; the text goes then.
     """
     saved = gateway.card_from_setup(setup_id=setup_id)
     _lock(session, Case, case_id)
@@ -728,7 +728,7 @@ def save_card_from_setup(
     contact = payer_contact(session=session, case=case)
     if contact is not None:
         body = render_reply(_reply("card_saved", last4=stored.last4), contact.language)
-        send_text(
+        queue_text(
             session=session,
             phone=contact.phone,
             body=body,
@@ -946,7 +946,12 @@ def payer_contact(
 
 
 def _notify(session: Session, payment: Payment, key: str, intent: str, **params: Any) -> None:
-    """Text the payer about a payment in their language and log it as a turn on the case."""
+    """Text the payer about a payment in their language, once the caller's transaction commits.
+
+    The text is recorded as a turn on the case with the outcome it reports and goes only after
+    both are committed (bot.outbound.queue_text), so redoing the work after a crash cannot
+    send it twice.
+    """
     case = session.get(Case, payment.case_id)
     preferred = None
     if payment.authorized_turn_id:
@@ -956,7 +961,7 @@ def _notify(session: Session, payment: Payment, key: str, intent: str, **params:
     if contact is None:
         log.info("payment %s: no phone may be texted about %s", payment.id, key)
         return
-    send_text(
+    queue_text(
         session=session,
         phone=contact.phone,
         body=render_reply(_reply(key, **params), contact.language),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session, select
 
@@ -21,6 +24,25 @@ from models import (
 )
 
 log = logging.getLogger(__name__)
+
+TO_SEND = "to_send"
+"""A turn queue_text recorded: it goes once the transaction that recorded it commits."""
+
+CLAIMED = "claimed"
+"""Handed to the gateway, its answer not recorded yet; never sent again (as in jobs.reminders)."""
+
+UNKNOWN = "unknown"
+"""Claimed by a process that died before recording the answer: it may or may not have gone."""
+
+NOT_SENT = "not_sent"
+"""The number opted out between the turn being recorded and sent."""
+
+LEFT_BEHIND_AFTER = timedelta(minutes=2)
+"""A queued text still unsent this long after it was recorded lost its sender (a crash
+between commit and send); a claim this old lost its answer. send_left_behind settles both."""
+
+_QUEUED = "paytext_queued_texts"
+"""Session.info key: ids of the turns queue_text recorded in the session's transaction."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,143 @@ def _delivery_status(result: SendResult) -> str | None:
     if result.ok:
         return result.status
     return "unknown" if result.outcome_unknown else "failed"
+
+
+def queue_text(
+    *,
+    session: Session,
+    phone: str,
+    body: str,
+    case_id: int | None,
+    enrollment_id: int | None = None,
+    payment_id: int | None = None,
+    intent: str | None = None,
+) -> ConversationTurn:
+    """Record a text in the caller's transaction; it is sent when that commits, and only then.
+
+    A text sent inside the transaction that decides it (a receipt with the payment it reports)
+    goes again when that transaction fails after the send and the work is redone. Recorded
+    instead, it goes at most once, the way reminders do: the turn is claimed (committed)
+    before the gateway is called, and a claim whose answer was lost is not sent again.
+    """
+    now = utcnow()
+    turn = ConversationTurn(
+        case_id=case_id,
+        enrollment_id=enrollment_id,
+        phone=phone,
+        direction=Direction.OUTBOUND,
+        body=body,
+        delivery_status=TO_SEND,
+        intent=intent,
+        payment_id=payment_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(turn)
+    session.flush()
+    if _QUEUED not in session.info:
+        sa.event.listen(session, "after_commit", _send_after_commit)
+        sa.event.listen(session, "after_rollback", _forget_queued)
+        session.info[_QUEUED] = []
+    session.info[_QUEUED].append(turn.id)
+    return turn
+
+
+def send_queued(turn_ids: Sequence[int]) -> int:
+    """Send texts queue_text recorded, each at most once; returns how many the gateway took."""
+    accepted = 0
+    for turn_id in turn_ids:
+        turn = _claim(turn_id)
+        if turn is None:
+            continue
+        result = current_app.extensions["sms"].send(
+            to=turn.phone, body=turn.body, status_callback=status_callback_url()
+        )
+        _record_answer(turn_id, result)
+        accepted += result.ok
+    return accepted
+
+
+def send_left_behind(*, now: datetime | None = None) -> int:
+    """Send queued texts whose sender died after the commit; mark lost claims unknown.
+
+    Run by billing's resume_payments; returns how many texts the gateway took.
+    """
+    cutoff = (now or utcnow()) - LEFT_BEHIND_AFTER
+    turns = ConversationTurn.__table__.c
+    with session_scope() as session:
+        lost = session.execute(
+            sa.update(ConversationTurn.__table__)
+            .where(turns.delivery_status == CLAIMED, turns.reminder_id.is_(None))
+            .where(turns.updated_at < cutoff)
+            .values(delivery_status=UNKNOWN, updated_at=utcnow())
+        ).rowcount
+        waiting = session.exec(
+            select(ConversationTurn.id)
+            .where(ConversationTurn.delivery_status == TO_SEND)
+            .where(ConversationTurn.created_at < cutoff)
+            .order_by(ConversationTurn.id)
+        ).all()
+    if lost:
+        log.error("%s text(s) may or may not have gone: their sender died mid-send", lost)
+    return send_queued(list(waiting))
+
+
+def _send_after_commit(session: Session) -> None:
+    queued = session.info.get(_QUEUED)
+    if not queued:
+        return
+    turn_ids = list(queued)
+    queued.clear()
+    try:
+        send_queued(turn_ids)
+    except Exception:
+        # Raising here would fail the caller's commit, which has happened. What was not
+        # claimed is sent by send_left_behind; a claim cut short is marked unknown there.
+        log.exception("sending queued texts %s stopped", turn_ids)
+
+
+def _forget_queued(session: Session) -> None:
+    # Rolled back with the work that queued them: the turns no longer exist.
+    session.info.get(_QUEUED, []).clear()
+
+
+def _claim(turn_id: int) -> ConversationTurn | None:
+    """Commit the claim on a queued turn before its text goes; None if it is not to go now."""
+    with session_scope() as session:
+        turn = session.get(ConversationTurn, turn_id)
+        if turn is None or turn.delivery_status != TO_SEND:
+            return None
+        allowed = may_text(session=session, phone=turn.phone)
+        claimed = session.execute(
+            sa.update(ConversationTurn)
+            .where(ConversationTurn.id == turn_id, ConversationTurn.delivery_status == TO_SEND)
+            .values(delivery_status=CLAIMED if allowed else NOT_SENT, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return turn if claimed and allowed else None
+
+
+def _record_answer(turn_id: int, result: SendResult) -> None:
+    """Save the gateway's answer on a claimed turn, as send_text does for a new one."""
+    with session_scope() as session:
+        turn = session.get(ConversationTurn, turn_id)
+        turn.provider_message_id = result.sid
+        turn.delivery_status = _delivery_status(result)
+        turn.error_code = result.error_code
+        turn.updated_at = utcnow()
+        session.add(turn)
+        if result.sid:
+            from bot.status import apply_early
+
+            apply_early(session=session, turn=turn)
+        if not result.ok:
+            log.warning(
+                "text to %s failed: %s %s", _masked(turn.phone), result.error_code, result.failure
+            )
+            mark_failure(
+                session=session, phone=turn.phone, failure=result.failure, code=result.error_code
+            )
 
 
 def mark_failure(

@@ -8,14 +8,25 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 import db
 from billing import links, service
-from billing.jobs import charge_payment
+from billing.jobs import charge_payment, resume_payments
 from billing.links import LinkKind
 from billing.service import PaymentRefused, RefundRefused
-from models import CardOnFile, Case, Conversation, Payment, PaymentStatus, Refund, utcnow
+from bot import outbound
+from models import (
+    CardOnFile,
+    Case,
+    Conversation,
+    ConversationTurn,
+    Payment,
+    PaymentStatus,
+    Refund,
+    utcnow,
+)
 from tests.billing_helpers import (
     AUTHENTICATION,
     DECLINED,
@@ -219,6 +230,114 @@ def test_running_the_charge_job_again_charges_and_texts_nothing_more(app, sessio
         )
         session.commit()
     assert len(texts(session, intent="receipt")) == 1
+    assert reload(session, Case, case.id).balance_cents == 75_000
+
+
+class Killed(BaseException):
+    """What a worker killed mid-job (SIGKILL, a lost database connection) leaves behind."""
+
+
+def receipts_sent(app) -> list[str]:
+    return [m.body for m in app.extensions["sms"].sent if "Payment received" in m.body]
+
+
+def test_a_job_killed_before_its_commit_texts_the_receipt_once_when_run_again(
+    app, session, payer, monkeypatch
+):
+    case, _, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    real_apply = service.apply_charge_result
+
+    def apply_then_die(**kwargs):
+        monkeypatch.setattr(service, "apply_charge_result", real_apply)
+        real_apply(**kwargs)
+        raise Killed("after recording the outcome, before the commit")
+
+    monkeypatch.setattr(service, "apply_charge_result", apply_then_die)
+    with app.app_context():
+        with pytest.raises(Killed):
+            charge_payment(created.id)
+        assert receipts_sent(app) == []
+        assert payment(session, created.id).status == PaymentStatus.PROCESSING
+        assert charge_payment(created.id) == "succeeded"  # what resume_payments leads to
+
+    [sent] = receipts_sent(app)
+    [turn] = texts(session, intent="receipt")
+    assert (turn.body, turn.delivery_status) == (sent, "sent")
+    assert reload(session, Case, case.id).balance_cents == 75_000
+
+
+def test_a_text_goes_only_once_the_transaction_recording_it_commits(app, session, payer):
+    case, enrollment, _ = payer
+    sms = app.extensions["sms"]
+    before = len(sms.sent)
+    with app.app_context():
+        outbound.queue_text(
+            session=session, phone=enrollment.phone, body="rolled back", case_id=case.id
+        )
+        assert len(sms.sent) == before
+        session.rollback()
+        outbound.queue_text(
+            session=session, phone=enrollment.phone, body="committed", case_id=case.id
+        )
+        session.commit()
+
+    assert [m.body for m in list(sms.sent)[before:]] == ["committed"]
+    assert [(t.body, t.delivery_status) for t in texts(session)][-1] == ("committed", "sent")
+
+
+def age_texts(session, minutes: int) -> None:
+    """Make every text look recorded (and claimed) `minutes` ago."""
+    table = ConversationTurn.__table__
+    earlier = utcnow() - timedelta(minutes=minutes)
+    session.execute(sa.update(table).values(created_at=earlier, updated_at=earlier))
+    session.commit()
+
+
+def test_a_receipt_left_unsent_by_a_crash_after_the_commit_goes_with_the_next_sweep(
+    app, session, payer, monkeypatch
+):
+    case, _, card = payer
+    with monkeypatch.context() as crashed:
+        crashed.setattr(outbound, "send_queued", lambda turn_ids: 0)  # died right after commit
+        paid = charged(app, session, case, card, 25_000)
+    assert paid.status == PaymentStatus.SUCCEEDED
+    [turn] = texts(session, intent="receipt")
+    assert turn.delivery_status == outbound.TO_SEND and receipts_sent(app) == []
+
+    with app.app_context():
+        resume_payments()  # too soon: its own process may still be sending it
+    assert receipts_sent(app) == []
+    age_texts(session, minutes=3)
+    with app.app_context():
+        resume_payments()
+        resume_payments()
+
+    [sent] = receipts_sent(app)
+    [turn] = texts(session, intent="receipt")
+    assert (turn.body, turn.delivery_status) == (sent, "sent")
+
+
+def test_a_receipt_whose_send_was_cut_short_is_not_sent_again(app, session, payer, monkeypatch):
+    case, _, card = payer
+    sms = app.extensions["sms"]
+
+    def cut_short(**kwargs):
+        raise ConnectionError("connection to the gateway lost mid-request")
+
+    with monkeypatch.context() as crashed:
+        crashed.setattr(sms, "send", cut_short)
+        assert charged(app, session, case, card, 25_000).status == PaymentStatus.SUCCEEDED
+    [turn] = texts(session, intent="receipt")
+    assert turn.delivery_status == outbound.CLAIMED
+
+    age_texts(session, minutes=3)
+    with app.app_context():
+        resume_payments()
+
+    assert receipts_sent(app) == []
+    [turn] = texts(session, intent="receipt")
+    assert turn.delivery_status == outbound.UNKNOWN
     assert reload(session, Case, case.id).balance_cents == 75_000
 
 
