@@ -54,6 +54,8 @@ def _configure_logging(app: Flask) -> None:
     log.setLevel(level)
     # The Twilio SDK logs every request and response header at INFO.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    # At DEBUG the Stripe SDK logs request and response bodies, client secrets included.
+    logging.getLogger("stripe").setLevel(max(level, logging.INFO))
 
 
 def _choose_backends(app: Flask) -> None:

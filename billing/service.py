@@ -625,7 +625,10 @@ def _reconcile_intent(session: Session, gateway: PaymentGateway, intent: Mapping
     try:
         result = gateway.retrieve_payment(intent_id=intent["id"])
     except PaymentNotFound:
-        log.warning("webhook names payment intent %s, which the processor does not know", intent)
+        # The id only: the event's copy of the intent carries its client secret.
+        log.warning(
+            "webhook names payment intent %s, which the processor does not know", intent.get("id")
+        )
         return "ignored"
     return apply_charge_result(session=session, payment_id=payment.id, result=result)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -601,6 +602,30 @@ def test_an_event_for_a_payment_intent_paytext_did_not_make_is_ignored(app, sess
     response = post_event(app, fake, "payment_intent.succeeded", fake.get(foreign.id))[0]
     assert response.json["outcome"] == "ignored"
     assert session.exec(select(Payment)).all() == []
+
+
+def test_no_client_secret_is_logged(app, session, fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    case = make_case(session)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    [asked] = texts(session, intent="auth_required")
+    approval = app.test_client().get(path_of(asked.body.split("finish: ", 1)[1].split(" ")[0]))
+    assert fake.get(held.processor_payment_id)["client_secret"] in approval.text
+    unknown = {
+        "id": "pi_unknown",
+        "object": "payment_intent",
+        "amount": 25_000,
+        "client_secret": "pi_unknown_secret_never_logged",
+        "metadata": {"payment_id": str(confirmed_payment(app, session, case, card, 5_000).id)},
+    }
+    response = post_event(app, fake, "payment_intent.succeeded", unknown)[0]
+
+    assert response.json["outcome"] == "ignored"
+    assert "pi_unknown" in caplog.text  # the event was logged, by its id
+    assert "_secret_" not in caplog.text
+    assert "client_secret" not in caplog.text
 
 
 def test_a_refused_api_key_fails_the_payment_at_once_and_tells_the_payer(
