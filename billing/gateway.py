@@ -37,7 +37,7 @@ class ChargeStatus(StrEnum):
 
 
 class RefundStatus(StrEnum):
-    """Stripe's refund statuses; card refunds are almost always succeeded at once."""
+    """Stripe's refund statuses; card refunds are mostly succeeded at once, some stay pending."""
 
     SUCCEEDED = "succeeded"
     PENDING = "pending"
@@ -181,6 +181,10 @@ class PaymentGateway(Protocol):
         self, *, intent_id: str, amount_cents: int | None, idempotency_key: str
     ) -> RefundResult:
         """Refund part of a charge, or all that is left when amount_cents is None."""
+        ...
+
+    def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
+        """Every refund of a charge as the provider has it now (pending, succeeded, failed...)."""
         ...
 
     def parse_webhook(self, *, payload: bytes, signature_header: str | None) -> WebhookEvent:

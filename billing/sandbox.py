@@ -290,7 +290,10 @@ class SandboxGateway:
             amount = self._redis.transaction(apply, key, value_from_callable=True)
             refund_id = _new_id("re")
             refund = {"intent_id": intent_id, "amount": amount, "status": RefundStatus.SUCCEEDED}
-            self._redis.hset(self._key("refund", refund_id), mapping=refund)
+            pipe = self._redis.pipeline()
+            pipe.hset(self._key("refund", refund_id), mapping=refund)
+            pipe.rpush(self._key("refunds", intent_id), refund_id)
+            pipe.execute()
             return {
                 "refund_id": refund_id,
                 "status": RefundStatus.SUCCEEDED,
@@ -300,6 +303,20 @@ class SandboxGateway:
         params = {"payment_intent": intent_id, "amount": amount_cents}
         stored = self._idempotent(idempotency_key, "refund", params, create)
         return RefundResult(**(stored | {"status": RefundStatus(stored["status"])}))
+
+    def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
+        """Every refund of a sandbox charge, newest first (sandbox refunds succeed at once)."""
+        refunds = []
+        for refund_id in reversed(self._redis.lrange(self._key("refunds", intent_id), 0, -1)):
+            refund = self._load(self._key("refund", _text(refund_id))) or {}
+            refunds.append(
+                RefundResult(
+                    refund_id=_text(refund_id),
+                    status=RefundStatus(refund["status"]),
+                    amount_cents=int(refund["amount"]),
+                )
+            )
+        return refunds
 
     def parse_webhook(self, *, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify a Stripe-format signature made with the sandbox secret and return the event."""

@@ -574,6 +574,18 @@ def requires_action_result(*, payment: Payment) -> ChargeResult | None:
 # -- the Stripe webhook -----------------------------------------------------------------------
 
 
+REFUND_EVENTS = frozenset(
+    {
+        "charge.refunded",
+        "charge.refund.updated",
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+    }
+)
+"""Events about refunds (their object a charge or a refund); each reconciles the payment's."""
+
+
 def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEvent) -> str:
     """Apply a verified processor event once; a replayed event id changes nothing.
 
@@ -586,7 +598,7 @@ def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEve
         return "duplicate"
     if event.type.startswith("payment_intent."):
         return _reconcile_intent(session, gateway, event.data)
-    if event.type == "charge.refunded":
+    if event.type in REFUND_EVENTS:
         return _reconcile_refunds(session, gateway, event.data)
     if event.type == "setup_intent.succeeded":
         return _setup_succeeded(session, gateway, event.data)
@@ -634,6 +646,12 @@ def _reconcile_intent(session: Session, gateway: PaymentGateway, intent: Mapping
 
 
 def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mapping[str, Any]) -> str:
+    """Bring a payment's refunds in line with the processor's; `charge` is a charge or a refund.
+
+    Like payment events, refund events are settled against the processor's current list of
+    the payment's refunds, not the event's copy: a refund goes back on the balance once it
+    has succeeded, never while pending, and not at all if it failed.
+    """
     intent_id = charge.get("payment_intent")
     if not intent_id:
         return "ignored"
@@ -650,33 +668,48 @@ def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mappin
         session.refresh(payment)
     if payment.status != PaymentStatus.SUCCEEDED:
         return "ignored"
-    # Two deliveries handled at once would each count the refunds recorded before either
-    # committed, and both credit the difference: the second waits here for the first.
+    # Two deliveries handled at once would each see refunds the other is recording as new,
+    # and both credit them: the second waits here for the first.
     _lock(session, Payment, payment.id)
     for pending in _refunds(session, payment.id, RefundState.PENDING):
-        _finish_refund(session, gateway, payment, pending)
-    recorded = sum(r.amount_cents for r in _refunds(session, payment.id) if r.status != "failed")
-    refunded = int(charge.get("amount_refunded") or 0)
-    if refunded <= recorded:
-        return "refunds_up_to_date"
-    # Refunded at the processor (its dashboard, say) without going through PayText.
+        if pending.processor_refund_id is None:
+            _finish_refund(session, gateway, payment, pending)
+    pending = _refunds(session, payment.id, RefundState.PENDING)
+    if any(r.processor_refund_id is None for r in pending):
+        # Until the processor has named our refund, it would look like one made elsewhere.
+        raise TransientPaymentError("a refund of ours is not yet known to the processor")
+    known = {r.processor_refund_id: r for r in _refunds(session, payment.id)}
+    changed = False
+    for result in gateway.list_refunds(intent_id=intent_id):
+        refund = known.get(result.refund_id)
+        if refund is None:
+            # Refunded at the processor (its dashboard, say) without going through PayText.
+            refund = _external_refund(session, payment, result)
+            changed = True
+        changed = _settle_refund(session, refund, result) is not None or changed
+    return "refunds_updated" if changed else "refunds_up_to_date"
+
+
+def _external_refund(session: Session, payment: Payment, result: RefundResult) -> Refund:
+    """Record, as pending, a refund the processor made without PayText asking."""
     now = utcnow()
-    external_id = _inserted_id(
-        session,
-        _insert_ignoring_duplicates(session, Refund, ["idempotency_key"]).values(
+    session.execute(
+        _insert_ignoring_duplicates(session, Refund, ["processor_refund_id"]).values(
             payment_id=payment.id,
-            amount_cents=refunded - recorded,
+            amount_cents=result.amount_cents,
             status=RefundState.PENDING,
-            idempotency_key=f"paytext-external-{charge.get('id')}-{refunded}"[:80],
+            idempotency_key=f"paytext-external-{result.refund_id}"[:80],
+            processor_refund_id=result.refund_id,
             balance_applied=False,
             created_at=now,
             updated_at=now,
-        ),
+        )
     )
-    if external_id is None:
-        return "refunds_up_to_date"
-    _refund_issued(session, external_id, processor_refund_id=None)
-    return "external_refund"
+    return session.exec(
+        select(Refund)
+        .where(Refund.processor_refund_id == result.refund_id)
+        .execution_options(populate_existing=True)
+    ).one()
 
 
 def _setup_succeeded(session: Session, gateway: PaymentGateway, setup: Mapping[str, Any]) -> str:
@@ -760,8 +793,9 @@ def refund_payment(
     (say, a nonce in the admin form) returns the same refund. The balance goes back up once
     and the payer gets a text. Commits: the pending refund is saved before the processor is
     asked, so a crash leaves a record that the next attempt or the webhook finishes.
-    Returns the Refund (status pending if the processor could not be reached; it is finished
-    later); raises RefundRefused when it cannot be made.
+    Returns the Refund (status pending if the processor could not be reached, or has not
+    finished it: the next attempt or the refund webhooks finish it; the balance goes back up
+    only once it succeeded); raises RefundRefused when it cannot be made.
     """
     gateway = _gateway()
     _lock(session, Payment, payment_id)
@@ -776,7 +810,9 @@ def refund_payment(
         if refund is not None and refund.payment_id != payment_id:
             raise RefundRefused("That refund belongs to another payment.", code="key_reused")
     if refund is None:
-        refund = next(iter(_refunds(session, payment_id, RefundState.PENDING)), None)
+        # One the processor has not named yet may have been made: finish it, never repeat it.
+        pending = _refunds(session, payment_id, RefundState.PENDING)
+        refund = next((r for r in pending if r.processor_refund_id is None), None)
     if refund is None:
         refund = _new_refund(session, payment, amount_cents, admin_user_id, idempotency_key)
     session.commit()
@@ -832,7 +868,8 @@ def _finish_refund(
 ) -> str | None:
     """Ask the processor for a pending refund (again: its idempotency key makes that safe).
 
-    Returns the processor's reason when it refused the refund, else None.
+    Returns the processor's reason when it refused the refund, else None. A refund the
+    processor accepted but has not finished stays pending; the refund webhooks settle it.
     """
     try:
         result: RefundResult = gateway.refund(
@@ -852,25 +889,82 @@ def _finish_refund(
             .values(status=RefundState.FAILED, updated_at=utcnow()),
         )
         return str(exc)
+    return _settle_refund(session, refund, result)
+
+
+def _settle_refund(session: Session, refund: Refund, result: RefundResult) -> str | None:
+    """Apply where the processor says a refund stands; returns what changed, for logs.
+
+    Only a succeeded refund goes back on the balance (and is texted to the payer); a failed
+    or canceled one never does, and one that failed after succeeding is taken off again.
+    """
+    if result.status == RefundStatus.SUCCEEDED:
+        won = _refund_issued(session, refund.id, processor_refund_id=result.refund_id)
+        return "succeeded" if won else None
     if result.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
-        _update(
-            session,
-            sa.update(Refund)
-            .where(Refund.id == refund.id, Refund.status == RefundState.PENDING)
-            .values(status=RefundState.FAILED, processor_refund_id=result.refund_id),
-        )
-        return f"the refund ended {result.status}"
-    _refund_issued(session, refund.id, processor_refund_id=result.refund_id)
+        return _refund_failed(session, refund.id, processor_refund_id=result.refund_id)
+    # pending or requires_action: the processor has it; its refund events will say how it ends.
+    _update(
+        session,
+        sa.update(Refund)
+        .where(Refund.id == refund.id, Refund.processor_refund_id.is_(None))
+        .values(processor_refund_id=result.refund_id, updated_at=utcnow()),
+    )
     return None
 
 
-def _refund_issued(session: Session, refund_id: int, *, processor_refund_id: str | None) -> bool:
-    """Put a refund back on the balance and text the payer, once."""
+def _refund_failed(session: Session, refund_id: int, *, processor_refund_id: str) -> str | None:
+    """Mark a refund failed, once; if it had gone back on the balance, take it off again."""
+    now = utcnow()
+    failed = _update(
+        session,
+        sa.update(Refund)
+        .where(Refund.id == refund_id, Refund.status != RefundState.FAILED)
+        .values(status=RefundState.FAILED, processor_refund_id=processor_refund_id, updated_at=now),
+    )
+    if not failed:
+        return None
+    reversed_ = _update(
+        session,
+        sa.update(Refund)
+        .where(Refund.id == refund_id, Refund.balance_applied.is_(True))
+        .values(balance_applied=False),
+    )
+    refund = session.get(Refund, refund_id, populate_existing=True)
+    if reversed_:
+        # The money never reached the payer: what they owe goes back up.
+        _update(
+            session,
+            sa.update(Payment)
+            .where(Payment.id == refund.payment_id)
+            .values(refunded_cents=Payment.refunded_cents - refund.amount_cents, updated_at=now),
+        )
+        payment = session.get(Payment, refund.payment_id, populate_existing=True)
+        _update(
+            session,
+            sa.update(Case)
+            .where(Case.id == payment.case_id)
+            .values(balance_cents=Case.balance_cents - refund.amount_cents, updated_at=now),
+        )
+        log.error(
+            "refund %s (%s) failed after it was credited: balance of payment %s's case"
+            " lowered again by %s cents; the payer was told it was refunded",
+            refund_id,
+            processor_refund_id,
+            refund.payment_id,
+            refund.amount_cents,
+        )
+    return "failed"
+
+
+def _refund_issued(session: Session, refund_id: int, *, processor_refund_id: str) -> bool:
+    """Put a refund that succeeded back on the balance and text the payer, once."""
     now = utcnow()
     won = _update(
         session,
         sa.update(Refund)
         .where(Refund.id == refund_id, Refund.balance_applied.is_(False))
+        .where(Refund.status != RefundState.FAILED)
         .values(
             status=RefundState.SUCCEEDED,
             balance_applied=True,

@@ -30,7 +30,8 @@ from billing.gateway import (
 )
 
 LIST_PAGE_SIZE = 100
-"""Stripe's largest page; find_payment walks a customer's history newest first."""
+"""Stripe's largest page; find_payment walks a customer's history newest first, list_refunds a
+charge's refunds."""
 
 
 class StripeGateway:
@@ -185,11 +186,15 @@ class StripeGateway:
             raise RefundError(_message(exc), code=exc.code) from exc
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
-        return RefundResult(
-            refund_id=refund.id,
-            status=RefundStatus(refund.status),
-            amount_cents=refund.amount,
-        )
+        return _refund_result(refund.to_dict())
+
+    def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
+        """Every refund of a PaymentIntent, newest first."""
+        with _translated_errors():
+            page = self._client.v1.refunds.list(
+                params={"payment_intent": intent_id, "limit": LIST_PAGE_SIZE}
+            )
+            return [_refund_result(refund.to_dict()) for refund in page.auto_paging_iter()]
 
     def parse_webhook(self, *, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify Stripe-Signature with the SDK (300 s tolerance) and return the event."""
@@ -235,6 +240,14 @@ def _translate(exc: stripe.StripeError) -> PaymentError:
 
 def _message(exc: stripe.StripeError) -> str:
     return exc.user_message or str(exc) or type(exc).__name__
+
+
+def _refund_result(refund: Mapping[str, Any]) -> RefundResult:
+    return RefundResult(
+        refund_id=refund["id"],
+        status=RefundStatus(refund["status"]),
+        amount_cents=int(refund["amount"]),
+    )
 
 
 def _charge_from_card_error(exc: stripe.CardError) -> ChargeResult:

@@ -527,6 +527,102 @@ def test_a_refund_through_paytext_and_its_webhook_put_the_balance_back_once(
     assert len(texts(session, intent="refund")) == 1
 
 
+def refund_through_paytext(app, session, payment_id, amount_cents):
+    with app.app_context():
+        return service.refund_payment(
+            session=session, payment_id=payment_id, amount_cents=amount_cents, admin_user_id=None
+        )
+
+
+def test_a_refund_the_bank_has_not_finished_goes_on_the_balance_when_it_succeeds(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    fake.new_refund_status = "pending"
+    made = refund_through_paytext(app, session, paid.id, 10_000)
+    post_event(app, fake, "charge.refunded", fake.get(paid.processor_charge_id))
+
+    assert (made.status, made.balance_applied) == ("pending", False)
+    assert made.processor_refund_id.startswith("re_")
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert texts(session, intent="refund") == []
+
+    succeeded = fake.settle_refund(made.processor_refund_id, "succeeded")
+    for event_type in ("charge.refund.updated", "refund.updated"):
+        assert post_event(app, fake, event_type, succeeded)[0].status_code == 200
+
+    assert reload(session, Refund, made.id).status == "succeeded"
+    assert payment(session, paid.id).refunded_cents == 10_000
+    assert reload(session, Case, case.id).balance_cents == 85_000
+    [told] = texts(session, intent="refund")
+    assert "We refunded $100.00" in told.body
+
+
+def test_a_refund_that_fails_is_never_credited_or_announced_and_can_be_made_again(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    fake.new_refund_status = "pending"
+    made = refund_through_paytext(app, session, paid.id, 10_000)
+    failed = fake.settle_refund(made.processor_refund_id, "failed")
+    for event_type in ("refund.failed", "charge.refund.updated", "refund.updated"):
+        assert post_event(app, fake, event_type, failed)[0].status_code == 200
+
+    assert reload(session, Refund, made.id).status == "failed"
+    assert payment(session, paid.id).refunded_cents == 0
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert texts(session, intent="refund") == []
+
+    fake.new_refund_status = "succeeded"
+    again = refund_through_paytext(app, session, paid.id, 25_000)
+    assert again.status == "succeeded"
+    assert reload(session, Case, case.id).balance_cents == 100_000
+    assert len(texts(session, intent="refund")) == 1
+
+
+def test_a_dashboard_refund_still_pending_is_credited_only_once_it_succeeds(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    fake.new_refund_status = "pending"
+    there = browser(app).v1.refunds.create(
+        params={"payment_intent": paid.processor_payment_id, "amount": 5_000}
+    )
+    post_event(app, fake, "charge.refunded", fake.get(paid.processor_charge_id))
+
+    [recorded] = session.exec(select(Refund)).all()
+    assert (recorded.status, recorded.processor_refund_id) == ("pending", there.id)
+    assert reload(session, Case, case.id).balance_cents == 75_000
+
+    post_event(app, fake, "refund.updated", fake.settle_refund(there.id, "succeeded"))
+    post_event(app, fake, "charge.refunded", fake.get(paid.processor_charge_id))
+
+    assert reload(session, Refund, recorded.id).status == "succeeded"
+    assert reload(session, Case, case.id).balance_cents == 80_000
+    assert len(texts(session, intent="refund")) == 1
+
+
+def test_a_refund_that_fails_after_it_succeeded_comes_off_the_balance_again(
+    app, session, fake, payer, caplog
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    made = refund_through_paytext(app, session, paid.id, 10_000)
+    assert reload(session, Case, case.id).balance_cents == 85_000
+
+    failed = fake.settle_refund(made.processor_refund_id, "failed")
+    post_event(app, fake, "refund.failed", failed)
+    post_event(app, fake, "charge.refund.updated", failed)
+
+    assert reload(session, Refund, made.id).status == "failed"
+    assert payment(session, paid.id).refunded_cents == 0
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert "failed after it was credited" in caplog.text
+
+
 def test_setup_intent_succeeded_saves_the_card_and_texts_the_payer_once(app, session, fake):
     case = make_case(session)
     make_enrollment(session, case)

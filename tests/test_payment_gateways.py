@@ -373,6 +373,23 @@ def test_a_refund_replayed_with_its_key_is_made_once(harness):
     assert rest.amount_cents == 3_000
 
 
+def test_list_refunds_gives_every_refund_of_a_charge_newest_first(harness):
+    customer_id, saved = _customer_and_card(harness)
+    paid = _charge(harness.gateway, customer_id, saved, amount_cents=5_000)
+    other = _charge(harness.gateway, customer_id, saved, key="payment-2", payment_id="2")
+    assert harness.gateway.list_refunds(intent_id=paid.intent_id) == []
+
+    first = harness.gateway.refund(
+        intent_id=paid.intent_id, amount_cents=2_000, idempotency_key="refund-1"
+    )
+    second = harness.gateway.refund(
+        intent_id=paid.intent_id, amount_cents=1_000, idempotency_key="refund-2"
+    )
+    harness.gateway.refund(intent_id=other.intent_id, amount_cents=None, idempotency_key="r-3")
+
+    assert harness.gateway.list_refunds(intent_id=paid.intent_id) == [second, first]
+
+
 def test_a_declined_charge_cannot_be_refunded(harness):
     customer_id, saved = _customer_and_card(harness, CARDS_BY_NUMBER["4000000000000002"])
     declined = _charge(harness.gateway, customer_id, saved)
@@ -630,7 +647,7 @@ def test_both_gateways_take_exactly_the_protocols_arguments():
         ]
         return [*parameters, signature.return_annotation]
 
-    assert len(methods) == 8
+    assert len(methods) == 9
     for name in methods:
         expected = shape(getattr(PaymentGateway, name))
         assert shape(getattr(StripeGateway, name)) == expected, name

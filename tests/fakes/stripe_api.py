@@ -1,7 +1,8 @@
 """A local stand-in for the Stripe API, answering the real stripe SDK with Stripe's JSON shapes.
 
 Covers customers, setup intents, payment methods (including Stripe's pm_card_* test tokens),
-payment intents, refunds and idempotency keys, with error injection and webhook signing.
+payment intents, refunds (and their bank delays) and idempotency keys, with error injection and
+webhook signing.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class FakeStripe:
         self.payment_intents_created = 0
         self.charges_created = 0
         self.refunds_created = 0
+        # What a new refund's status is: "pending" plays a bank that takes days to return it.
+        self.new_refund_status = "succeeded"
         self._lock = threading.RLock()
         self._objects: dict[str, Json] = {}
         self._cards: dict[str, StripeTestCard] = {}  # payment method id -> how it behaves
@@ -97,6 +100,7 @@ class FakeStripe:
             ),
             ("GET", re.compile(r"/v1/charges/(?P<oid>[^/]+)"), self._getter("charge")),
             ("POST", re.compile(r"/v1/refunds"), self._create_refund),
+            ("GET", re.compile(r"/v1/refunds"), self._list_refunds),
             ("GET", re.compile(r"/v1/refunds/(?P<oid>[^/]+)"), self._getter("refund")),
         ]
 
@@ -150,6 +154,19 @@ class FakeStripe:
             intent["next_action"] = None
             self._succeed(intent)
             return copy.deepcopy(intent)
+
+    def settle_refund(self, refund_id: str, status: str) -> Json:
+        """Move a refund on, as the bank does: succeeded, or failed and given back to the charge."""
+        with self._lock:
+            refund = self._objects[refund_id]
+            refund["status"] = status
+            if status in ("failed", "canceled"):
+                charge = self._objects[refund["charge"]]
+                charge["amount_refunded"] -= refund["amount"]
+                charge["refunded"] = False
+                if status == "failed":
+                    refund["failure_reason"] = "expired_or_canceled_card"
+            return copy.deepcopy(refund)
 
     def signed_event(
         self,
@@ -478,12 +495,30 @@ class FakeStripe:
             charge=charge_id,
             currency=charge["currency"],
             payment_intent=charge["payment_intent"],
-            status="succeeded",
+            status=self.new_refund_status,
             reason=params.get("reason"),
             metadata=params.get("metadata", {}),
         )
         self.refunds_created += 1
         return self._render(refund, params.get("expand", []))
+
+    def _list_refunds(self, params: Json) -> Json:
+        limit = min(max(_integer(params, "limit", default=10), 1), 100)
+        refunds = [o for o in self._objects.values() if o["object"] == "refund"]
+        if params.get("payment_intent"):
+            refunds = [r for r in refunds if r["payment_intent"] == params["payment_intent"]]
+        ids = [r["id"] for r in reversed(refunds)]  # newest first
+        if params.get("starting_after"):
+            after = params["starting_after"]
+            if after not in ids:
+                raise _missing("refund", after, param="starting_after", status=400)
+            ids = ids[ids.index(after) + 1 :]
+        return {
+            "object": "list",
+            "url": "/v1/refunds",
+            "has_more": len(ids) > limit,
+            "data": [self._render(self._objects[i], []) for i in ids[:limit]],
+        }
 
     # -- storage ---------------------------------------------------------------------------
 
