@@ -177,6 +177,10 @@ class PaymentGateway(Protocol):
         """The current state of a charge, e.g. after the payer authenticated."""
         ...
 
+    def cancel_payment(self, *, intent_id: str, idempotency_key: str) -> ChargeResult:
+        """Cancel a charge still waiting for the payer; its current state if it is past that."""
+        ...
+
     def refund(
         self, *, intent_id: str, amount_cents: int | None, idempotency_key: str
     ) -> RefundResult:

@@ -85,8 +85,10 @@ def charge_payment(payment_id: int) -> str:
 def resume_payments(stale_after_seconds: int | None = None) -> int:
     """Queue the charge again for payments whose job was lost; returns how many were queued.
 
-    Also sends the payment texts a crash left unsent after their transaction committed.
+    Also cancels payments whose bank approval window closed, and sends the payment texts a
+    crash left unsent after their transaction committed.
     """
+    expire_approvals()
     outbound.send_left_behind()
     stale_after = (
         service.STALE_AFTER
@@ -109,6 +111,42 @@ def resume_payments(stale_after_seconds: int | None = None) -> int:
     if resumed:
         log.warning("resumed %s payment(s) whose charge job was lost", resumed)
     return resumed
+
+
+def expire_approvals() -> int:
+    """Cancel payments the payer's bank still holds after the approval window; how many ended.
+
+    The cancel carries an idempotency key; a payer who approved first gets the receipt
+    instead, and a cancel Stripe cannot take now is tried again at the next sweep.
+    """
+    gateway = current_app.extensions["payments"]
+    with session_scope() as session:
+        ids = service.expired_approval_ids(session=session, now=utcnow())
+    ended = 0
+    for payment_id in ids:
+        with session_scope() as session:
+            intent_id = service.begin_expiry(session=session, payment_id=payment_id, now=utcnow())
+        if intent_id is None:
+            continue
+        try:
+            result = gateway.cancel_payment(
+                intent_id=intent_id, idempotency_key=service.cancel_idempotency_key(payment_id)
+            )
+        except PaymentError as exc:
+            log.warning(
+                "payment %s: approval window closed but the cancel failed: %s (%s)",
+                payment_id,
+                exc,
+                exc.code,
+            )
+            continue
+        with session_scope() as session:
+            outcome = service.apply_charge_result(
+                session=session, payment_id=payment_id, result=result
+            )
+        log.info("payment %s: approval window closed: %s", payment_id, outcome)
+        ended += outcome in ("canceled", "succeeded", "declined")
+    return ended
 
 
 def _give_up(payment_id: int, *, code: str, message: str, refused: bool) -> str:

@@ -253,6 +253,27 @@ class SandboxGateway:
         self._redis.transaction(complete, key)
         return self.retrieve_payment(intent_id=intent_id)
 
+    def cancel_payment(self, *, intent_id: str, idempotency_key: str) -> ChargeResult:
+        """Cancel a sandbox charge still waiting for the payer; its state if it is past that."""
+        key = self._key("pi", intent_id)
+
+        def cancel(pipe: Any) -> None:
+            intent = _decode(pipe.hgetall(key))
+            if not intent:
+                raise PaymentNotFound(f"No such payment: {intent_id}", code="resource_missing")
+            if intent["status"] != ChargeStatus.REQUIRES_ACTION:
+                return
+            pipe.multi()
+            pipe.hset(key, "status", ChargeStatus.CANCELED)
+
+        def create() -> dict[str, Any]:
+            self._redis.transaction(cancel, key)
+            return asdict(self.retrieve_payment(intent_id=intent_id))
+
+        params = {"payment_intent": intent_id}
+        stored = self._idempotent(idempotency_key, "cancel", params, create)
+        return ChargeResult(**(stored | {"status": ChargeStatus(stored["status"])}))
+
     def refund(
         self, *, intent_id: str, amount_cents: int | None, idempotency_key: str
     ) -> RefundResult:

@@ -69,6 +69,13 @@ COUNTED = (*IN_FLIGHT, PaymentStatus.SUCCEEDED)
 STALE_AFTER = timedelta(minutes=10)
 """A pending or processing payment untouched this long has lost its job (worker or Redis died)."""
 
+APPROVAL_WINDOW = links.AUTH_LINK_TTL
+"""How long a payment waits for the payer's bank approval: as long as the approval link works.
+Then it is canceled, so it stops holding its share of the balance and the monthly cap."""
+
+APPROVAL_EXPIRED = "approval_expired"
+"""failure_code of a payment canceled because its approval window closed (staff see it)."""
+
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 """Confirmation code characters: no 0/O, 1/I/L, so a code read aloud on the phone is unambiguous."""
 
@@ -525,6 +532,7 @@ def _processing(session: Session, payment_id: int, result: ChargeResult) -> str:
 
 
 def _canceled(session: Session, payment_id: int, result: ChargeResult) -> str:
+    expired = Payment.failure_code == APPROVAL_EXPIRED
     changed = _update(
         session,
         sa.update(Payment)
@@ -532,14 +540,16 @@ def _canceled(session: Session, payment_id: int, result: ChargeResult) -> str:
         .values(
             status=PaymentStatus.CANCELED,
             processor_payment_id=result.intent_id,
-            failure_code="canceled",
+            failure_code=sa.case((expired, APPROVAL_EXPIRED), else_="canceled"),
             updated_at=utcnow(),
         ),
     )
     if not changed:
         return "unchanged"
     payment = session.get(Payment, payment_id, populate_existing=True)
-    _notify(session, payment, "payment_failed", "payment_failed", amount=payment.amount_cents)
+    # Expiry (ours, or Stripe's webhook for it arriving first) gets its own text.
+    key = APPROVAL_EXPIRED if payment.failure_code == APPROVAL_EXPIRED else "payment_failed"
+    _notify(session, payment, key, key, amount=payment.amount_cents)
     return "canceled"
 
 
@@ -562,6 +572,41 @@ def unfinished_payment_ids(*, session: Session, idle_since: datetime) -> list[in
             .order_by(Payment.id)
         ).all()
     )
+
+
+def expired_approval_ids(*, session: Session, now: datetime) -> list[int]:
+    """Payments still waiting for the payer's bank approval after the approval window closed."""
+    return list(
+        session.exec(
+            select(Payment.id)
+            .where(Payment.status == PaymentStatus.REQUIRES_ACTION)
+            .where(Payment.updated_at < now - APPROVAL_WINDOW)
+            .order_by(Payment.id)
+        ).all()
+    )
+
+
+def begin_expiry(*, session: Session, payment_id: int, now: datetime) -> str | None:
+    """Mark a payment whose approval window closed as expiring; the intent to cancel, or None.
+
+    Marked before the processor is asked, so whichever records the cancellation (the sweep,
+    or Stripe's payment_intent.canceled webhook) tells the payer why.
+    """
+    marked = _update(
+        session,
+        sa.update(Payment)
+        .where(Payment.id == payment_id, Payment.status == PaymentStatus.REQUIRES_ACTION)
+        .where(Payment.updated_at < now - APPROVAL_WINDOW)
+        .values(failure_code=APPROVAL_EXPIRED),
+    )
+    if not marked:
+        return None
+    return session.get(Payment, payment_id, populate_existing=True).processor_payment_id
+
+
+def cancel_idempotency_key(payment_id: int) -> str:
+    """The processor idempotency key of canceling a payment whose approval window closed."""
+    return f"paytext-cancel-{payment_id}"
 
 
 def requires_action_result(*, payment: Payment) -> ChargeResult | None:

@@ -168,6 +168,23 @@ class StripeGateway:
             )
         return _charge_from_intent(intent.to_dict())
 
+    def cancel_payment(self, *, intent_id: str, idempotency_key: str) -> ChargeResult:
+        """Cancel a PaymentIntent still waiting for the payer; its current state if it is past
+        that (the payer approved it first, or it was canceled already)."""
+        try:
+            intent = self._client.v1.payment_intents.cancel(
+                intent_id,
+                params={"expand": ["payment_method"]},
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "payment_intent_unexpected_state":
+                return self.retrieve_payment(intent_id=intent_id)
+            raise _translate(exc) from exc
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return _charge_from_intent(intent.to_dict())
+
     def refund(
         self, *, intent_id: str, amount_cents: int | None, idempotency_key: str
     ) -> RefundResult:
@@ -273,14 +290,15 @@ def _charge_from_intent(
     stripe_status = intent.get("status")
     if stripe_status == "succeeded":
         status = ChargeStatus.SUCCEEDED
+    elif stripe_status == "canceled":
+        # Before the error check: a canceled intent keeps its last authentication error.
+        status = ChargeStatus.CANCELED
     elif stripe_status == "requires_action" or error.get("code") == "authentication_required":
         # Off-session, Stripe fails the intent instead of asking; the payer can still
         # confirm it on-session with the client secret.
         status = ChargeStatus.REQUIRES_ACTION
     elif stripe_status == "requires_payment_method":
         status = ChargeStatus.DECLINED
-    elif stripe_status == "canceled":
-        status = ChargeStatus.CANCELED
     else:
         status = ChargeStatus.PROCESSING
 

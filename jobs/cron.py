@@ -1,7 +1,9 @@
 """`rq cron` configuration: `rq cron --url "$REDIS_URL" jobs/cron.py` (the Procfile's `cron`).
 
-Dispatch runs every REMINDER_DISPATCH_SECONDS (60 by default), planning every hour, and
-payments whose charge job was lost are queued again every 5 minutes. Two cron processes at once
+Dispatch runs every REMINDER_DISPATCH_SECONDS (60 by default), planning every hour, and every
+5 minutes payments whose charge job was lost are queued again, payments still waiting for bank
+approval when their approval link expired are canceled, and payment texts a crash left unsent
+are sent. Two cron processes at once
 do no harm: dispatch claims each row once, planning is idempotent, and a charge is keyed by its
 payment.
 """

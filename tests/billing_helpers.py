@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 
 import stripe
 from flask import Flask
 from sqlmodel import Session, select
 
-from billing import service
+from billing import jobs, links, service
 from billing.cards import attach_test_card
 from billing.testcards import CARDS_BY_NUMBER
 from bot.dialogue import ChargeQuote
-from models import CardOnFile, Case, ConversationTurn, Direction, Payment
+from models import CardOnFile, Case, ConversationTurn, Direction, Payment, utcnow
 from tests.fakes.stripe_api import FakeStripe
 
 WEBHOOK_SECRET = "whsec_test_billing"
@@ -116,3 +117,10 @@ def csrf_field(html: str) -> dict[str, str]:
 def path_of(url: str) -> str:
     """The path of an absolute link, for the test client."""
     return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+def after_approval_window(monkeypatch) -> None:
+    """Move the payment sweep's and the links' clocks past the bank approval window."""
+    later = utcnow() + service.APPROVAL_WINDOW + timedelta(minutes=1)
+    monkeypatch.setattr(jobs, "utcnow", lambda: later)
+    monkeypatch.setattr(links, "utcnow", lambda: later)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from datetime import timedelta
@@ -34,6 +35,7 @@ from tests.billing_helpers import (
     INSUFFICIENT,
     VISA,
     add_card,
+    after_approval_window,
     confirmed_payment,
     csrf_field,
     path_of,
@@ -399,6 +401,48 @@ def test_a_card_needing_authentication_gets_a_link_and_approving_sends_the_recei
     again = client.post(path, data=csrf_field(page.text))
     assert "went through" in again.text
     assert len(texts(session, intent="receipt")) == 1
+
+
+@pytest.mark.parametrize(
+    ("language", "words"),
+    [("en", "approve your payment of $250.00 has run out"), ("es", "vencido")],
+)
+def test_a_payment_still_waiting_for_approval_when_the_link_expires_is_canceled(
+    app, session, monkeypatch, language, words
+):
+    case = make_case(session, language=language)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charged(app, session, case, card)
+    [asked] = texts(session, intent="auth_required")
+    with app.app_context():
+        resume_payments()  # the payer still has time
+        assert payment(session, held.id).status == PaymentStatus.REQUIRES_ACTION
+        with pytest.raises(PaymentRefused):  # it holds $250.00 of the $1,000.00 owed
+            service.payment_for_quote(
+                session=session, quote=quote_for(case, card, 100_000), authorized_turn_id=None
+            )
+        session.rollback()
+
+    after_approval_window(monkeypatch)
+    with app.app_context():
+        resume_payments()
+        resume_payments()
+
+    expired = payment(session, held.id)
+    assert (expired.status, expired.failure_code) == (PaymentStatus.CANCELED, "approval_expired")
+    gateway = app.extensions["payments"]
+    assert gateway.retrieve_payment(intent_id=held.processor_payment_id).status == "canceled"
+    [told] = texts(session, intent="approval_expired")
+    assert words in told.body and texts(session, intent="payment_failed") == []
+    assert reload(session, Case, case.id).balance_cents == 100_000
+    link = app.test_client().get(path_of(re.search(r"http\S+", asked.body).group()))
+    assert link.status_code == 410
+    with app.app_context():
+        service.payment_for_quote(
+            session=session, quote=quote_for(case, card, 100_000), authorized_turn_id=None
+        )
+    session.rollback()
 
 
 def test_an_approval_link_for_someone_elses_payment_cannot_be_made_up(app, session):

@@ -14,7 +14,13 @@ from sqlmodel import select
 
 from billing import links, service
 from billing.gateway import TransientPaymentError
-from billing.jobs import MAX_ATTEMPTS, RETRY_INTERVALS, charge_job_id, charge_payment
+from billing.jobs import (
+    MAX_ATTEMPTS,
+    RETRY_INTERVALS,
+    charge_job_id,
+    charge_payment,
+    resume_payments,
+)
 from models import CardOnFile, Case, Payment, PaymentStatus, Refund
 from models import WebhookEvent as WebhookEventRow
 from tests.billing_helpers import (
@@ -22,6 +28,7 @@ from tests.billing_helpers import (
     INSUFFICIENT,
     WEBHOOK_SECRET,
     add_card,
+    after_approval_window,
     confirmed_payment,
     csrf_field,
     path_of,
@@ -698,6 +705,48 @@ def test_an_event_for_a_payment_intent_paytext_did_not_make_is_ignored(app, sess
     response = post_event(app, fake, "payment_intent.succeeded", fake.get(foreign.id))[0]
     assert response.json["outcome"] == "ignored"
     assert session.exec(select(Payment)).all() == []
+
+
+def test_an_expired_approval_cancels_the_payment_intent_once_with_an_idempotency_key(
+    app, session, fake, monkeypatch
+):
+    case = make_case(session)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    after_approval_window(monkeypatch)
+    with app.app_context():
+        resume_payments()
+        resume_payments()
+
+    intent = fake.get(held.processor_payment_id)
+    assert intent["status"] == "canceled"
+    assert service.cancel_idempotency_key(held.id) in fake._idempotency
+    assert payment(session, held.id).status == PaymentStatus.CANCELED
+    response = post_event(app, fake, "payment_intent.canceled", intent)[0]
+    assert response.json["outcome"] == "unchanged"
+    assert len(texts(session, intent="approval_expired")) == 1
+    assert texts(session, intent="payment_failed") == []
+    assert reload(session, Case, case.id).balance_cents == 100_000
+
+
+def test_a_payer_who_approved_as_the_window_closed_gets_the_receipt_not_a_cancel(
+    app, session, fake, monkeypatch
+):
+    case = make_case(session)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    fake.complete_authentication(held.processor_payment_id)  # Stripe.js; no webhook yet
+    after_approval_window(monkeypatch)
+    with app.app_context():
+        resume_payments()
+
+    assert fake.get(held.processor_payment_id)["status"] == "succeeded"
+    assert payment(session, held.id).status == PaymentStatus.SUCCEEDED
+    assert len(texts(session, intent="receipt")) == 1
+    assert texts(session, intent="approval_expired") == []
+    assert reload(session, Case, case.id).balance_cents == 75_000
 
 
 def test_no_client_secret_is_logged(app, session, fake, caplog):

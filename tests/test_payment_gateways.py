@@ -243,6 +243,22 @@ def test_a_card_needing_authentication_waits_for_the_payer_then_succeeds(harness
     assert completed.charge_id and completed.client_secret is None
 
 
+def test_a_charge_waiting_for_the_payer_can_be_canceled_once_but_not_after_approval(harness):
+    customer_id, saved = _customer_and_card(harness, AUTHENTICATION_CARD)
+    waiting = _charge(harness.gateway, customer_id, saved)
+    approved = _charge(harness.gateway, customer_id, saved, key="payment-2", payment_id="2")
+    harness.authenticate(approved)
+
+    canceled = harness.gateway.cancel_payment(intent_id=waiting.intent_id, idempotency_key="c-1")
+    again = harness.gateway.cancel_payment(intent_id=waiting.intent_id, idempotency_key="c-1")
+    too_late = harness.gateway.cancel_payment(intent_id=approved.intent_id, idempotency_key="c-2")
+
+    assert (canceled.status, canceled.client_secret) == (ChargeStatus.CANCELED, None)
+    assert again == canceled
+    assert harness.gateway.retrieve_payment(intent_id=waiting.intent_id).status == "canceled"
+    assert too_late.status is ChargeStatus.SUCCEEDED
+
+
 def test_card_from_setup_before_the_payer_finishes_raises_card_error(harness):
     customer_id = harness.gateway.ensure_customer(case_number="CS-1", name="Ana Ruiz")
     setup = harness.gateway.create_card_setup(
@@ -647,7 +663,7 @@ def test_both_gateways_take_exactly_the_protocols_arguments():
         ]
         return [*parameters, signature.return_annotation]
 
-    assert len(methods) == 9
+    assert len(methods) == 10
     for name in methods:
         expected = shape(getattr(PaymentGateway, name))
         assert shape(getattr(StripeGateway, name)) == expected, name

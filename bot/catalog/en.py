@@ -156,6 +156,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Your bank needs you to approve the payment of {amount}. "
         "Open this link to finish: {url} Nothing is charged until you approve."
     ),
+    "approval_expired": (
+        "{agency}: The time to approve your payment of {amount} has run out, so we canceled it "
+        "and nothing was charged. Reply PAY to try again or call {agency_phone}."
+    ),
     "payment_failed": (
         "{agency}: Your payment of {amount} did not go through, and nothing was charged. "
         "Reply PAY to try again or call {agency_phone}."

@@ -170,6 +170,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Su banco necesita que apruebe el pago de {amount}. "
         "Abra este enlace para terminar: {url} No le cobramos nada hasta que lo apruebe."
     ),
+    "approval_expired": (
+        "{agency}: El plazo para aprobar su pago de {amount} ha vencido. Lo cancelamos y no le "
+        "cobramos nada. Responda PAGAR para intentarlo de nuevo o llame al {agency_phone}."
+    ),
     "payment_failed": (
         "{agency}: Su pago de {amount} no se pudo completar y no le cobramos nada. "
         "Responda PAGAR para intentarlo de nuevo o llame al {agency_phone}."

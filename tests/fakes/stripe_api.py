@@ -98,6 +98,11 @@ class FakeStripe:
                 re.compile(r"/v1/payment_intents/(?P<oid>[^/]+)"),
                 self._getter("payment_intent"),
             ),
+            (
+                "POST",
+                re.compile(r"/v1/payment_intents/(?P<oid>[^/]+)/cancel"),
+                self._cancel_payment_intent,
+            ),
             ("GET", re.compile(r"/v1/charges/(?P<oid>[^/]+)"), self._getter("charge")),
             ("POST", re.compile(r"/v1/refunds"), self._create_refund),
             ("GET", re.compile(r"/v1/refunds"), self._list_refunds),
@@ -384,6 +389,22 @@ class FakeStripe:
             )
         else:
             self._fail(intent, card)
+
+    def _cancel_payment_intent(self, params: Json, oid: str) -> Json:
+        intent = self._find("payment_intent", oid)
+        if intent["status"] in ("succeeded", "canceled"):
+            raise _invalid(
+                "You cannot cancel this PaymentIntent because it has a status of"
+                f" {intent['status']}.",
+                code="payment_intent_unexpected_state",
+            )
+        intent.update(
+            status="canceled",
+            canceled_at=next(self._clock),
+            cancellation_reason=params.get("cancellation_reason"),
+            next_action=None,
+        )
+        return self._render(intent, params.get("expand", []))
 
     def _succeed(self, intent: Json) -> None:
         charge = self._charge(intent, "succeeded")
