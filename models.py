@@ -95,6 +95,10 @@ class PaymentStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    # The payer's bank took the money back (a chargeback) while the agency disputes it; if the
+    # agency wins it is succeeded again, if it loses, dispute_lost.
+    DISPUTED = "disputed"
+    DISPUTE_LOST = "dispute_lost"
 
 
 class ReminderKind(StrEnum):
@@ -263,6 +267,10 @@ class Payment(SQLModel, table=True):
     failure_code: str | None = Field(default=None, sa_type=sa.String(48))
     failure_message: str | None = Field(default=None, sa_type=sa.String(300))
     refunded_cents: int = Field(default=0, sa_type=sa.BigInteger)
+    # What a dispute put back on the balance, so winning it takes exactly that off again.
+    disputed_cents: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
     balance_applied: bool = False
     # Turns point at payments and payments at turns; use_alter breaks the cycle for PostgreSQL.
     authorized_turn_id: int | None = Field(

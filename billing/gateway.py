@@ -90,6 +90,21 @@ class RefundResult:
 
 
 @dataclass(frozen=True)
+class DisputeResult:
+    """A dispute (chargeback) on a charge as the provider has it now; status is Stripe's."""
+
+    dispute_id: str
+    status: str
+    amount_cents: int
+    intent_id: str | None
+
+    @property
+    def funds_withdrawn(self) -> bool:
+        """True while the disputed money is taken back: a dispute (not an inquiry) not won."""
+        return self.status in ("needs_response", "under_review", "lost")
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """A verified webhook event; data is the event's data.object as plain dicts."""
 
@@ -189,6 +204,10 @@ class PaymentGateway(Protocol):
 
     def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
         """Every refund of a charge as the provider has it now (pending, succeeded, failed...)."""
+        ...
+
+    def retrieve_dispute(self, *, dispute_id: str) -> DisputeResult:
+        """The current state of a dispute a cardholder's bank opened on a charge."""
         ...
 
     def parse_webhook(self, *, payload: bytes, signature_header: str | None) -> WebhookEvent:

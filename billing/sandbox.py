@@ -25,6 +25,7 @@ from billing.gateway import (
     CardSetup,
     ChargeResult,
     ChargeStatus,
+    DisputeResult,
     IdempotencyConflict,
     InvalidWebhook,
     PaymentConfigError,
@@ -338,6 +339,10 @@ class SandboxGateway:
                 )
             )
         return refunds
+
+    def retrieve_dispute(self, *, dispute_id: str) -> DisputeResult:
+        """Sandbox charges are never disputed: every dispute id is unknown."""
+        raise PaymentNotFound(f"No such dispute: {dispute_id}", code="resource_missing")
 
     def parse_webhook(self, *, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify a Stripe-format signature made with the sandbox secret and return the event."""

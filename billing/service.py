@@ -31,6 +31,7 @@ from billing.gateway import (
     CardSetup,
     ChargeResult,
     ChargeStatus,
+    DisputeResult,
     PaymentError,
     PaymentGateway,
     PaymentNotFound,
@@ -631,6 +632,18 @@ REFUND_EVENTS = frozenset(
 """Events about refunds (their object a charge or a refund); each reconciles the payment's."""
 
 
+DISPUTE_EVENTS = frozenset(
+    {
+        "charge.dispute.created",
+        "charge.dispute.updated",
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.funds_reinstated",
+        "charge.dispute.closed",
+    }
+)
+"""Events about a dispute (chargeback) on a charge; each reconciles the payment with it."""
+
+
 def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEvent) -> str:
     """Apply a verified processor event once; a replayed event id changes nothing.
 
@@ -645,6 +658,8 @@ def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEve
         return _reconcile_intent(session, gateway, event.data)
     if event.type in REFUND_EVENTS:
         return _reconcile_refunds(session, gateway, event.data)
+    if event.type in DISPUTE_EVENTS:
+        return _reconcile_dispute(session, gateway, event.data)
     if event.type == "setup_intent.succeeded":
         return _setup_succeeded(session, gateway, event.data)
     return "ignored"
@@ -755,6 +770,107 @@ def _external_refund(session: Session, payment: Payment, result: RefundResult) -
         .where(Refund.processor_refund_id == result.refund_id)
         .execution_options(populate_existing=True)
     ).one()
+
+
+def _reconcile_dispute(
+    session: Session, gateway: PaymentGateway, dispute: Mapping[str, Any]
+) -> str:
+    """Follow a dispute (chargeback) on a payment as the processor has it now, whatever the event.
+
+    While the bank has taken the money back the payment is disputed (or dispute_lost) and its
+    amount is owed again; when the agency wins, it is succeeded again and off the balance once
+    more. Staff see the status on the case page; the payer is not texted.
+    """
+    intent_id = dispute.get("payment_intent")
+    if isinstance(intent_id, Mapping):
+        intent_id = intent_id.get("id")
+    payment = None
+    if intent_id:
+        payment = session.exec(
+            select(Payment).where(Payment.processor_payment_id == intent_id)
+        ).first()
+    if payment is None and dispute.get("charge"):
+        payment = session.exec(
+            select(Payment).where(Payment.processor_charge_id == dispute["charge"])
+        ).first()
+    if payment is None:
+        return "ignored"
+    if payment.status in IN_FLIGHT and payment.processor_payment_id:
+        # The job may have died before it recorded the charge: settle the payment first.
+        _reconcile_intent(session, gateway, {"id": payment.processor_payment_id})
+    try:
+        result = gateway.retrieve_dispute(dispute_id=dispute["id"])
+    except PaymentNotFound:
+        log.warning("webhook names dispute %s, which the processor does not know", dispute["id"])
+        return "ignored"
+    _lock(session, Payment, payment.id)
+    payment = session.get(Payment, payment.id, populate_existing=True)
+    if result.funds_withdrawn:
+        lost = result.status == "lost"
+        return _dispute_withdrawn(session, payment, result, lost=lost)
+    if result.status == "won":
+        return _dispute_won(session, payment)
+    return "unchanged"  # an inquiry (warning_*): no money moved
+
+
+def _dispute_withdrawn(
+    session: Session, payment: Payment, result: DisputeResult, *, lost: bool
+) -> str:
+    now = utcnow()
+    status = PaymentStatus.DISPUTE_LOST if lost else PaymentStatus.DISPUTED
+    amount = min(result.amount_cents, payment.amount_cents - payment.refunded_cents)
+    opened = _update(
+        session,
+        sa.update(Payment)
+        .where(Payment.id == payment.id, Payment.status == PaymentStatus.SUCCEEDED)
+        .values(status=status, disputed_cents=amount, updated_at=now),
+    )
+    if opened:
+        _update(
+            session,
+            sa.update(Case)
+            .where(Case.id == payment.case_id)
+            .values(balance_cents=Case.balance_cents + amount, updated_at=now),
+        )
+        log.warning(
+            "payment %s disputed (%s, %s): %s cents owed again",
+            payment.id,
+            result.dispute_id,
+            result.status,
+            amount,
+        )
+        return str(status)
+    if not lost:
+        return "unchanged"
+    moved = _update(
+        session,
+        sa.update(Payment)
+        .where(Payment.id == payment.id, Payment.status == PaymentStatus.DISPUTED)
+        .values(status=status, updated_at=now),
+    )
+    return str(status) if moved else "unchanged"
+
+
+def _dispute_won(session: Session, payment: Payment) -> str:
+    now = utcnow()
+    won = _update(
+        session,
+        sa.update(Payment)
+        .where(Payment.id == payment.id)
+        .where(Payment.status.in_((PaymentStatus.DISPUTED, PaymentStatus.DISPUTE_LOST)))
+        .values(status=PaymentStatus.SUCCEEDED, disputed_cents=0, updated_at=now),
+    )
+    if not won:
+        return "unchanged"
+    # `payment` was read under the lock: disputed_cents is what the dispute put back.
+    _update(
+        session,
+        sa.update(Case)
+        .where(Case.id == payment.case_id)
+        .values(balance_cents=Case.balance_cents - payment.disputed_cents, updated_at=now),
+    )
+    log.warning("payment %s: dispute won, %s cents paid again", payment.id, payment.disputed_cents)
+    return "dispute_won"
 
 
 def _setup_succeeded(session: Session, gateway: PaymentGateway, setup: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ from billing.gateway import (
     CardSetup,
     ChargeResult,
     ChargeStatus,
+    DisputeResult,
     IdempotencyConflict,
     InvalidWebhook,
     PaymentConfigError,
@@ -212,6 +213,18 @@ class StripeGateway:
                 params={"payment_intent": intent_id, "limit": LIST_PAGE_SIZE}
             )
             return [_refund_result(refund.to_dict()) for refund in page.auto_paging_iter()]
+
+    def retrieve_dispute(self, *, dispute_id: str) -> DisputeResult:
+        """The current state of a Stripe dispute."""
+        with _translated_errors():
+            dispute = self._client.v1.disputes.retrieve(dispute_id).to_dict()
+        intent = dispute.get("payment_intent")
+        return DisputeResult(
+            dispute_id=dispute["id"],
+            status=str(dispute["status"]),
+            amount_cents=int(dispute["amount"]),
+            intent_id=intent.get("id") if isinstance(intent, Mapping) else intent,
+        )
 
     def parse_webhook(self, *, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify Stripe-Signature with the SDK (300 s tolerance) and return the event."""

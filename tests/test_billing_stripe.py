@@ -23,6 +23,7 @@ from billing.jobs import (
 )
 from models import CardOnFile, Case, Payment, PaymentStatus, Refund
 from models import WebhookEvent as WebhookEventRow
+from tests.admin_helpers import signed_in
 from tests.billing_helpers import (
     AUTHENTICATION,
     INSUFFICIENT,
@@ -628,6 +629,70 @@ def test_a_refund_that_fails_after_it_succeeded_comes_off_the_balance_again(
     assert payment(session, paid.id).refunded_cents == 0
     assert reload(session, Case, case.id).balance_cents == 75_000
     assert "failed after it was credited" in caplog.text
+
+
+def test_a_dispute_puts_the_payment_back_on_the_balance_and_winning_it_takes_it_off_again(
+    app, session, fake, payer
+):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    opened = fake.dispute(paid.processor_charge_id)
+    for event_type in ("charge.dispute.created", "charge.dispute.funds_withdrawn"):
+        assert post_event(app, fake, event_type, opened)[0].status_code == 200
+
+    disputed = payment(session, paid.id)
+    assert (disputed.status, disputed.disputed_cents) == (PaymentStatus.DISPUTED, 25_000)
+    assert reload(session, Case, case.id).balance_cents == 100_000
+
+    won = fake.close_dispute(opened["id"], "won")
+    for event_type in ("charge.dispute.closed", "charge.dispute.funds_reinstated"):
+        assert post_event(app, fake, event_type, won)[0].status_code == 200
+
+    assert payment(session, paid.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    assert [t.intent for t in texts(session, payment_id=paid.id)] == ["receipt"]
+
+
+def test_a_lost_dispute_leaves_the_payment_owed_and_marked_for_staff(app, session, fake, payer):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    opened = fake.dispute(paid.processor_charge_id)
+    post_event(app, fake, "charge.dispute.created", opened)
+    lost = fake.close_dispute(opened["id"], "lost")
+    post_event(app, fake, "charge.dispute.closed", lost)
+    post_event(app, fake, "charge.dispute.closed", lost)  # redelivered with a new event id
+
+    assert payment(session, paid.id).status == PaymentStatus.DISPUTE_LOST
+    assert reload(session, Case, case.id).balance_cents == 100_000
+    client = app.test_client()
+    signed_in(client, session)
+    page = client.get(f"/admin/cases/{case.id}")
+    assert "dispute lost" in page.text
+
+
+def test_dispute_events_out_of_order_follow_the_disputes_current_state(app, session, fake, payer):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    opened = fake.dispute(paid.processor_charge_id)
+    won = fake.close_dispute(opened["id"], "won")
+    post_event(app, fake, "charge.dispute.closed", won)
+    post_event(app, fake, "charge.dispute.created", opened)  # arrives late
+
+    assert payment(session, paid.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
+
+
+def test_an_inquiry_that_takes_no_money_changes_nothing(app, session, fake, payer):
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    inquiry = fake.dispute(paid.processor_charge_id, status="warning_needs_response")
+    post_event(app, fake, "charge.dispute.created", inquiry)
+    post_event(
+        app, fake, "charge.dispute.closed", fake.close_dispute(inquiry["id"], "warning_closed")
+    )
+
+    assert payment(session, paid.id).status == PaymentStatus.SUCCEEDED
+    assert reload(session, Case, case.id).balance_cents == 75_000
 
 
 def test_setup_intent_succeeded_saves_the_card_and_texts_the_payer_once(app, session, fake):

@@ -26,6 +26,7 @@ from billing.gateway import (
     PaymentConfigError,
     PaymentError,
     PaymentGateway,
+    PaymentNotFound,
     RefundError,
     RefundStatus,
     SavedCard,
@@ -649,6 +650,32 @@ def test_sandbox_authentication_needs_the_intents_own_client_secret(sandbox):
     )
 
 
+def test_stripe_reads_a_dispute_as_it_stands_and_the_sandbox_has_none(
+    fake_stripe, stripe_gateway, sandbox
+):
+    browser = stripe.StripeClient(fake_stripe.secret_key, base_addresses={"api": fake_stripe.url})
+    customer_id = stripe_gateway.ensure_customer(case_number="CS-1", name="Ana Ruiz")
+    setup = stripe_gateway.create_card_setup(
+        customer_id=customer_id, case_number="CS-1", idempotency_key="setup-1"
+    )
+    browser.v1.setup_intents.confirm(setup.setup_id, params={"payment_method": VISA.token})
+    saved = stripe_gateway.card_from_setup(setup_id=setup.setup_id)
+    paid = _charge(stripe_gateway, customer_id, saved)
+    opened = fake_stripe.dispute(paid.charge_id)
+
+    found = stripe_gateway.retrieve_dispute(dispute_id=opened["id"])
+    assert (found.status, found.amount_cents, found.intent_id) == (
+        "needs_response",
+        12_500,
+        paid.intent_id,
+    )
+    assert found.funds_withdrawn
+    fake_stripe.close_dispute(opened["id"], "won")
+    assert not stripe_gateway.retrieve_dispute(dispute_id=opened["id"]).funds_withdrawn
+    with pytest.raises(PaymentNotFound):
+        sandbox.retrieve_dispute(dispute_id=opened["id"])
+
+
 # -- the interface ---------------------------------------------------------------------------
 
 
@@ -663,7 +690,7 @@ def test_both_gateways_take_exactly_the_protocols_arguments():
         ]
         return [*parameters, signature.return_annotation]
 
-    assert len(methods) == 10
+    assert len(methods) == 11
     for name in methods:
         expected = shape(getattr(PaymentGateway, name))
         assert shape(getattr(StripeGateway, name)) == expected, name

@@ -1,8 +1,8 @@
 """A local stand-in for the Stripe API, answering the real stripe SDK with Stripe's JSON shapes.
 
 Covers customers, setup intents, payment methods (including Stripe's pm_card_* test tokens),
-payment intents, refunds (and their bank delays) and idempotency keys, with error injection and
-webhook signing.
+payment intents, refunds (and their bank delays), disputes and idempotency keys, with error
+injection and webhook signing.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class FakeStripe:
                 self._cancel_payment_intent,
             ),
             ("GET", re.compile(r"/v1/charges/(?P<oid>[^/]+)"), self._getter("charge")),
+            ("GET", re.compile(r"/v1/disputes/(?P<oid>[^/]+)"), self._getter("dispute")),
             ("POST", re.compile(r"/v1/refunds"), self._create_refund),
             ("GET", re.compile(r"/v1/refunds"), self._list_refunds),
             ("GET", re.compile(r"/v1/refunds/(?P<oid>[^/]+)"), self._getter("refund")),
@@ -172,6 +173,30 @@ class FakeStripe:
                 if status == "failed":
                     refund["failure_reason"] = "expired_or_canceled_card"
             return copy.deepcopy(refund)
+
+    def dispute(self, charge_id: str, status: str = "needs_response") -> Json:
+        """Open a dispute on a charge, as the cardholder's bank does; returns it for an event."""
+        with self._lock:
+            charge = self._objects[charge_id]
+            charge["disputed"] = True
+            dispute = self._store(
+                "dp",
+                "dispute",
+                amount=charge["amount"] - charge["amount_refunded"],
+                charge=charge_id,
+                currency=charge["currency"],
+                payment_intent=charge["payment_intent"],
+                reason="fraudulent",
+                status=status,
+                metadata={},
+            )
+            return copy.deepcopy(dispute)
+
+    def close_dispute(self, dispute_id: str, status: str) -> Json:
+        """Move a dispute on (under_review, won, lost...); returns it for an event."""
+        with self._lock:
+            self._objects[dispute_id]["status"] = status
+            return copy.deepcopy(self._objects[dispute_id])
 
     def signed_event(
         self,
