@@ -306,6 +306,8 @@ class Enrolled:
     outcome: cases.EnrollOutcome
     case_created: bool
     invite: Sent | None
+    opted_out_at: datetime | None = None
+    """When the number last opted out, if it did (then it stays opted out: OPTED_OUT)."""
 
 
 def consent_text(*, config: Mapping[str, Any], case_number: str, phone: str) -> str:
@@ -375,6 +377,10 @@ def enroll_number(
         consent_text=consent_text(config=config, case_number=case.case_number, phone=phone),
         now=now,
     )
+    if outcome == cases.EnrollOutcome.OPTED_OUT:
+        # A STOP is the payer's revocation of consent; staff cannot override it.
+        stopped = cases.opt_outs(session=session, phones=[phone])
+        return Enrolled(case, enrollment, outcome, created, None, stopped.get(phone))
     invite = None
     # An imported number never invited gets its invitation now; one invited already does not.
     uninvited = enrollment.status == EnrollmentStatus.PENDING and enrollment.invited_at is None

@@ -586,6 +586,14 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
     outcome = enrolled.outcome
     if outcome == service.cases.EnrollOutcome.ALREADY_ACTIVE:
         return f"{shown} is already active on this case; nothing changed.", "info"
+    if outcome == service.cases.EnrollOutcome.OPTED_OUT:
+        when = f" on {local(enrolled.opted_out_at, '%b %-d, %Y')}" if enrolled.opted_out_at else ""
+        return (
+            f"{shown} opted out of texts{when}. It is on this case but stays opted out: no "
+            "opt-in text was sent, and it will get texts only if the payer texts START. "
+            "Staff cannot undo an opt-out.",
+            "error",
+        )
     first = (
         f"{shown} was already enrolled on this case and is waiting for the payer's YES."
         if outcome == service.cases.EnrollOutcome.ALREADY_PENDING
@@ -719,6 +727,12 @@ def import_confirm():
         f"{result.enrollments_created} pending enrollment(s) added.",
         "success",
     )
+    if result.opted_out:
+        flash(
+            f"{result.opted_out} number(s) had opted out of texts: they are enrolled opted out, "
+            "will not be invited, and get texts only if the payer texts START.",
+            "info",
+        )
     return redirect(url_for("admin.cases"))
 
 

@@ -312,14 +312,28 @@ def send_invite(*, session: Session, enrollment: Enrollment, case_number: str) -
     return sent
 
 
-def invite_pending(limit: int | None = None) -> tuple[int, int]:
-    """Text the double opt-in invitation to pending, uninvited enrollments; (sent, failed)."""
+@dataclass(frozen=True)
+class Invitations:
+    """What `invite_pending` did with the pending, uninvited enrollments."""
+
+    sent: int = 0
+    failed: int = 0
+    opted_out: int = 0
+    """Not texted: the number opted out (on any case) or cannot receive texts."""
+
+
+def invite_pending(limit: int | None = None) -> Invitations:
+    """Text the double opt-in invitation to pending, uninvited enrollments that may be texted."""
     from cases.service import pending_uninvited
     from models import Case
 
-    sent = failed = 0
+    sent = failed = opted_out = 0
     with session_scope() as session:
         for enrollment in pending_uninvited(session=session, limit=limit):
+            # An import or a re-enrollment never undoes a STOP; checked at the last moment.
+            if not may_text(session=session, phone=enrollment.phone):
+                opted_out += 1
+                continue
             case_number = session.get(Case, enrollment.case_id).case_number
             if send_invite(
                 session=session, enrollment=enrollment, case_number=case_number
@@ -328,7 +342,7 @@ def invite_pending(limit: int | None = None) -> tuple[int, int]:
             else:
                 failed += 1
             session.commit()
-    return sent, failed
+    return Invitations(sent, failed, opted_out)
 
 
 def _masked(phone: str) -> str:

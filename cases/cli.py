@@ -64,6 +64,11 @@ def import_command(file: Path) -> None:
         f"Imported {len(plan.rows)} case(s): {result.created} new, {result.updated} updated, "
         f"{result.enrollments_created} pending enrollment(s) added."
     )
+    if result.opted_out:
+        click.echo(
+            f"{result.opted_out} number(s) opted out of texts earlier: enrolled opted out and "
+            "never invited; they get texts only if the payer texts START."
+        )
 
 
 @click.command("enroll")
@@ -88,9 +93,14 @@ def enroll_command(
             raise click.UsageError("--invite-pending takes no other arguments")
         from bot.outbound import invite_pending as send_invites
 
-        sent, failed = send_invites()
-        click.echo(f"Invited {sent} pending number(s); {failed} could not be texted.")
-        if failed:
+        done = send_invites()
+        click.echo(f"Invited {done.sent} pending number(s); {done.failed} could not be texted.")
+        if done.opted_out:
+            click.echo(
+                f"{done.opted_out} not invited: the number opted out of texts (or cannot "
+                "receive them); only the payer can opt back in, by texting START."
+            )
+        if done.failed:
             sys.exit(1)
         return
     if not case_number or not phone:
@@ -113,6 +123,16 @@ def enroll_command(
             consent_version=current_app.config["CONSENT_VERSION"],
         )
         shown = f"{format_phone(e164)} on case {case.case_number}"
+        if outcome == service.EnrollOutcome.OPTED_OUT:
+            stopped = service.opt_outs(session=session, phones=[e164])[e164]
+    if outcome == service.EnrollOutcome.OPTED_OUT:
+        when = f" on {stopped:%Y-%m-%d}" if stopped else ""
+        # Exit after the session committed: a new case keeps the (opted-out) enrollment.
+        click.echo(
+            f"{format_phone(e164)} opted out of texts{when}. It stays opted out on case "
+            f"{case.case_number}: staff cannot undo a STOP; only the payer can, by texting START."
+        )
+        sys.exit(1)
     messages = {
         service.EnrollOutcome.CREATED_PENDING: f"Enrolled {shown}: pending until the payer "
         "replies YES (send the invitation with `flask enroll --invite-pending`).",

@@ -32,11 +32,38 @@ def get_by_number(*, session: Session, case_number: str) -> Case | None:
     return session.exec(select(Case).where(Case.case_number == case_number.upper())).first()
 
 
+def opt_outs(*, session: Session, phones: Iterable[str]) -> dict[str, datetime | None]:
+    """When each of these numbers last opted out, for those that did (STOP covers every case).
+
+    A STOP is the payer's revocation of consent: it stands until the payer texts START or YES,
+    whatever staff or an import later do with the number.
+    """
+    found: dict[str, datetime | None] = {}
+    for chunk in _chunks(sorted(set(phones))):
+        found.update(
+            session.execute(
+                sa.select(Enrollment.phone, sa.func.max(Enrollment.opted_out_at))
+                .where(Enrollment.phone.in_(chunk), Enrollment.status == EnrollmentStatus.OPTED_OUT)
+                .group_by(Enrollment.phone)
+            ).all()
+        )
+    return found
+
+
+def opt_out_reason(opted_out_at: datetime | None) -> str:
+    """Why a new enrollment of a number that opted out starts opted out, for the case page."""
+    when = f" on {opted_out_at:%Y-%m-%d}" if opted_out_at else ""
+    return f"number opted out of texts{when}; texted again only if the payer texts START"
+
+
 @dataclass(frozen=True)
 class ImportResult:
     created: int
     updated: int
     enrollments_created: int
+    """Pending enrollments added, to be invited by `flask enroll --invite-pending`."""
+    opted_out: int = 0
+    """Enrollments added for numbers that had opted out: they stay opted out, never invited."""
 
 
 def apply_import(
@@ -84,19 +111,20 @@ def apply_import(
                 sa.select(Enrollment.case_id, Enrollment.phone).where(Enrollment.case_id.in_(chunk))
             ).all()
         )
+    adding = [(case_id, row) for case_id, row in with_phone if (case_id, row.phone) not in enrolled]
+    stopped = opt_outs(session=session, phones=[row.phone for _, row in adding])
     new_enrollments = [
         {
             "case_id": case_id,
             "phone": row.phone,
-            "status": EnrollmentStatus.PENDING,
+            **_standing(row.phone, stopped),
             "source": EnrollmentSource.IMPORT,
             "language": row.language,
             "consent_version": consent_version,
             "created_at": now,
             "updated_at": now,
         }
-        for case_id, row in with_phone
-        if (case_id, row.phone) not in enrolled
+        for case_id, row in adding
     ]
     for chunk in _chunks(new_enrollments):
         session.connection().execute(Enrollment.__table__.insert(), chunk)
@@ -107,7 +135,18 @@ def apply_import(
     else:
         session.execute(sa.text("ANALYZE cases"))
         session.execute(sa.text("ANALYZE enrollments"))
-    return ImportResult(len(new_rows), len(old_rows), len(new_enrollments))
+    opted_out = sum(1 for _, row in adding if row.phone in stopped)
+    return ImportResult(len(new_rows), len(old_rows), len(new_enrollments) - opted_out, opted_out)
+
+
+def _standing(phone: str, stopped: dict[str, datetime | None]) -> dict:
+    # A number that opted out on any case stays opted out: never invited, never texted.
+    if phone in stopped:
+        return {
+            "status": EnrollmentStatus.OPTED_OUT,
+            "status_reason": opt_out_reason(stopped[phone]),
+        }
+    return {"status": EnrollmentStatus.PENDING, "status_reason": None}
 
 
 def _case_values(row: CaseRow, now: datetime) -> dict:
@@ -140,6 +179,7 @@ class EnrollOutcome(StrEnum):
     ACTIVATED = "activated"
     ALREADY_PENDING = "already_pending"
     ALREADY_ACTIVE = "already_active"
+    OPTED_OUT = "opted_out"
 
 
 def enroll(
@@ -154,11 +194,33 @@ def enroll(
     consent_text: str | None = None,
     now: datetime | None = None,
 ) -> tuple[Enrollment, EnrollOutcome]:
-    """Put a phone (already E.164) on a case: pending until it says YES, or active if confirmed."""
+    """Put a phone (already E.164) on a case: pending until it says YES, or active if confirmed.
+
+    A number that opted out stays opted out (OPTED_OUT): its record is kept as it is, and on a
+    new case it is enrolled opted out, so only the payer's START or YES brings it back.
+    """
     now = now or utcnow()
     enrollment = session.exec(
         select(Enrollment).where(Enrollment.case_id == case.id, Enrollment.phone == phone)
     ).first()
+    stopped = opt_outs(session=session, phones=[phone])
+    if phone in stopped:
+        if enrollment is None:
+            enrollment = Enrollment(
+                case_id=case.id,
+                phone=phone,
+                status=EnrollmentStatus.OPTED_OUT,
+                status_reason=opt_out_reason(stopped[phone]),
+                source=source,
+                language=Language(language or case.language),
+                consent_version=consent_version,
+                consent_text=consent_text,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(enrollment)
+            session.flush()
+        return enrollment, EnrollOutcome.OPTED_OUT
     if enrollment is not None and enrollment.status == EnrollmentStatus.ACTIVE:
         return enrollment, EnrollOutcome.ALREADY_ACTIVE
     if enrollment is not None and enrollment.status == EnrollmentStatus.PENDING and not confirmed:
@@ -167,7 +229,7 @@ def enroll(
     created = enrollment is None
     if created:
         enrollment = Enrollment(case_id=case.id, phone=phone, consent_version=consent_version)
-    # Re-enrolling an opted-out or undeliverable number starts a fresh consent record.
+    # Re-enrolling an undeliverable number (a new phone, say) starts a fresh consent record.
     enrollment.source = source
     enrollment.language = Language(language or case.language)
     enrollment.consent_version = consent_version

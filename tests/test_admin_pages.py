@@ -137,6 +137,78 @@ def test_a_number_already_active_on_the_case_is_not_enrolled_twice(app, client, 
     assert texts(app) == []
 
 
+STOPPED = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+
+
+def stopped(session, case, phone="+16175550134") -> Enrollment:
+    """`phone` texted STOP while enrolled on `case`."""
+    return make_enrollment(
+        session,
+        case,
+        phone,
+        status=EnrollmentStatus.OPTED_OUT,
+        opted_out_at=STOPPED,
+        status_reason="opted out by text",
+    )
+
+
+def payer_texts(app, client, body: str, phone: str = "+16175550134"):
+    """An inbound text, signed as the console backend signs the phone simulator's."""
+    import hashlib
+
+    from tests.sms_helpers import inbound_params, post_signed
+
+    token = hashlib.sha256(f"console:{app.config['SECRET_KEY']}".encode()).hexdigest()
+    return post_signed(client, "/sms/inbound", inbound_params(body, phone), token)
+
+
+def test_enrolling_again_a_number_that_opted_out_keeps_its_stop_and_texts_nothing(
+    app, client, session, staff
+):
+    case = make_case(session, case_number="CS-777003")
+    enrollment = stopped(session, case)
+    response = post_form(
+        client,
+        "/admin/enroll",
+        {"case_number": "CS-777003", "phone": "617-555-0134", "language": "en", "consent": "y"},
+        follow_redirects=True,
+    )
+    page = text_of(response)
+    assert "(617) 555-0134 opted out of texts on Mar 2, 2026" in page
+    assert "only if the payer texts START" in page
+    kept = reload(session, Enrollment, enrollment.id)
+    assert (kept.status, kept.opted_out_at, kept.status_reason) == (
+        EnrollmentStatus.OPTED_OUT,
+        STOPPED,
+        "opted out by text",
+    )
+    assert count(session, Enrollment) == 1
+    assert texts(app) == []
+
+
+def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_start(
+    app, client, session, staff
+):
+    first = stopped(session, make_case(session, case_number="CS-777004"))
+    case = make_case(session, case_number="CS-777005")
+    response = post_form(
+        client,
+        "/admin/enroll",
+        {"case_number": "CS-777005", "phone": "617-555-0134", "language": "en", "consent": "y"},
+        follow_redirects=True,
+    )
+    assert "opted out of texts on Mar 2, 2026" in text_of(response)
+    added = session.exec(select(Enrollment).where(Enrollment.case_id == case.id)).one()
+    assert added.status == EnrollmentStatus.OPTED_OUT and added.invited_at is None
+    assert reload(session, Enrollment, first.id).opted_out_at == STOPPED
+    assert texts(app) == []
+
+    # Only the payer can undo a STOP: START opts the number back in on both cases.
+    payer_texts(app, client, "START")
+    session.expire_all()
+    assert {e.status for e in session.exec(select(Enrollment)).all()} == {EnrollmentStatus.ACTIVE}
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -874,6 +946,21 @@ def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, s
     again = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
     assert "expired or was already imported" in text_of(again)
     assert count(session, Case) == 2
+
+
+def test_an_imported_number_that_opted_out_is_enrolled_opted_out_and_not_invited(
+    app, client, session, staff
+):
+    first = stopped(session, make_case(session, case_number="CS-1"))
+    preview = text_of(upload(client, (HEADER + "CS-2,Ana,6175550134,en,1,1,,\n").encode()))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
+    done = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "0 pending enrollment(s) added" in text_of(done)
+    assert "1 number(s) had opted out of texts" in text_of(done)
+    added = session.exec(select(Enrollment).where(Enrollment.id != first.id)).one()
+    assert added.status == EnrollmentStatus.OPTED_OUT
+    assert reload(session, Enrollment, first.id).opted_out_at == STOPPED
+    assert texts(app) == []
 
 
 def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session, staff):

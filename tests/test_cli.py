@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 from sqlmodel import select
 
 from admin.users import verify_password
@@ -132,3 +134,82 @@ def test_invite_pending_texts_each_uninvited_pending_number_once(app, runner, se
     again = runner.invoke(args=["enroll", "--invite-pending"])
     assert "Invited 0 pending number(s)" in again.output
     assert len(app.extensions["sms"].sent) == 1
+
+
+STOPPED = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+
+
+def opted_out(session, case, phone="+16175550134"):
+    """`phone` texted STOP while enrolled on `case`."""
+    from tests.factories import make_enrollment
+
+    return make_enrollment(
+        session,
+        case,
+        phone,
+        status=EnrollmentStatus.OPTED_OUT,
+        opted_out_at=STOPPED,
+        status_reason="opted out by text",
+    )
+
+
+def test_an_imported_number_that_opted_out_elsewhere_is_never_invited(
+    app, runner, session, tmp_path
+):
+    first = opted_out(session, make_case(session, case_number="CS-000001"))
+    path = tmp_path / "cases.csv"
+    path.write_text(
+        "case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone\n"
+        "CS-000002,Ana Rivera,(617) 555-0134,en,10.00,100.00,,\n"
+        "CS-000003,Bo Lee,(617) 555-0199,en,10.00,100.00,,\n"
+    )
+    imported = runner.invoke(args=["cases", "import", str(path)])
+    assert imported.exit_code == 0, imported.output
+    assert "1 pending enrollment(s) added" in imported.output
+    assert "1 number(s) opted out of texts earlier" in imported.output
+
+    result = runner.invoke(args=["enroll", "--invite-pending"])
+    assert result.exit_code == 0, result.output
+    assert "Invited 1 pending number(s)" in result.output
+    assert [sms.to for sms in app.extensions["sms"].sent] == ["+16175550199"]
+    session.expire_all()
+    kept = session.get(Enrollment, first.id)
+    assert (kept.status, kept.opted_out_at, kept.status_reason) == (
+        EnrollmentStatus.OPTED_OUT,
+        STOPPED,
+        "opted out by text",
+    )
+    added = session.exec(
+        select(Enrollment).where(Enrollment.phone == "+16175550134", Enrollment.id != first.id)
+    ).one()
+    assert added.status == EnrollmentStatus.OPTED_OUT and added.invited_at is None
+    assert "2026-03-02" in added.status_reason and "START" in added.status_reason
+
+
+def test_invite_pending_skips_and_counts_pending_numbers_that_opted_out(app, runner, session):
+    from tests.factories import make_enrollment
+
+    opted_out(session, make_case(session))
+    make_enrollment(session, make_case(session), status=EnrollmentStatus.PENDING)
+    result = runner.invoke(args=["enroll", "--invite-pending"])
+    assert result.exit_code == 0, result.output
+    assert "Invited 0 pending number(s)" in result.output
+    assert "1 not invited: the number opted out of texts" in result.output
+    assert not app.extensions["sms"].sent
+
+
+def test_enroll_cannot_undo_a_stop_even_when_confirmed(app, runner, session):
+    case = make_case(session, case_number="CS-000001")
+    opted_out(session, case)
+    make_case(session, case_number="CS-000002")
+    for args in (["CS-000001", "6175550134"], ["CS-000001", "6175550134", "--confirmed"]):
+        result = runner.invoke(args=["enroll", *args])
+        assert result.exit_code == 1
+        assert "opted out of texts on 2026-03-02" in result.output and "START" in result.output
+    other = runner.invoke(args=["enroll", "CS-000002", "6175550134", "--confirmed"])
+    assert other.exit_code == 1 and "opted out" in other.output
+    rows = {e.case_id: e for e in enrollments(session)}
+    assert (rows[case.id].status, rows[case.id].opted_out_at) == ("opted_out", STOPPED)
+    assert rows[case.id].status_reason == "opted out by text"
+    assert {e.status for e in rows.values()} == {EnrollmentStatus.OPTED_OUT}
+    assert not app.extensions["sms"].sent
