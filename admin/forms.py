@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import date
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
@@ -24,7 +25,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, Optional, Va
 from admin.users import MIN_PASSWORD
 from bot.messages import render
 from bot.segments import segments
-from cases.importer import CASE_NUMBER, MAX_NAME
+from cases.importer import CASE_NUMBER, EARLIEST_DATE, LATEST_DATE, MAX_NAME
 from models import AppointmentKind, Language, Role
 from money import AmountError, format_cents, parse_dollars
 from phones import PhoneError, normalize_phone
@@ -62,6 +63,15 @@ def dollars(text: str, *, label: str, allow_zero: bool = True) -> int:
     if cents > MAX_AMOUNT_CENTS:
         raise ValidationError(f"{label} is larger than {format_cents(MAX_AMOUNT_CENTS)}.")
     return cents
+
+
+def check_date(day: date | None, *, label: str, hint: str = "") -> None:
+    """ValidationError for a date outside the years PayText plans for (9999-12-31, a typo)."""
+    if day is not None and not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise ValidationError(
+            f"{label} must be between {EARLIEST_DATE:%b %-d, %Y} and {LATEST_DATE:%b %-d, %Y}."
+            + (f" {hint}" if hint else "")
+        )
 
 
 def clean_name(text: str) -> str:
@@ -108,6 +118,10 @@ class EnrollForm(FlaskForm):
 
     def validate_balance(self, field) -> None:
         self.balance_cents = dollars(field.data, label="Balance")
+
+    def validate_next_due_date(self, field) -> None:
+        # 9999-12-31 means "no end date" in many exports; here an empty field says that.
+        check_date(field.data, label="Next due date", hint="Leave it empty if there is none.")
 
     def validate_phone(self, field) -> None:
         try:

@@ -26,6 +26,10 @@ REQUIRED = ("case_number", "payer_name", "amount_due", "balance")
 LANGUAGES = {"en": "en", "english": "en", "es": "es", "spanish": "es", "espanol": "es"}
 CASE_NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$")
 MAX_NAME = 120
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2099, 12, 31)
+"""Due dates and appointments outside these are placeholders ("9999-12-31" for no end date in
+agency exports) or typos, and dates near year 9999 overflow the reminder planner's arithmetic."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,12 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
                 raise ValueError
         except ValueError:
             reasons.append(f"next_due_date {fields['next_due_date']!r} is not a YYYY-MM-DD date")
+        else:
+            if not EARLIEST_DATE <= due <= LATEST_DATE:
+                reasons.append(
+                    f"next_due_date {fields['next_due_date']!r} is not between {EARLIEST_DATE} "
+                    f"and {LATEST_DATE} (leave it empty when there is no due date)"
+                )
 
     zone = fields["timezone"] or None
     if zone is not None:

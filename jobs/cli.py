@@ -52,6 +52,12 @@ def plan_command() -> None:
         f"moved, {summary.unchanged:,} unchanged, {summary.too_late:,} too late to send. "
         f"Cancelled: {_reasons(summary.canceled)}."
     )
+    if summary.failed:
+        click.echo(
+            f"Not planned: {summary.failed:,} case(s) whose dates cannot be planned "
+            "(logged with their case ids); every other case was planned.",
+            err=True,
+        )
 
 
 @reminders_cli.command("dispatch")

@@ -543,6 +543,8 @@ class PlanSummary:
     unchanged: int = 0
     canceled: Counter = field(default_factory=Counter)
     too_late: int = 0
+    failed: int = 0
+    """Cases left as they were because their data cannot be planned (logged with their id)."""
 
     def add(self, other: PlanSummary) -> None:
         """Fold another summary into this one."""
@@ -552,6 +554,7 @@ class PlanSummary:
         self.unchanged += other.unchanged
         self.canceled.update(other.canceled)
         self.too_late += other.too_late
+        self.failed += other.failed
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for JSON and job results."""
@@ -562,6 +565,7 @@ class PlanSummary:
             "unchanged": self.unchanged,
             "canceled": dict(self.canceled),
             "too_late": self.too_late,
+            "failed": self.failed,
         }
 
 
@@ -707,57 +711,23 @@ def _plan_cases(
                     updates.append(_change(row, now, status=ReminderStatus.CANCELED, reason=reason))
                     summary.canceled[reason] += 1
             continue
-        reach = case_reach(case_tz=case.timezone, phones=phones[case_id], policy=policy)
-        plans = plan_reminders(
-            due_date=case.next_due_date,
-            appointments=appointments.get(case_id, ()),
-            reach=reach,
-            policy=policy,
-        )
-        by_key = {(row.kind, row.cycle): row for row in rows}
-        matched: set[int] = set()
-        for plan in plans:
-            row = by_key.get((plan.kind, plan.cycle))
-            if row is None and plan.kind in DUE_KINDS:
-                # The due date moved: the cycle's waiting row follows it instead of a new one.
-                row = next(
-                    (
-                        r
-                        for r in rows
-                        if r.kind == plan.kind and r.status in DUE and r.id not in matched
-                    ),
-                    None,
-                )
-            at = effective_send_at(plan, now=now, reach=reach)
-            if row is None:
-                inserts.append(_new_row(case_id, plan, at, now))
-                if at is None:
-                    summary.too_late += 1
-                else:
-                    summary.planned += 1
-                continue
-            matched.add(row.id)
-            change = _replan(row, plan, at, now)
-            if change is None:
-                summary.unchanged += 1
-            else:
-                updates.append(change)
-                if change["b_status"] == ReminderStatus.SKIPPED:
-                    summary.too_late += 1
-                else:
-                    summary.updated += 1
-        for row in rows:
-            if row.id in matched or row.status not in DUE:
-                continue
-            reason = (
-                "appointment_canceled"
-                if row.kind == ReminderKind.APPOINTMENT
-                else "due_date_changed"
-                if row.kind in policy.offsets
-                else "not_planned"
+        try:
+            reach = case_reach(case_tz=case.timezone, phones=phones[case_id], policy=policy)
+            plans = plan_reminders(
+                due_date=case.next_due_date,
+                appointments=appointments.get(case_id, ()),
+                reach=reach,
+                policy=policy,
             )
-            updates.append(_change(row, now, status=ReminderStatus.CANCELED, reason=reason))
-            summary.canceled[reason] += 1
+            part = _match(case_id, rows, plans, reach, policy, now)
+        except (OverflowError, ValueError):
+            # One case's bad data (a due date in year 9999, say) must not hold up the others.
+            log.exception("case %s: reminders not planned; its dates cannot be planned", case_id)
+            summary.failed += 1
+            continue
+        inserts.extend(part.inserts)
+        updates.extend(part.updates)
+        summary.add(part.summary)
 
     if inserts:
         session.execute(_insert_ignoring_duplicates(session), inserts)
@@ -782,6 +752,73 @@ def _plan_cases(
             updates,
         )
     return summary
+
+
+@dataclass
+class _Matched:
+    """One case's planned rows matched against its existing ones: what to insert and update."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    summary: PlanSummary = field(default_factory=PlanSummary)
+
+
+def _match(
+    case_id: int,
+    rows: Sequence[_Row],
+    plans: Sequence[Planned],
+    reach: Reach,
+    policy: ReminderPolicy,
+    now: datetime,
+) -> _Matched:
+    """The inserts and updates that bring one case's rows in line with its plan."""
+    out = _Matched()
+    summary = out.summary
+    by_key = {(row.kind, row.cycle): row for row in rows}
+    matched: set[int] = set()
+    for plan in plans:
+        row = by_key.get((plan.kind, plan.cycle))
+        if row is None and plan.kind in DUE_KINDS:
+            # The due date moved: the cycle's waiting row follows it instead of a new one.
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if r.kind == plan.kind and r.status in DUE and r.id not in matched
+                ),
+                None,
+            )
+        at = effective_send_at(plan, now=now, reach=reach)
+        if row is None:
+            out.inserts.append(_new_row(case_id, plan, at, now))
+            if at is None:
+                summary.too_late += 1
+            else:
+                summary.planned += 1
+            continue
+        matched.add(row.id)
+        change = _replan(row, plan, at, now)
+        if change is None:
+            summary.unchanged += 1
+        else:
+            out.updates.append(change)
+            if change["b_status"] == ReminderStatus.SKIPPED:
+                summary.too_late += 1
+            else:
+                summary.updated += 1
+    for row in rows:
+        if row.id in matched or row.status not in DUE:
+            continue
+        reason = (
+            "appointment_canceled"
+            if row.kind == ReminderKind.APPOINTMENT
+            else "due_date_changed"
+            if row.kind in policy.offsets
+            else "not_planned"
+        )
+        out.updates.append(_change(row, now, status=ReminderStatus.CANCELED, reason=reason))
+        summary.canceled[reason] += 1
+    return out
 
 
 def _insert_ignoring_duplicates(session: Session):

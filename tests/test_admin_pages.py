@@ -222,6 +222,7 @@ def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_sta
         ("case_number", "CS 1; DROP", "Case number must be 1-32 letters, digits or dashes."),
         ("consent", "", "Tick the box only after the payer agreed to get texts."),
         ("next_due_date", "12/01/2030", "Not a valid date value."),
+        ("next_due_date", "9999-12-31", "Next due date must be between Jan 1, 2000 and Dec 31"),
     ],
 )
 def test_bad_enrollment_input_is_explained_inline_and_writes_nothing(

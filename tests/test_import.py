@@ -59,6 +59,20 @@ def test_every_bad_row_is_reported_with_its_line_and_nothing_is_kept():
     assert str(plan.errors[0]).startswith("line 2: ")
 
 
+def test_a_due_date_outside_2000_to_2099_is_refused_with_its_line():
+    plan = read(
+        HEADER
+        + "CS-1,Ana,,en,1,1,9999-12-31,\n"  # a common "no end date" in agency exports
+        + "CS-2,Bo,,en,1,1,1900-01-01,\n"
+        + "CS-3,Cy,,en,1,1,2099-12-31,\n"
+    )
+    assert [error.line for error in plan.errors] == [2, 3]
+    assert "next_due_date '9999-12-31' is not between 2000-01-01 and 2099-12-31" in str(
+        plan.errors[0]
+    )
+    assert "leave it empty" in plan.errors[0].reason
+
+
 def test_a_missing_column_is_reported_on_the_header_line():
     plan = read("case_number,payer_name\nCS-1,Ana\n")
     assert [e.line for e in plan.errors] == [1]

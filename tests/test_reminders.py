@@ -276,6 +276,30 @@ def test_plan_all_plans_enrolled_cases_and_cancels_those_left_without_a_phone(ct
     assert summary.unchanged == 3
 
 
+def test_a_case_with_an_impossible_date_is_skipped_and_the_others_are_planned(ctx, session, caplog):
+    no_end = make_case(session, next_due_date=date(9999, 12, 31))
+    make_enrollment(session, no_end, "+16175550111")
+    far = make_case(session, next_due_date=None)
+    make_enrollment(session, far, "+16175550122")
+    session.add(
+        Appointment(
+            case_id=far.id,
+            starts_at=datetime(9999, 12, 31, 12, tzinfo=UTC),
+            kind=AppointmentKind.COURT_HEARING,
+        )
+    )
+    session.commit()
+    fine = make_case(session, next_due_date=date(2030, 6, 14))
+    make_enrollment(session, fine)
+
+    summary = plan_all(now=datetime(2030, 6, 1, tzinfo=UTC))
+    assert (summary.planned, summary.failed) == (3, 2)
+    assert len(rows(session, fine.id)) == 3
+    assert rows(session, no_end.id) == {} and rows(session, far.id) == {}
+    assert f"case {no_end.id}" in caplog.text and f"case {far.id}" in caplog.text
+    plan_case(session=session, case_id=no_end.id)  # staff pages re-plan one case: no error
+
+
 # --- sending -----------------------------------------------------------------------------------
 
 
