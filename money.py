@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+MAX_AMOUNT_CENTS = 1_000_000_000
+"""$10,000,000.00: no case owes more; anything larger is a typing mistake (and a much larger one
+does not fit the database's integer column)."""
+
 _AMOUNT = re.compile(r"^\$?\s*(?P<whole>\d{1,3}(?:,\d{3})+|\d+)?(?:\.(?P<frac>\d*))?$")
 
 

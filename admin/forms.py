@@ -27,11 +27,8 @@ from bot.messages import render
 from bot.segments import segments
 from cases.importer import CASE_NUMBER, EARLIEST_DATE, LATEST_DATE, MAX_NAME
 from models import AppointmentKind, Language, Role
-from money import AmountError, format_cents, parse_dollars
+from money import MAX_AMOUNT_CENTS, AmountError, format_cents, parse_dollars
 from phones import PhoneError, normalize_phone
-
-MAX_AMOUNT_CENTS = 1_000_000_000
-"""$10,000,000.00: no case owes more; anything larger is a typing mistake."""
 
 MAX_SMS_SEGMENTS = 2
 

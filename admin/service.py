@@ -736,9 +736,14 @@ def _import_key(token: str) -> str:
     return f"paytext:admin:import:{token}"
 
 
-def stash_import(*, redis: Redis, text: str, user_id: int, filename: str) -> str:
-    """Keep a checked upload until the preview is confirmed; returns the token to confirm with."""
-    token = secrets.token_urlsafe(24)
+def stash_import(
+    *, redis: Redis, text: str, user_id: int, filename: str, token: str | None = None
+) -> str:
+    """Keep a checked upload until the preview is confirmed; returns the token to confirm with.
+
+    Given the token of a preview taken by a confirm that then failed, puts it back.
+    """
+    token = token or secrets.token_urlsafe(24)
     payload = json.dumps({"user_id": user_id, "filename": filename, "text": text})
     redis.set(_import_key(token), payload, ex=int(IMPORT_TTL.total_seconds()))
     return token

@@ -718,10 +718,22 @@ def import_confirm():
         flash("The file no longer passes the checks; upload it again.", "error")
         return redirect(url_for("admin.import_cases"))
     session = get_session()
-    result = service.cases.apply_import(
-        session=session, rows=plan.rows, consent_version=current_app.config["CONSENT_VERSION"]
-    )
-    session.commit()
+    try:
+        result = service.cases.apply_import(
+            session=session, rows=plan.rows, consent_version=current_app.config["CONSENT_VERSION"]
+        )
+        session.commit()
+    except Exception:
+        # Nothing was written: the preview goes back, so the same confirm can be tried again.
+        session.rollback()
+        service.stash_import(
+            redis=current_app.extensions["redis"],
+            text=text,
+            user_id=current_user.id,
+            filename=filename,
+            token=confirm.token.data,
+        )
+        raise
     flash(
         f"Imported {filename}: {result.created} new case(s), {result.updated} updated, "
         f"{result.enrollments_created} pending enrollment(s) added.",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from money import AmountError, parse_dollars
+from money import MAX_AMOUNT_CENTS, AmountError, format_cents, parse_dollars
 from phones import PhoneError, normalize_phone
 
 COLUMNS = (
@@ -147,6 +147,11 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
             amounts[column] = parse_dollars(fields[column])
         except AmountError as exc:
             reasons.append(_amount_reason(column, fields[column], exc))
+            continue
+        if amounts[column] > MAX_AMOUNT_CENTS:
+            reasons.append(
+                f"{column} {fields[column]!r} is larger than {format_cents(MAX_AMOUNT_CENTS)}"
+            )
 
     due = None
     if fields["next_due_date"]:

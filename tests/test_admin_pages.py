@@ -980,6 +980,36 @@ def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session
     assert count(session, Case) == 0
 
 
+def test_an_amount_too_large_for_the_database_is_refused_at_the_preview(client, session, staff):
+    response = upload(client, (HEADER + "CS-1,Ana,,en,99999999999999999999.00,1,,\n").encode())
+    assert response.status_code == 400
+    assert "line 2: amount_due" in text_of(response)
+    assert "is larger than $10,000,000.00" in text_of(response)
+    assert count(session, Case) == 0
+
+
+def test_a_confirm_that_fails_unexpectedly_keeps_the_preview_to_try_again(
+    client, session, staff, monkeypatch
+):
+    from cases import service as cases
+
+    preview = text_of(upload(client, (HEADER + "CS-9,Ana,,en,1,1,,\n").encode()))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
+    real = cases.apply_import
+
+    def fails_once(**kwargs):
+        monkeypatch.setattr(cases, "apply_import", real)
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(cases, "apply_import", fails_once)
+    with pytest.raises(RuntimeError):
+        post_form(client, "/admin/import/confirm", {"token": token})
+    assert count(session, Case) == 0
+    again = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "1 new case(s)" in text_of(again)
+    assert count(session, Case) == 1
+
+
 def test_a_file_that_is_not_utf8_is_refused(client, session, staff):
     response = upload(client, HEADER.encode() + "CS-1,Jos\xe9,,en,1,1,,\n".encode("latin-1"))
     assert response.status_code == 400

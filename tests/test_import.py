@@ -73,6 +73,20 @@ def test_a_due_date_outside_2000_to_2099_is_refused_with_its_line():
     assert "leave it empty" in plan.errors[0].reason
 
 
+def test_amounts_above_ten_million_dollars_are_refused_like_the_form_refuses_them():
+    plan = read(
+        HEADER
+        + "CS-1,Ana,,en,99999999999999999999.00,1.00,,\n"
+        + 'CS-2,Bo,,en,1.00,"10,000,000.01",,\n'
+        + "CS-3,Cy,,en,10000000.00,10000000.00,,\n"
+    )
+    assert [error.line for error in plan.errors] == [2, 3]
+    assert "amount_due '99999999999999999999.00' is larger than $10,000,000.00" in str(
+        plan.errors[0]
+    )
+    assert "balance '10,000,000.01' is larger than $10,000,000.00" in str(plan.errors[1])
+
+
 def test_a_missing_column_is_reported_on_the_header_line():
     plan = read("case_number,payer_name\nCS-1,Ana\n")
     assert [e.line for e in plan.errors] == [1]
