@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from redis import Redis
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from admin import dashboard as figures
@@ -335,9 +336,52 @@ def enroll_number(
 ) -> Enrolled:
     """Enroll a number (creating the case if asked) and text the double opt-in; caller commits.
 
-    Raises AdminError, having written nothing, when the case is missing or already exists.
+    Raises AdminError, having written nothing, when the case is missing, or exists with other
+    details than the new case given. When a submission made at the same moment (a
+    double-click) writes the case or the enrollment first, the session is rolled back and the
+    enrollment tried again on what that one wrote: already pending, and not texted twice.
     """
-    now = now or utcnow()
+    arguments = {
+        "session": session,
+        "config": config,
+        "case_number": case_number,
+        "new_case": new_case,
+        "phone": phone,
+        "language": language,
+        "now": now or utcnow(),
+    }
+    try:
+        return _enroll_number(**arguments)
+    except IntegrityError:
+        session.rollback()
+        return _enroll_number(**arguments)
+
+
+def _same_case(case: Case, new_case: NewCase) -> bool:
+    """The case already holds exactly these new-case details (the form sent twice)."""
+    return (
+        case.payer_name,
+        case.amount_due_cents,
+        case.balance_cents,
+        case.next_due_date,
+    ) == (
+        new_case.payer_name,
+        new_case.amount_due_cents,
+        new_case.balance_cents,
+        new_case.next_due_date,
+    )
+
+
+def _enroll_number(
+    *,
+    session: Session,
+    config: Mapping[str, Any],
+    case_number: str,
+    new_case: NewCase | None,
+    phone: str,
+    language: str,
+    now: datetime,
+) -> Enrolled:
     case = cases.get_by_number(session=session, case_number=case_number)
     created = False
     if case is None:
@@ -360,7 +404,7 @@ def enroll_number(
         session.add(case)
         session.flush()
         created = True
-    elif new_case is not None:
+    elif new_case is not None and not _same_case(case, new_case):
         raise AdminError(
             f"Case {case.case_number} already exists; leave the new-case fields empty to "
             "enroll a number on it (its amounts are changed by the import).",

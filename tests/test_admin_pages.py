@@ -272,6 +272,76 @@ def test_new_case_details_for_an_existing_case_are_refused_not_ignored(app, clie
     assert count(session, Enrollment) == 0 and texts(app) == []
 
 
+def test_a_double_clicked_new_case_is_created_once_and_the_second_submit_says_so(
+    app, client, session, staff, monkeypatch
+):
+    from cases import service as cases
+
+    assert post_form(client, "/admin/enroll", NEW_CASE).status_code == 302
+    # The second submission looked for the case before the first one committed it.
+    real = cases.get_by_number
+    calls = []
+
+    def not_yet_committed(**kwargs):
+        calls.append(kwargs)
+        return None if len(calls) == 1 else real(**kwargs)
+
+    monkeypatch.setattr(cases, "get_by_number", not_yet_committed)
+    second = post_form(client, "/admin/enroll", NEW_CASE)
+    assert second.status_code == 302
+    page = text_of(client.get(second.headers["Location"]))
+    assert "was already enrolled on this case and is waiting for the payer&#39;s YES" in page
+    assert "The opt-in text was sent earlier; nothing changed." in page
+    assert count(session, Case) == count(session, Enrollment) == 1
+    assert len(texts(app)) == 1
+
+
+def test_two_submissions_at_once_create_one_case_and_send_one_text(
+    app, client, session, staff, monkeypatch
+):
+    import threading
+    import time
+
+    from tests.admin_helpers import csrf_token
+
+    gateway = app.extensions["sms"]
+    send = gateway.send
+    release = threading.Event()
+
+    def slow_send(**kwargs):
+        release.wait(5)  # the first submission holds its transaction open here
+        return send(**kwargs)
+
+    monkeypatch.setattr(gateway, "send", slow_send)
+    data = {**NEW_CASE, "csrf_token": csrf_token(client, "/admin/enroll")}
+    cookie = client.get_cookie("session").value
+    responses = []
+
+    def submit():
+        browser = app.test_client()
+        browser.set_cookie("session", cookie)
+        responses.append(browser.post("/admin/enroll", data=data))
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.5)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in responses] == [302, 302]
+    assert count(session, Case) == count(session, Enrollment) == 1
+    assert len(texts(app)) == 1
+
+
+def test_the_same_new_case_submitted_again_is_not_refused(app, client, session, staff):
+    assert post_form(client, "/admin/enroll", NEW_CASE).status_code == 302
+    again = post_form(client, "/admin/enroll", NEW_CASE, follow_redirects=True)
+    assert "already enrolled on this case" in text_of(again)
+    assert count(session, Case) == count(session, Enrollment) == 1
+    assert len(texts(app)) == 1
+
+
 def test_the_enroll_form_labels_every_field(client, admin):
     page = text_of(client.get("/admin/enroll"))
     ids = re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', page)
