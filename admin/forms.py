@@ -155,6 +155,9 @@ class AppointmentForm(FlaskForm):
     location = StringField("Location", validators=[Optional(), Length(max=200)])
     video_link = StringField("Video link (https://...)", validators=[Optional(), Length(max=300)])
 
+    def validate_day(self, field) -> None:
+        check_date(field.data, label="Date")
+
     def validate_location(self, field) -> None:
         field.data = " ".join((field.data or "").split()) or None
 
@@ -168,6 +171,9 @@ class AppointmentForm(FlaskForm):
 class MoveAppointmentForm(FlaskForm):
     day = DateField("New date", validators=[InputRequired(message="Enter the date.")])
     time = TimeField("New time", validators=[InputRequired(message="Enter the time.")])
+
+    def validate_day(self, field) -> None:
+        check_date(field.data, label="New date")
 
 
 class ButtonForm(FlaskForm):

@@ -939,6 +939,33 @@ def test_an_appointment_in_the_past_is_refused(client, session, staff):
     assert count(session, Appointment) == 0
 
 
+def test_an_appointment_in_year_9999_is_refused_when_added_or_moved(client, session, staff):
+    case = make_case(session)
+    added = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "court_hearing", "day": "9999-12-31", "time": "23:00"},
+        prefix="appt",
+    )
+    assert added.status_code == 400
+    assert "Date must be between Jan 1, 2000 and Dec 31, 2099." in text_of(added)
+    assert count(session, Appointment) == 0
+
+    starts_at = utcnow() + timedelta(days=3)
+    appointment = Appointment(case_id=case.id, starts_at=starts_at, kind="court_hearing")
+    session.add(appointment)
+    session.commit()
+    moved = post_form(
+        client,
+        f"/admin/appointments/{appointment.id}/move",
+        {"day": "9999-12-31", "time": "23:00"},
+        prefix=f"move{appointment.id}",
+    )
+    assert moved.status_code == 400
+    assert "New date must be between Jan 1, 2000 and Dec 31, 2099." in text_of(moved)
+    assert reload(session, Appointment, appointment.id).starts_at == starts_at
+
+
 def test_a_video_link_must_be_https(client, session, staff):
     case = make_case(session)
     day = (utcnow() + timedelta(days=3)).date().isoformat()
