@@ -41,6 +41,7 @@ def import_command(file: Path) -> None:
     Columns: case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone
     (dollars like 125.00 up to 10,000,000.00, dates YYYY-MM-DD from 2000 to 2099 with
     next_due_date empty when there is none, phones in any common US format).
+    Existing cases are updated; an empty language or timezone cell keeps the stored value.
     """
     try:
         text = file.read_bytes().decode("utf-8-sig")

@@ -40,11 +40,13 @@ class CaseRow:
     case_number: str
     payer_name: str
     phone: str | None
-    language: str
+    language: str | None
+    """None when the cell is empty: en for a new case, the stored language for an update."""
     amount_due_cents: int
     balance_cents: int
     next_due_date: date | None
     timezone: str | None
+    """None when the cell is empty: none for a new case, the stored zone for an update."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,11 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
         except PhoneError:
             reasons.append(f"phone {fields['phone']!r} is not a valid phone number")
 
-    language = LANGUAGES.get((fields["language"] or "en").lower())
-    if language is None:
-        reasons.append(f"language {fields['language']!r} is not en or es")
+    language = None
+    if fields["language"]:
+        language = LANGUAGES.get(fields["language"].lower())
+        if language is None:
+            reasons.append(f"language {fields['language']!r} is not en or es")
 
     amounts = {}
     for column in ("amount_due", "balance"):
@@ -183,7 +187,7 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
             case_number=case_number,
             payer_name=name,
             phone=phone,
-            language=language or "en",
+            language=language,
             amount_due_cents=amounts["amount_due"],
             balance_cents=amounts["balance"],
             next_due_date=due,

@@ -76,12 +76,13 @@ def apply_import(
     """Create or update every case and add pending enrollments; the caller commits once."""
     now = utcnow()
     existing: dict[str, int] = {}
+    languages: dict[int, str] = {}  # stored, for enrollments from rows with no language
     for chunk in _chunks([row.case_number.upper() for row in rows]):
-        existing.update(
-            session.execute(
-                sa.select(Case.case_number, Case.id).where(Case.case_number.in_(chunk))
-            ).all()
-        )
+        for case_number, case_id, language in session.execute(
+            sa.select(Case.case_number, Case.id, Case.language).where(Case.case_number.in_(chunk))
+        ):
+            existing[case_number] = case_id
+            languages[case_id] = language
 
     new_rows = [row for row in rows if row.case_number.upper() not in existing]
     old_rows = [row for row in rows if row.case_number.upper() in existing]
@@ -90,16 +91,19 @@ def apply_import(
         # RETURNING hands back the new ids; selecting them again would scan a table whose
         # planner statistics still say it is empty (PostgreSQL, inside one transaction).
         created = session.connection().execute(
-            insert_cases, [_case_values(row, now) for row in chunk]
+            insert_cases, [{**NEW_CASE_DEFAULTS, **_case_values(row, now)} for row in chunk]
         )
         existing.update(created.all())
         if progress:
             progress(len(chunk))
     for chunk in _chunks(old_rows):
-        session.execute(
-            sa.update(Case),
-            [{"id": existing[row.case_number.upper()], **_case_values(row, now)} for row in chunk],
-        )
+        values = [
+            {"id": existing[row.case_number.upper()], **_case_values(row, now)} for row in chunk
+        ]
+        # Rows keeping their stored language or zone have fewer columns; each run of one shape
+        # is a statement of its own, so like shapes go together.
+        values.sort(key=lambda value: tuple(value))
+        session.execute(sa.update(Case), values)
         if progress:
             progress(len(chunk))
 
@@ -119,7 +123,7 @@ def apply_import(
             "phone": row.phone,
             **_standing(row.phone, stopped),
             "source": EnrollmentSource.IMPORT,
-            "language": row.language,
+            "language": row.language or languages.get(case_id, Language.EN),
             "consent_version": consent_version,
             "created_at": now,
             "updated_at": now,
@@ -149,17 +153,28 @@ def _standing(phone: str, stopped: dict[str, datetime | None]) -> dict:
     return {"status": EnrollmentStatus.PENDING, "status_reason": None}
 
 
+NEW_CASE_DEFAULTS = {"language": Language.EN, "timezone": None}
+"""A new case's language and zone when their cells are empty."""
+
+
 def _case_values(row: CaseRow, now: datetime) -> dict:
-    return {
+    """The row's columns for a case; an empty language or timezone cell keeps what is stored.
+
+    An empty next_due_date does clear the stored one: it says the case has no due date now.
+    """
+    values = {
         "case_number": row.case_number.upper(),
         "payer_name": row.payer_name,
-        "language": row.language,
         "amount_due_cents": row.amount_due_cents,
         "balance_cents": row.balance_cents,
         "next_due_date": row.next_due_date,
-        "timezone": row.timezone,
         "updated_at": now,
     }
+    if row.language:
+        values["language"] = row.language
+    if row.timezone:
+        values["timezone"] = row.timezone
+    return values
 
 
 def _chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:

@@ -136,6 +136,40 @@ def test_reimporting_updates_cases_instead_of_duplicating_them(runner, session, 
     assert len(session.exec(select(Enrollment)).all()) == 2
 
 
+def test_blank_language_and_timezone_in_a_reimport_keep_the_stored_values(
+    runner, session, tmp_path
+):
+    assert runner.invoke(args=["cases", "import", write(tmp_path, GOOD)]).exit_code == 0
+    again = (
+        HEADER
+        + "CS-100001,Ana Rivera,(617) 555-0177,,150.00,1100.00,2026-12-01,\n"
+        + "CS-100004,New Payer,,,10.00,10.00,,\n"
+    )
+    result = runner.invoke(args=["cases", "import", write(tmp_path, again, "again.csv")])
+    assert result.exit_code == 0, result.output
+    session.expire_all()
+    case = session.exec(select(Case).where(Case.case_number == "CS-100001")).one()
+    assert (case.language, case.timezone) == ("es", "America/New_York")
+    assert (case.amount_due_cents, case.balance_cents) == (15_000, 110_000)
+    added = session.exec(select(Enrollment).where(Enrollment.phone == "+16175550177")).one()
+    assert added.language == "es"  # the case's language, not a default
+    new = session.exec(select(Case).where(Case.case_number == "CS-100004")).one()
+    assert (new.language, new.timezone) == ("en", None)
+
+
+def test_a_reimport_with_a_language_or_timezone_changes_them(runner, session, tmp_path):
+    assert runner.invoke(args=["cases", "import", write(tmp_path, GOOD)]).exit_code == 0
+    changed = GOOD.replace(
+        ",es,125.00,1250.00,2026-12-01,America/New_York",
+        ",en,125.00,1250.00,2026-12-01,America/Chicago",
+    )
+    result = runner.invoke(args=["cases", "import", write(tmp_path, changed, "again.csv")])
+    assert result.exit_code == 0, result.output
+    session.expire_all()
+    case = session.exec(select(Case).where(Case.case_number == "CS-100001")).one()
+    assert (case.language, case.timezone) == ("en", "America/Chicago")
+
+
 def test_a_file_with_bad_rows_changes_nothing_and_exits_non_zero(runner, session, tmp_path):
     bad = GOOD + "CS-100004,Bad Phone,12,en,1.00,1.00,2026-12-01,\n"
     result = runner.invoke(args=["cases", "import", write(tmp_path, bad)])
