@@ -403,9 +403,17 @@ def card_link(case_id: int):
     return redirect(url_for("admin.case", case_id=case_id))
 
 
+_MAY_HAVE_GONE = (
+    "Twilio did not answer, so the text may or may not have gone; it is logged on the "
+    "conversation as unknown. Wait for its delivery report before sending it again."
+)
+
+
 def _flash_sent(sent, success: str) -> None:
     if sent.result.ok:
         flash(success, "success")
+    elif sent.result.outcome_unknown:
+        flash(_MAY_HAVE_GONE, "warning")
     else:
         flash(
             f"The text could not be sent ({sent.result.error_message or 'provider error'}); "
@@ -609,6 +617,8 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
         )
     if enrolled.invite.result.ok:
         return f"{first} The opt-in text was sent.", "success"
+    if enrolled.invite.result.outcome_unknown:
+        return f"{first} {_MAY_HAVE_GONE}", "warning"
     error = enrolled.invite.result.error_message or "provider error"
     return f"{first} The opt-in text could not be sent ({error}).", "error"
 

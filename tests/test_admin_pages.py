@@ -690,6 +690,32 @@ def test_a_staff_reply_goes_out_as_a_text_logged_as_theirs_and_answers_the_hando
     assert "by staff@agency.test" in page
 
 
+def test_a_reply_twilio_did_not_answer_is_flagged_as_maybe_sent_not_as_failed(
+    app, client, session, staff
+):
+    from bot.sms import Failure, SendResult
+
+    class NoAnswer:
+        def send(self, *, to, body, status_callback=None):
+            return SendResult(ok=False, error_message="ReadTimeout", failure=Failure.UNKNOWN)
+
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    app.extensions["sms"] = NoAnswer()
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550134", "text": "We got your message."},
+        prefix="reply",
+    )
+    page = text_of(client.get(response.headers["Location"]))
+    assert "may or may not have gone" in page and "could not be sent" not in page
+    reply = session.exec(
+        select(ConversationTurn).where(ConversationTurn.direction == Direction.OUTBOUND)
+    ).one()
+    assert reply.delivery_status == "unknown"
+
+
 def test_a_reply_answers_only_the_handoff_of_the_number_it_went_to(app, client, session, staff):
     case = make_case(session)
     make_enrollment(session, case, "+16175550134")
