@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 from typing import Any
 
 from flask import Flask, jsonify
@@ -62,6 +63,14 @@ def _choose_backends(app: Flask) -> None:
     """Twilio and Stripe when their credentials are set; console and sandbox otherwise."""
     config = app.config
     twilio = config["TWILIO_ACCOUNT_SID"] and config["TWILIO_AUTH_TOKEN"]
+    if bool(config["TWILIO_ACCOUNT_SID"]) != bool(config["TWILIO_AUTH_TOKEN"]):
+        # Half of Twilio's credentials would fall back to the console backend, which takes
+        # unsigned texts: anyone could text as any payer. Refuse instead.
+        raise SettingsError("set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither")
+    if not twilio and str(config["STRIPE_SECRET_KEY"] or "").startswith(("sk_live_", "rk_live_")):
+        raise SettingsError(
+            "a live Stripe key needs Twilio: without it texts are unsigned (console backend)"
+        )
     config["SMS_BACKEND"] = "twilio" if twilio else "console"
     config["PAYMENT_BACKEND"] = "stripe" if config["STRIPE_SECRET_KEY"] else "sandbox"
     log.info(
@@ -83,8 +92,8 @@ def _check_production_settings(app: Flask) -> None:
     if not config["SECRET_KEY"]:
         if production:
             raise SettingsError("SECRET_KEY must be set in production (a real backend is chosen)")
-        config["SECRET_KEY"] = "dev-only-not-secret"  # noqa: S105
-        log.warning("SECRET_KEY is not set: using a development key")
+        config["SECRET_KEY"] = _development_secret(app.instance_path)
+        log.warning("SECRET_KEY is not set: using this install's development key (instance/)")
     if config["PAYMENT_BACKEND"] == "stripe" and not config["STRIPE_WEBHOOK_SECRET"]:
         if production:
             raise SettingsError("STRIPE_WEBHOOK_SECRET must be set with the Stripe backend")
@@ -109,6 +118,27 @@ def _trust_proxies(app: Flask) -> None:
         raise SettingsError(f"TRUSTED_PROXIES must be 0 or more, got {hops}")
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0, x_host=0, x_port=0)
+
+
+def _development_secret(instance_path: str) -> str:
+    """A random key made once per install and shared by its processes (web, worker, scheduler).
+
+    A key written in the code would let anyone who can reach a development server forge a
+    staff session or a card link.
+    """
+    path = os.path.join(instance_path, "dev-secret-key")
+    if not os.path.exists(path):
+        draft = f"{path}.{os.getpid()}"
+        with open(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(secrets.token_hex(32))
+        try:
+            os.link(draft, path)  # atomic: the first process to get here wins, the others read it
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    with open(path) as key:
+        return key.read().strip()
 
 
 def _init_redis(app: Flask) -> None:

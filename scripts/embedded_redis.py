@@ -70,7 +70,9 @@ def start(
     appendonly = "yes" if data_dir else "no"
     command = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
     command += ["--save", "", "--appendonly", appendonly, "--dir", workdir]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    # A session of its own: Ctrl-C in the terminal must not stop Redis before the processes
+    # that use it (make run stops them first, then Redis).
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
     server = EmbeddedRedis(process, port, workdir, keep=bool(data_dir))
     client = redis.Redis(port=port)
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from scripts import embedded_redis
@@ -75,6 +76,22 @@ def pump(name: str, color: str, stream) -> None:
         sys.stdout.flush()
 
 
+def development_defaults(environ: MutableMapping[str, str]) -> None:
+    """Fill in what `make run` needs and production sets itself; set values are kept.
+
+    Only this machine reaches the web process (the simulator and the sandbox are for
+    development), and links point at the port it listens on.
+    """
+    for name, value in (
+        ("PORT", "5000"),
+        ("BIND_ADDRESS", "127.0.0.1"),
+        ("PUBLIC_BASE_URL", f"http://localhost:{environ.get('PORT') or '5000'}"),
+        ("FLASK_DEBUG", "1"),
+    ):
+        if not environ.get(name):  # unset, or left empty in .env
+            environ[name] = value
+
+
 def main() -> int:
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
@@ -84,8 +101,7 @@ def main() -> int:
         load_dotenv(ROOT / ".env")
     except ImportError:
         pass
-    os.environ.setdefault("PORT", "5000")
-    os.environ.setdefault("FLASK_DEBUG", "1")  # development defaults; production sets its own
+    development_defaults(os.environ)
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     redis_process = None if os.environ.get("REDIS_URL") else start_embedded_redis()
     processes: list[tuple[str, subprocess.Popen]] = []

@@ -57,9 +57,80 @@ def test_twilio_needs_a_sender(config):
         create_app(production(config, TWILIO_ACCOUNT_SID="AC1", TWILIO_AUTH_TOKEN="t"))
 
 
-def test_development_without_a_secret_key_gets_a_dev_key(config):
+def test_development_without_a_secret_key_gets_a_random_key_kept_for_the_install(
+    config, tmp_path, monkeypatch
+):
+    import flask
+
     config["SECRET_KEY"] = None
-    assert create_app(config).config["SECRET_KEY"]
+    monkeypatch.setattr(flask.Flask, "auto_find_instance_path", lambda self: str(tmp_path))
+    first, again = create_app(config).config["SECRET_KEY"], create_app(config).config["SECRET_KEY"]
+    assert first == again == (tmp_path / "dev-secret-key").read_text()
+    assert len(first) == 64 and first != "dev-only-not-secret"
+    assert (tmp_path / "dev-secret-key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "half", [{"TWILIO_ACCOUNT_SID": "AC1"}, {"TWILIO_AUTH_TOKEN": "token"}], ids=["sid", "token"]
+)
+def test_half_of_twilios_credentials_refuses_to_start(config, half):
+    """The console backend it would fall back to takes unsigned texts from anyone."""
+    with pytest.raises(SettingsError, match="TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"):
+        create_app({**config, **half})
+    with pytest.raises(SettingsError, match="TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"):
+        create_app(production(config, **half))
+
+
+def test_a_live_stripe_key_without_twilio_refuses_to_start(config):
+    with pytest.raises(SettingsError, match="live Stripe key needs Twilio"):
+        create_app({**config, "STRIPE_SECRET_KEY": "sk_live_x", "STRIPE_WEBHOOK_SECRET": "w"})
+    # A test key with the console backend is a developer trying Stripe's test mode.
+    app = create_app({**config, "STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_WEBHOOK_SECRET": "w"})
+    assert app.extensions["sms"].name == "console"
+
+
+def test_make_run_listens_on_this_machine_only_and_links_follow_its_port():
+    from scripts.run import development_defaults
+
+    environ = {"PORT": "5077", "PUBLIC_BASE_URL": ""}
+    development_defaults(environ)
+    assert environ["BIND_ADDRESS"] == "127.0.0.1"
+    assert environ["PUBLIC_BASE_URL"] == "http://localhost:5077"
+    given = {"BIND_ADDRESS": "0.0.0.0", "PUBLIC_BASE_URL": "https://pay.example.gov"}
+    development_defaults(given)
+    assert given["BIND_ADDRESS"] == "0.0.0.0" and given["PUBLIC_BASE_URL"].startswith("https://")
+
+
+def test_the_access_log_keeps_card_and_approval_link_tokens_out():
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from accesslog import AccessLogger
+
+    token = "AAAABmsOOWYNjfqkWHDFLfHEgfiu8BNRNWs"
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": f"/pay/card/{token}?x=1",
+        "PATH_INFO": f"/pay/card/{token}",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_REFERER": f"https://pay.example.gov/pay/auth/{token}",
+    }
+    response = SimpleNamespace(status="200 OK", headers=[], sent=10)
+    atoms = AccessLogger(Config()).atoms(response, [], environ, timedelta(milliseconds=3))
+    assert token not in repr(atoms)
+    assert atoms["r"] == "GET /pay/card/[redacted]?x=1 HTTP/1.1"
+    assert atoms["f"] == "https://pay.example.gov/pay/auth/[redacted]"
+    assert atoms["U"] == "/pay/card/[redacted]" and atoms["s"] == "200"
+
+
+def test_the_procfile_web_process_uses_the_redacting_access_log():
+    from pathlib import Path
+
+    procfile = Path(__file__).parents[1].joinpath("Procfile").read_text()
+    (web,) = [line for line in procfile.splitlines() if line.startswith("web:")]
+    assert "--logger-class accesslog.AccessLogger" in web and "${BIND_ADDRESS:-0.0.0.0}" in web
 
 
 def test_settings_come_from_the_environment_with_types():
@@ -77,3 +148,16 @@ def test_env_example_documents_every_setting():
     documented = Path(__file__).parents[1].joinpath(".env.example").read_text()
     missing = [name for name in settings.NAMES if f"{name}=" not in documented]
     assert missing == []
+
+
+def test_the_embedded_redis_is_not_stopped_by_the_terminals_ctrl_c():
+    """In a session of its own, it outlives the processes that use it until make run stops it."""
+    import os
+
+    from scripts import embedded_redis
+
+    server = embedded_redis.start()
+    try:
+        assert os.getsid(server.process.pid) != os.getsid(0)
+    finally:
+        server.stop()

@@ -1,0 +1,30 @@
+"""Gunicorn's access log without the secret part of card and approval links.
+
+A /pay/card/<token> or /pay/auth/<token> link lets whoever holds it save a card or approve a
+payment until it is used or expires: written into the access log, anyone who can read the logs
+could use it. The Procfile's web process logs through AccessLogger.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gunicorn.glogging import Logger
+
+_LINK_TOKEN = re.compile(r"(/pay/(?:card|auth)/)[^/\s?#\"]+")
+
+
+def redact(text: str) -> str:
+    """The text with every card or approval link token replaced by '[redacted]'."""
+    return _LINK_TOKEN.sub(r"\1[redacted]", text)
+
+
+class AccessLogger(Logger):
+    """gunicorn's Logger, its access-log atoms redacted (the request line, path, referer...)."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        return {
+            name: redact(value) if isinstance(value, str) and "/pay/" in value else value
+            for name, value in atoms.items()
+        }
