@@ -54,6 +54,15 @@ def require_sign_in():
     return None
 
 
+@bp.after_request
+def _staff_page_headers(response):
+    """Staff pages show payers' cases: never cached by the browser or a proxy, never framed."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _zone() -> str:
     return current_app.config["DEFAULT_TIMEZONE"]
 

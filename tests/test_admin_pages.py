@@ -1296,3 +1296,11 @@ def test_every_field_on_every_page_has_a_label(app, client, session, admin):
     login = Controls()
     login.feed(text_of(app.test_client().get("/admin/login")))
     assert {c["id"] for c in login.controls} <= login.labelled
+
+
+def test_staff_pages_are_neither_cached_nor_framed(client, session, staff):
+    case = make_case(session)
+    for url in ("/admin/", f"/admin/cases/{case.id}", "/admin/login"):
+        response = client.get(url)
+        assert response.headers["Cache-Control"] == "no-store", url
+        assert response.headers["X-Frame-Options"] == "DENY", url
