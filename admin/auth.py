@@ -38,6 +38,15 @@ _DUMMY_HASH = hash_password("not-a-real-password-for-timing")
 SIGNED_PATHS = ("/sms/inbound", "/sms/status", "/stripe/webhook")
 SIGNED_PREFIXES = ("/jobs/",)
 
+SIGN_IN_REFUSED = (
+    "The email or password is wrong, or this account is locked for a while after too many tries."
+)
+"""The one answer to every refused sign-in: a wrong password, an unknown email, a locked account.
+
+A separate "locked" answer would confirm to anyone who tried five passwords that the email has
+an account; the person locked out asks an admin, who sees the lock on the users page.
+"""
+
 csrf = CSRFProtect()
 login_manager = LoginManager()
 login_manager.login_view = "admin.login"
@@ -75,7 +84,6 @@ class SignIn:
 
     user: AdminUser | None
     error: str | None = None
-    locked_until: datetime | None = None
 
 
 def is_locked(user: AdminUser, now: datetime) -> bool:
@@ -92,21 +100,26 @@ def after_failure(failures: int, now: datetime) -> tuple[int, datetime | None]:
 def authenticate(
     *, session: Session, email: str, password: str, now: datetime | None = None
 ) -> SignIn:
-    """Check an email and password, counting failures and locking the account; caller commits."""
+    """Check an email and password, counting failures and locking the account; caller commits.
+
+    Every refusal gets the same words, and every attempt verifies one argon2 hash first (a dummy
+    one for an unknown email, the real one even while the account is locked) so that neither the
+    answer nor its time tells which emails have accounts. A locked account refuses even the right
+    password until the lock ends; attempts during the lock do not extend it.
+    """
     now = now or utcnow()
     user = session.exec(select(AdminUser).where(AdminUser.email == email.strip().lower())).first()
     if user is None:
         verify_password(_DUMMY_HASH, password)
-        return SignIn(None, "The email or password is wrong.")
+        return SignIn(None, SIGN_IN_REFUSED)
+    matches = verify_password(user.password_hash, password)
     if is_locked(user, now):
-        return SignIn(None, "Too many failed sign-ins.", user.locked_until)
-    if not verify_password(user.password_hash, password):
+        return SignIn(None, SIGN_IN_REFUSED)
+    if not matches:
         user.failed_logins, user.locked_until = after_failure(user.failed_logins, now)
         user.updated_at = now
         session.add(user)
-        if user.locked_until is not None:
-            return SignIn(None, "Too many failed sign-ins.", user.locked_until)
-        return SignIn(None, "The email or password is wrong.")
+        return SignIn(None, SIGN_IN_REFUSED)
     user.failed_logins = 0
     user.locked_until = None
     user.last_login_at = now

@@ -148,16 +148,9 @@ def login():
         login_user(StaffUser(outcome.user))
         return redirect(_safe_next(request.args.get("next")))
     count_address_failure(redis, address)
-    status = 401
-    if outcome.locked_until is not None:
-        form.form_errors.append(
-            f"{outcome.error} The account is locked until "
-            f"{local(outcome.locked_until, '%-I:%M %p %Z')}; an admin can unlock it sooner."
-        )
-        status = 429
-    else:
-        form.form_errors.append(outcome.error)
-    return render_template("admin/login.html", form=form), status
+    # 401 for a locked account too: a 429 would tell the guesser that the email has an account.
+    form.form_errors.append(outcome.error)
+    return render_template("admin/login.html", form=form), 401
 
 
 @bp.post("/logout")

@@ -9,7 +9,14 @@ from email.utils import parsedate_to_datetime
 import pytest
 from sqlmodel import select
 
-from admin.auth import LOCKOUT, MAX_FAILURES, after_failure, is_locked
+from admin.auth import (
+    LOCKOUT,
+    MAX_FAILURES,
+    SIGN_IN_REFUSED,
+    after_failure,
+    authenticate,
+    is_locked,
+)
 from models import AdminUser, Case, Payment, PaymentStatus, Refund, Role, utcnow
 from tests.admin_helpers import (
     PASSWORD,
@@ -190,18 +197,65 @@ def test_an_admin_cannot_demote_themself(client, session):
 
 def test_five_wrong_passwords_lock_the_account_even_against_the_right_one(client, session):
     user = make_user(session, "ana@agency.test")
-    for _ in range(MAX_FAILURES - 1):
+    for _ in range(MAX_FAILURES):
         response = sign_in(client, "ana@agency.test", "wrong password!!")
         assert response.status_code == 401
-        assert "The email or password is wrong." in response.get_data(as_text=True)
-    locked = sign_in(client, "ana@agency.test", "wrong password!!")
-    assert locked.status_code == 429
-    assert "locked until" in locked.get_data(as_text=True)
+        assert SIGN_IN_REFUSED in response.get_data(as_text=True)
     right = sign_in(client, "ana@agency.test")
-    assert right.status_code == 429
+    assert right.status_code == 401
+    assert SIGN_IN_REFUSED in right.get_data(as_text=True)
     assert client.get("/admin/").status_code == 302
     stored = reload(session, AdminUser, user.id)
     assert stored.failed_logins == MAX_FAILURES and is_locked(stored, utcnow())
+
+
+def _answer(response) -> tuple[int, str]:
+    """Status and page text without the parts that differ anyway: CSRF token and typed email."""
+    page = re.sub(r'value="[^"]*"', 'value=""', response.get_data(as_text=True))
+    return response.status_code, page
+
+
+def test_a_locked_account_and_an_unknown_email_get_the_same_answer(client, session):
+    locked = make_user(session, "ana@agency.test")
+    locked.failed_logins, locked.locked_until = MAX_FAILURES, utcnow() + LOCKOUT
+    session.add(locked)
+    session.commit()
+    unknown = sign_in(client, "nobody@agency.test", "wrong password!!")
+    refused = sign_in(client, "ana@agency.test", "wrong password!!")
+    assert _answer(refused) == _answer(unknown)
+    assert unknown.status_code == 401
+    assert SIGN_IN_REFUSED in unknown.get_data(as_text=True)
+    assert "locked until" not in refused.get_data(as_text=True)
+
+    # The right password is refused the same way until the lock ends, then it works.
+    right = sign_in(client, "ana@agency.test")
+    assert _answer(right) == _answer(unknown)
+    assert client.get("/admin/").status_code == 302
+    stored = reload(session, AdminUser, locked.id)
+    stored.locked_until = utcnow() - timedelta(seconds=1)
+    session.add(stored)
+    session.commit()
+    assert sign_in(client, "ana@agency.test").status_code == 302
+    assert client.get("/admin/").status_code == 200
+
+
+def test_a_locked_account_still_verifies_a_password_hash_so_it_answers_as_slowly(
+    monkeypatch, session
+):
+    import admin.auth
+
+    verified = []
+    monkeypatch.setattr(
+        admin.auth, "verify_password", lambda hashed, password: verified.append(hashed) or False
+    )
+    user = make_user(session, "ana@agency.test")
+    user.failed_logins, user.locked_until = MAX_FAILURES, utcnow() + LOCKOUT
+    session.add(user)
+    session.commit()
+    for email in ("ana@agency.test", "nobody@agency.test"):
+        outcome = authenticate(session=session, email=email, password=PASSWORD)
+        assert outcome.user is None and outcome.error == SIGN_IN_REFUSED
+    assert len(verified) == 2 and verified[0] == user.password_hash
 
 
 def test_an_admin_unlocks_a_locked_account(client, session):
@@ -221,8 +275,9 @@ def test_an_unknown_email_gets_the_same_answer_as_a_wrong_password(client, sessi
     make_user(session, "ana@agency.test")
     unknown = sign_in(client, "nobody@agency.test")
     wrong = sign_in(client, "ana@agency.test", "not the password")
-    assert unknown.status_code == wrong.status_code == 401
-    assert "The email or password is wrong." in unknown.get_data(as_text=True)
+    assert _answer(unknown) == _answer(wrong)
+    assert unknown.status_code == 401
+    assert SIGN_IN_REFUSED in unknown.get_data(as_text=True)
 
 
 def test_a_good_sign_in_clears_earlier_failures(client, session):
