@@ -384,5 +384,7 @@ class AdminUser(SQLModel, table=True):
     failed_logins: int = 0
     locked_until: datetime | None = _when()
     last_login_at: datetime | None = _when()
+    # Part of every session cookie's user id; bumping it ends the user's sessions everywhere.
+    session_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = _created()
     updated_at: datetime = _created()

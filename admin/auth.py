@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +63,16 @@ class StaffUser(UserMixin):
         self.id = user.id
         self.email = user.email
         self.role = Role(user.role)
+        self.session_version = user.session_version
+
+    def get_id(self) -> str:
+        """The id the session cookie keeps: the user's id and their current session version.
+
+        Sessions are signed cookies the server keeps no list of, so a cookie copied before sign-out
+        would otherwise keep working until it expires. Bumping the stored version (sign-out, a role
+        change) makes every cookie that carries the old one stale; `_load_user` refuses it.
+        """
+        return f"{self.id}:{self.session_version}"
 
     @property
     def is_admin(self) -> bool:
@@ -70,12 +81,19 @@ class StaffUser(UserMixin):
 
 @login_manager.user_loader
 def _load_user(user_id: str) -> StaffUser | None:
+    """The user a session belongs to, or None (signed out) when its session version is stale.
+
+    A bare id, from a cookie signed before session versions, is refused too: one more sign-in.
+    """
     from db import get_session
 
-    if not user_id.isdigit():
+    found = re.fullmatch(r"(\d+):(\d+)", user_id)
+    if found is None:
         return None
-    user = get_session().get(AdminUser, int(user_id))
-    return StaffUser(user) if user is not None else None
+    user = get_session().get(AdminUser, int(found.group(1)))
+    if user is None or user.session_version != int(found.group(2)):
+        return None
+    return StaffUser(user)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from admin import dashboard as figures
+from admin.users import end_sessions
 from bot import messages
 from bot.outbound import Sent, may_text, send_invite, send_text
 from cases import service as cases
@@ -913,12 +914,15 @@ def list_users(*, session: Session) -> list[AdminUser]:
 
 
 def set_role(*, session: Session, user_id: int, role: Role, acting_user_id: int) -> AdminUser:
-    """Change a user's role; an admin cannot demote themself (someone must stay admin)."""
+    """Change a user's role, ending their sessions; an admin cannot demote themself."""
     user = session.get(AdminUser, user_id)
     if user is None:
         raise AdminError("No such user.")
     if user_id == acting_user_id and role != Role.ADMIN:
         raise AdminError("You cannot remove your own admin role; ask another admin.")
+    if user.role != role:
+        # The user signs in again under the new role rather than keep a session from the old one.
+        end_sessions(user)
     user.role = role
     user.updated_at = utcnow()
     session.add(user)

@@ -46,3 +46,14 @@ def create_user(*, session: Session, email: str, password: str, role: Role) -> A
     session.add(user)
     session.flush()
     return user
+
+
+def end_sessions(user: AdminUser) -> None:
+    """Sign the user out everywhere: every session cookie carrying the old version is refused.
+
+    Called on sign-out and when an admin changes the user's role; caller commits. It ends all of
+    the user's sessions (other browsers, a cookie copied before), not only the one signing out:
+    the usual trade-off of one version per user, which needs no table of sessions.
+    """
+    user.session_version += 1
+    user.updated_at = utcnow()

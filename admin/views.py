@@ -34,9 +34,9 @@ from admin.auth import (
     role_required,
 )
 from admin.service import AdminError
-from admin.users import UserError, create_user
+from admin.users import UserError, create_user, end_sessions
 from db import get_session
-from models import AppointmentKind, Case, EnrollmentStatus, Role, utcnow
+from models import AdminUser, AppointmentKind, Case, EnrollmentStatus, Role, utcnow
 from money import format_cents
 from phones import format_phone
 
@@ -155,9 +155,18 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Sign out and forget the session."""
+    """Sign out: end every session of the user on the server, then forget this one's cookie.
+
+    Clearing the cookie alone would leave a copy of it (another tab, a stolen one) signed in.
+    """
     if not forms.ButtonForm(prefix="logout").validate_on_submit():
         abort(400)
+    session = get_session()
+    user = session.get(AdminUser, current_user.id)
+    if user is not None:
+        end_sessions(user)
+        session.add(user)
+        session.commit()
     logout_user()
     cookie_session.clear()
     flash("You are signed out.", "info")

@@ -330,6 +330,69 @@ def test_sign_out_ends_the_session(client, session):
     assert client.get("/admin/").status_code == 302
 
 
+def sign_out(client):
+    """Press Sign out as the signed-in browser would."""
+    token = csrf_token(client, "/admin/")
+    assert client.post("/admin/logout", data={"logout-csrf_token": token}).status_code == 302
+
+
+def with_cookie(app, cookie: str):
+    """Another browser holding a copy of a session cookie."""
+    browser = app.test_client()
+    browser.set_cookie("session", cookie)
+    return browser
+
+
+def test_a_cookie_copied_before_sign_out_is_signed_out_too(app, client, session):
+    """Sign-out ends the session on the server, not just in the browser that pressed it.
+
+    It ends every session of that user: a second browser signed in separately is signed out as
+    well, since one session version per user is what the server keeps.
+    """
+    user = signed_in(client, session)
+    copied = with_cookie(app, client.get_cookie("session").value)
+    assert copied.get("/admin/").status_code == 200
+    other_browser = app.test_client()
+    assert sign_in(other_browser, user.email).status_code == 302
+
+    sign_out(client)
+
+    for browser in (copied, other_browser):
+        response = browser.get("/admin/")
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/admin/login")
+    assert reload(session, AdminUser, user.id).session_version == 1
+    # Signing in again gives a cookie that works.
+    assert sign_in(client, user.email).status_code == 302
+    assert client.get("/admin/").status_code == 200
+
+
+def test_a_role_change_signs_the_user_out_and_leaves_the_admin_signed_in(app, client, session):
+    signed_in(client, session)
+    staff_browser = app.test_client()
+    staff = signed_in(staff_browser, session, Role.STAFF)
+    assert staff_browser.get("/admin/").status_code == 200
+    changed = post_form(
+        client, f"/admin/users/{staff.id}/role", {"role": "admin"}, prefix=f"role{staff.id}"
+    )
+    assert changed.status_code == 302
+    assert staff_browser.get("/admin/").status_code == 302
+    assert client.get("/admin/users").status_code == 200
+    assert sign_in(staff_browser, staff.email).status_code == 302
+    assert staff_browser.get("/admin/users").status_code == 200
+
+
+def test_a_session_without_a_current_session_version_belongs_to_nobody(app, session):
+    from admin.auth import _load_user
+
+    user = make_user(session, "ana@agency.test")
+    with app.test_request_context():
+        assert _load_user(f"{user.id}:0").id == user.id
+        assert _load_user(f"{user.id}:1") is None
+        assert _load_user(str(user.id)) is None  # a cookie signed before session versions
+        assert _load_user("x:0") is None
+
+
 def test_the_session_cookie_is_httponly_and_lax_and_not_secure_over_http(client, session):
     make_user(session, "ana@agency.test")
     cookie = sign_in(client, "ana@agency.test").headers["Set-Cookie"]
