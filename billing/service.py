@@ -651,9 +651,20 @@ def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEve
     event's copy, so events that arrive out of order still leave the right final state.
     The caller commits; on an exception it rolls back, which also forgets the event id, so
     the processor's redelivery is handled afresh.
+
+    The event id is written last, in the same transaction: on SQLite the first write takes the
+    whole database's write lock, which must not be held while the processor is asked (every
+    text, STOP included, would wait on it). Two deliveries of one event at once may both be
+    handled; every handler reconciles with the processor by conditional updates, so the second
+    changes nothing, and it is reported as the duplicate.
     """
-    if not _first_delivery(session, event):
+    if _delivered_before(session, event):
         return "duplicate"
+    outcome = _apply_event(session, gateway, event)
+    return outcome if _first_delivery(session, event) else "duplicate"
+
+
+def _apply_event(session: Session, gateway: PaymentGateway, event: WebhookEvent) -> str:
     if event.type.startswith("payment_intent."):
         return _reconcile_intent(session, gateway, event.data)
     if event.type in REFUND_EVENTS:
@@ -665,13 +676,23 @@ def handle_event(*, session: Session, gateway: PaymentGateway, event: WebhookEve
     return "ignored"
 
 
+def _delivered_before(session: Session, event: WebhookEvent) -> bool:
+    return (
+        session.exec(
+            select(WebhookEventRow.id).where(
+                WebhookEventRow.source == "stripe", WebhookEventRow.event_id == event.id[:80]
+            )
+        ).first()
+        is not None
+    )
+
+
 def _first_delivery(session: Session, event: WebhookEvent) -> bool:
     """Record the event id in the transaction that applies it; False if it is recorded already.
 
     A plain INSERT that skips a duplicate, not a savepoint: on SQLite a savepoint that opens
     the transaction commits when released, which kept the id of an event whose handling then
-    failed, and Stripe's redelivery found it "duplicate". A delivery racing this one waits on
-    the unique index until this transaction ends.
+    failed, and Stripe's redelivery found it "duplicate".
     """
     statement = _insert_ignoring_duplicates(session, WebhookEventRow, ["source", "event_id"])
     values = {"source": "stripe", "event_id": event.id[:80], "event_type": event.type[:64]}
@@ -728,19 +749,27 @@ def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mappin
         session.refresh(payment)
     if payment.status != PaymentStatus.SUCCEEDED:
         return "ignored"
+    # Asked before the lock below: on SQLite it is the whole database's write lock.
+    processor_refunds = gateway.list_refunds(intent_id=intent_id)
     # Two deliveries handled at once would each see refunds the other is recording as new,
     # and both credit them: the second waits here for the first.
     _lock(session, Payment, payment.id)
-    for pending in _refunds(session, payment.id, RefundState.PENDING):
-        if pending.processor_refund_id is None:
-            _finish_refund(session, gateway, payment, pending)
+    unnamed = [
+        r
+        for r in _refunds(session, payment.id, RefundState.PENDING)
+        if r.processor_refund_id is None
+    ]
+    for pending in unnamed:
+        _finish_refund(session, gateway, payment, pending)
+    if unnamed:  # rare (a refund job that died): the list asked above may not have them yet
+        processor_refunds = gateway.list_refunds(intent_id=intent_id)
     pending = _refunds(session, payment.id, RefundState.PENDING)
     if any(r.processor_refund_id is None for r in pending):
         # Until the processor has named our refund, it would look like one made elsewhere.
         raise TransientPaymentError("a refund of ours is not yet known to the processor")
     known = {r.processor_refund_id: r for r in _refunds(session, payment.id)}
     changed = False
-    for result in gateway.list_refunds(intent_id=intent_id):
+    for result in processor_refunds:
         refund = known.get(result.refund_id)
         if refund is None:
             # Refunded at the processor (its dashboard, say) without going through PayText.

@@ -851,3 +851,37 @@ def test_a_refused_api_key_fails_the_payment_at_once_and_tells_the_payer(
     assert (failed.status, failed.attempts) == (PaymentStatus.FAILED, 1)
     assert retry_now(app) == []
     assert len(texts(session, intent="payment_failed")) == 1
+
+
+def test_a_stop_is_not_held_up_while_a_webhook_waits_for_stripe(app, session, fake, payer):
+    """On SQLite the first write takes the database's write lock: asking Stripe comes first."""
+    import threading
+
+    from models import Enrollment, EnrollmentStatus
+    from tests.test_admin_pages import payer_texts
+
+    case, card = payer
+    paid = charge_now(app, session, case, card)
+    gateway = app.extensions["payments"]
+    asked, release = threading.Event(), threading.Event()
+    real = gateway.retrieve_payment
+
+    def slow(**kwargs):
+        asked.set()
+        release.wait(20)
+        return real(**kwargs)
+
+    gateway.retrieve_payment = slow
+    obj = fake.get(paid.processor_payment_id)
+    webhook = threading.Thread(target=post_event, args=(app, fake, "payment_intent.succeeded", obj))
+    webhook.start()
+    try:
+        assert asked.wait(10)
+        started = time.monotonic()
+        assert payer_texts(app, app.test_client(), "STOP").status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        webhook.join(30)
+    session.expire_all()
+    assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.OPTED_OUT
