@@ -396,7 +396,7 @@ def _route(state: State, command: Command, facts: Facts) -> Outcome:
 def _pending(state: State, command: Command, facts: Facts) -> Outcome:
     intent = command.intent
     if intent in (Intent.YES, Intent.START):
-        return _out(facts, State(), _say(facts, "welcome"), actions=(Activate(),))
+        return _out(facts, State(), _say(facts, "welcome"), actions=_accept(command))
     if intent is Intent.NO:
         return _out(facts, State(), _say(facts, "enroll_declined"), actions=(OptOut(),))
     if intent is Intent.HELP:
@@ -408,7 +408,9 @@ def _pending(state: State, command: Command, facts: Facts) -> Outcome:
 
 def _active(state: State, command: Command, facts: Facts) -> Outcome:
     intent = command.intent
-    if state.quote is not None and facts.now >= state.quote.expires_at and intent is not Intent.YES:
+    expired = state.quote is not None and facts.now >= state.quote.expires_at
+    if expired and (intent is not Intent.YES or facts.invited):
+        # A YES after an invitation answers it, not a payment offer long gone.
         state = _evolve(state, quote=None)
     if intent is Intent.DIGITS and state.pending is not None:
         return _choose_case(state, command, facts)
@@ -429,7 +431,7 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
         intent = command.intent
     if facts.invited and (intent is Intent.START or (intent is Intent.YES and consents(command))):
         # Already texting about one case, invited for another: this YES answers the invitation.
-        return _out(facts, state, _say(facts, "welcome"), actions=(Activate(),))
+        return _out(facts, state, _say(facts, "welcome"), actions=_accept(command))
     if intent in (Intent.YES, Intent.NO):
         return _out(facts, state, _say(facts, "nothing_to_confirm"))
     if intent is Intent.HELP:
@@ -452,6 +454,12 @@ _MENU = {
     "6": Intent.LANGUAGE,
     "0": Intent.HELP,
 }
+
+
+def _accept(command: Command) -> tuple[Action, ...]:
+    """Accepting an invitation; START also opts back in a case the phone had stopped or that
+    the carrier had found undeliverable, so nothing stays blocked."""
+    return (Activate(), OptIn()) if command.intent is Intent.START else (Activate(),)
 
 
 def _menu_choice(command: Command) -> Command:

@@ -273,7 +273,10 @@ def plan_inbound(
         policy=current_policy(),
         nonce=message.message_sid,
         cases=facts_of_cases(enrollments, now=now, payment_rows=payment_rows),
-        invited=any(e.status == EnrollmentStatus.PENDING for e in enrollments),
+        # Only an invitation that went out can be answered: an imported pending case waits.
+        invited=any(
+            e.status == EnrollmentStatus.PENDING and e.invited_at is not None for e in enrollments
+        ),
     )
     outcome = dialogue.step(before, command, facts)
     case_id = _turn_case(outcome.state, facts, enrollments)
@@ -617,6 +620,7 @@ _PHONE_ROWS = Prepared(
         _E.c.status,
         _E.c.language,
         _E.c.updated_at,
+        _E.c.invited_at,
         (_C.c.status == CaseStatus.OPEN).label("case_open"),
         _C.c.case_number,
         _C.c.amount_due_cents,
@@ -907,9 +911,11 @@ _SET_LANGUAGE = (
 
 
 def _language(conversation: Any, enrollments: Sequence[Any]) -> messages.Language:
-    """The payer's language: their enrollment's (ESPAÑOL/ENGLISH change it, and so may staff),
-    the newest one's if they differ; a number on no case is answered as it last was."""
-    if enrollments:
+    """The payer's language: the conversation's (ESPAÑOL/ENGLISH set it) once the phone is active
+    on a case. Until then, the language it was enrolled in, which the invitation went out in:
+    anything the number texted before it was enrolled was a stranger's text."""
+    active = any(e.status == EnrollmentStatus.ACTIVE for e in enrollments)
+    if enrollments and (conversation is None or not active):
         newest = max(enrollments, key=lambda e: (_aware(e.updated_at), e.id))
         return messages.Language(newest.language)
     if conversation is not None:

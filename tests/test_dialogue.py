@@ -205,10 +205,27 @@ def test_yes_from_a_phone_active_on_one_case_accepts_the_invitation_for_another(
     invited = facts(invited=True)
     outcome = send("YES", invited)
     assert outcome.actions == (Activate(),) and keys(outcome) == ("welcome",)
-    assert send("START", invited).actions == (Activate(),)
+    assert send("START", invited).actions == (Activate(), OptIn())  # and any stopped case
     # A live quote comes first: YES pays it, the invitation waits.
     assert isinstance(conversation("PAY", "YES", known=invited).actions[0], ChargeQuote)
     assert send("ok", invited).actions == ()  # only a plain YES answers an invitation
+
+
+def test_yes_after_an_invitation_answers_it_even_with_an_old_payment_offer_kept():
+    invited = facts(invited=True)
+    outcome = conversation("PAY", "YES", known=invited, minutes_apart=3 * 24 * 60)
+    assert outcome.actions == (Activate(),) and keys(outcome) == ("welcome",)
+    # Without an invitation waiting, the late YES quotes again, as for anyone.
+    assert keys(conversation("PAY", "YES", minutes_apart=3 * 24 * 60)) == (
+        "quote_expired",
+        "pay_quote",
+    )
+
+
+def test_start_on_a_pending_phone_also_opts_back_in_its_stopped_cases():
+    outcome = send("START", facts(phone_status=PhoneStatus.PENDING))
+    assert outcome.actions == (Activate(), OptIn())
+    assert send("YES", facts(phone_status=PhoneStatus.PENDING)).actions == (Activate(),)
 
 
 def test_no_on_a_pending_enrollment_declines_like_an_opt_out():

@@ -36,7 +36,9 @@ def test_an_invitation_whose_answer_was_lost_counts_as_sent_and_is_not_sent_agai
     case = make_case(session)
     enrollment = make_enrollment(session, case, PHONE, status=EnrollmentStatus.PENDING)
     twilio.hang_up_after_accepting()
-    runner.invoke(args=["enroll", "--invite-pending"])
+    result = runner.invoke(args=["enroll", "--invite-pending"])
+    # Reported as sent, not as a failure: it may well have gone, and it will not go again.
+    assert result.exit_code == 0 and "Invited 1 pending number(s); 0 could not" in result.output
     (turn,) = texts(session, intent="optin_invite")
     assert (turn.delivery_status, turn.provider_message_id) == ("unknown", None)
     assert reload(session, Enrollment, enrollment.id).invited_at is not None

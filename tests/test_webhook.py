@@ -234,13 +234,63 @@ def test_yes_from_a_payer_active_on_one_case_accepts_the_invitation_for_another(
 ):
     other = make_case(session, case_number="CS-007731")
     make_enrollment(
-        session, other, "+16175550134", status=EnrollmentStatus.PENDING, confirmed_at=None
+        session,
+        other,
+        "+16175550134",
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        invited_at=utcnow(),
     )
     (welcome,) = replies(text(client, "YES"))
     assert "signed up" in welcome
     session.expire_all()
     statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
     assert statuses == {payer[0].id: EnrollmentStatus.ACTIVE, other.id: EnrollmentStatus.ACTIVE}
+
+
+def test_a_stray_yes_does_not_activate_a_case_whose_invitation_never_went(client, session, payer):
+    other = make_case(session, case_number="CS-007732")  # imported: pending, not invited yet
+    make_enrollment(
+        session, other, "+16175550134", status=EnrollmentStatus.PENDING, confirmed_at=None
+    )
+    (reply,) = replies(text(client, "yes"))
+    assert "signed up" not in reply
+    session.expire_all()
+    statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
+    assert statuses[other.id] == EnrollmentStatus.PENDING
+
+
+def test_a_new_case_keeps_the_language_an_active_payer_chose(client, session, payer):
+    replies(text(client, "ESPAÑOL"))
+    other = make_case(session, case_number="CS-007733")  # enrolled later, in English
+    make_enrollment(session, other, "+16175550134", language="en")
+    (reply,) = replies(text(client, "SALDO"))
+    assert "varios casos" in reply or "Caso" in reply
+
+
+def test_start_clears_an_undeliverable_case_when_another_waits_for_its_invitation(
+    client, session, payer
+):
+    _, enrollment = payer
+    enrollment.status = EnrollmentStatus.UNDELIVERABLE
+    session.add(enrollment)
+    other = make_case(session, case_number="CS-007734")
+    make_enrollment(
+        session,
+        other,
+        "+16175550134",
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        invited_at=utcnow(),
+    )
+    session.commit()
+    replies(text(client, "START"))
+    session.expire_all()
+    from bot.outbound import may_text
+
+    statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
+    assert set(statuses.values()) == {EnrollmentStatus.ACTIVE}
+    assert may_text(session=session, phone="+16175550134")
 
 
 def test_a_number_that_texted_before_it_was_enrolled_is_answered_in_its_enrollment_language(
