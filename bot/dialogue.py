@@ -19,7 +19,9 @@ Rules worth knowing:
   reply saying what is allowed; YES naming another amount ("yes, pay 100") quotes that amount.
   A language switch keeps the quote and asks again; any other request but YES/NO drops it; an
   unreadable reply (UNKNOWN, EMPTY, digits) only repeats the question.
-- A phone active on one case and invited to another (Facts.invited) accepts with YES.
+- A phone active on one case and invited to another (Facts.invited: the invitation went out)
+  accepts with YES, before any long-expired quote; START accepting an invitation also opts
+  back in the phone's stopped or undeliverable cases.
 - The chosen case and any half-finished request are forgotten after SESSION_IDLE of silence;
   a quote is kept, long expired, so a late YES quotes again.
 - Cases in Facts are the phone's active cases; the web layer leaves closed ones out.
