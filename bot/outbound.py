@@ -107,15 +107,24 @@ def send_text(
         updated_at=now,
     )
     session.add(turn)
+    _after_answer(session, turn, result)
+    session.flush()
+    return Sent(turn, result)
+
+
+def _after_answer(session: Session, turn: ConversationTurn, result: SendResult) -> None:
+    """What a saved turn's answer leads to: an early delivery report, or a failure recorded."""
     if result.sid:
         from bot.status import apply_early
 
         apply_early(session=session, turn=turn)
     if not result.ok:
-        log.warning("text to %s failed: %s %s", _masked(phone), result.error_code, result.failure)
-        mark_failure(session=session, phone=phone, failure=result.failure, code=result.error_code)
-    session.flush()
-    return Sent(turn, result)
+        log.warning(
+            "text to %s failed: %s %s", _masked(turn.phone), result.error_code, result.failure
+        )
+        mark_failure(
+            session=session, phone=turn.phone, failure=result.failure, code=result.error_code
+        )
 
 
 def _delivery_status(result: SendResult) -> str | None:
@@ -248,17 +257,7 @@ def _record_answer(turn_id: int, result: SendResult) -> None:
         turn.error_code = result.error_code
         turn.updated_at = utcnow()
         session.add(turn)
-        if result.sid:
-            from bot.status import apply_early
-
-            apply_early(session=session, turn=turn)
-        if not result.ok:
-            log.warning(
-                "text to %s failed: %s %s", _masked(turn.phone), result.error_code, result.failure
-            )
-            mark_failure(
-                session=session, phone=turn.phone, failure=result.failure, code=result.error_code
-            )
+        _after_answer(session, turn, result)
 
 
 def mark_failure(

@@ -229,18 +229,24 @@ def test_a_pending_number_is_activated_by_si_and_welcomed(client, session):
     assert enrollment.status == EnrollmentStatus.ACTIVE and enrollment.confirmed_at is not None
 
 
-def test_yes_from_a_payer_active_on_one_case_accepts_the_invitation_for_another(
-    client, session, payer
-):
-    other = make_case(session, case_number="CS-007731")
+def invited_to(session, case_number: str, *, invited: bool = True):
+    """Another case for the payer's phone, pending its YES; its invitation sent, or not yet."""
+    case = make_case(session, case_number=case_number)
     make_enrollment(
         session,
-        other,
+        case,
         "+16175550134",
         status=EnrollmentStatus.PENDING,
         confirmed_at=None,
-        invited_at=utcnow(),
+        invited_at=utcnow() if invited else None,
     )
+    return case
+
+
+def test_yes_from_a_payer_active_on_one_case_accepts_the_invitation_for_another(
+    client, session, payer
+):
+    other = invited_to(session, "CS-007731")
     (welcome,) = replies(text(client, "YES"))
     assert "signed up" in welcome
     session.expire_all()
@@ -249,10 +255,7 @@ def test_yes_from_a_payer_active_on_one_case_accepts_the_invitation_for_another(
 
 
 def test_a_stray_yes_does_not_activate_a_case_whose_invitation_never_went(client, session, payer):
-    other = make_case(session, case_number="CS-007732")  # imported: pending, not invited yet
-    make_enrollment(
-        session, other, "+16175550134", status=EnrollmentStatus.PENDING, confirmed_at=None
-    )
+    other = invited_to(session, "CS-007732", invited=False)  # imported, not invited yet
     (reply,) = replies(text(client, "yes"))
     assert "signed up" not in reply
     session.expire_all()
@@ -274,15 +277,7 @@ def test_start_clears_an_undeliverable_case_when_another_waits_for_its_invitatio
     _, enrollment = payer
     enrollment.status = EnrollmentStatus.UNDELIVERABLE
     session.add(enrollment)
-    other = make_case(session, case_number="CS-007734")
-    make_enrollment(
-        session,
-        other,
-        "+16175550134",
-        status=EnrollmentStatus.PENDING,
-        confirmed_at=None,
-        invited_at=utcnow(),
-    )
+    invited_to(session, "CS-007734")
     session.commit()
     replies(text(client, "START"))
     session.expire_all()
