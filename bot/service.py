@@ -915,7 +915,8 @@ def _language(conversation: Any, enrollments: Sequence[Any]) -> messages.Languag
     on a case. Until then, the language it was enrolled in, which the invitation went out in:
     anything the number texted before it was enrolled was a stranger's text."""
     active = any(e.status == EnrollmentStatus.ACTIVE for e in enrollments)
-    if enrollments and (conversation is None or not active):
+    # A conversation with no state yet is the row PostgreSQL's lock has just made.
+    if enrollments and (conversation is None or not conversation.state or not active):
         newest = max(enrollments, key=lambda e: (_aware(e.updated_at), e.id))
         return messages.Language(newest.language)
     if conversation is not None:
