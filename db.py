@@ -512,6 +512,35 @@ def session_scope(app: Flask | None = None) -> Iterator[Session]:
             raise
 
 
+def after_commit(
+    session: Session, key: str, item: Any, run: Callable[[Session, list], None]
+) -> None:
+    """Have `run(session, items)` called once `session` commits, with every item given under
+    `key` since its last commit; a rollback forgets them, with the work that gave them.
+
+    For work that must wait for the commit: a text sent at most once, a report applied to a row
+    other connections can now see. The committing session can run no SQL then; `run` opens its
+    own. An error in `run` is logged, not raised: the commit it would fail has happened.
+    """
+    pending = session.info.get(key)
+    if pending is None:
+        pending = session.info[key] = []
+
+        def committed(_session: Session) -> None:
+            items = list(pending)
+            pending.clear()
+            if not items:
+                return
+            try:
+                run(session, items)
+            except Exception:
+                log.exception("work after a commit (%s) stopped", key)
+
+        sa.event.listen(session, "after_commit", committed)
+        sa.event.listen(session, "after_rollback", lambda _session: pending.clear())
+    pending.append(item)
+
+
 def alembic_config(url: str) -> Config:
     """Alembic settings built in code, so one `migrations/` folder serves every database URL."""
     config = Config()

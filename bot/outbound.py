@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from bot import messages
 from bot.dialogue import case_ending
 from bot.sms import Failure, SendResult
-from db import session_scope
+from db import after_commit, session_scope
 from models import (
     ConversationTurn,
     Direction,
@@ -165,11 +165,9 @@ def queue_text(
     )
     session.add(turn)
     session.flush()
-    if _QUEUED not in session.info:
-        sa.event.listen(session, "after_commit", _send_after_commit)
-        sa.event.listen(session, "after_rollback", _forget_queued)
-        session.info[_QUEUED] = []
-    session.info[_QUEUED].append(turn.id)
+    # If sending stops, what was not claimed is sent by send_left_behind; a claim cut short is
+    # marked unknown there.
+    after_commit(session, _QUEUED, turn.id, lambda _session, turn_ids: send_queued(turn_ids))
     return turn
 
 
@@ -211,25 +209,6 @@ def send_left_behind(*, now: datetime | None = None) -> int:
     if lost:
         log.error("%s text(s) may or may not have gone: their sender died mid-send", lost)
     return send_queued(list(waiting))
-
-
-def _send_after_commit(session: Session) -> None:
-    queued = session.info.get(_QUEUED)
-    if not queued:
-        return
-    turn_ids = list(queued)
-    queued.clear()
-    try:
-        send_queued(turn_ids)
-    except Exception:
-        # Raising here would fail the caller's commit, which has happened. What was not
-        # claimed is sent by send_left_behind; a claim cut short is marked unknown there.
-        log.exception("sending queued texts %s stopped", turn_ids)
-
-
-def _forget_queued(session: Session) -> None:
-    # Rolled back with the work that queued them: the turns no longer exist.
-    session.info.get(_QUEUED, []).clear()
 
 
 def _claim(turn_id: int) -> ConversationTurn | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session, select
 
 from bot.outbound import mark_failure
 from bot.sms import classify
+from db import after_commit
 from models import ConversationTurn, utcnow
 
 RANK = {
@@ -70,21 +70,14 @@ def settle_early(*, session: Session, sid: str) -> bool:
     return True
 
 
-_AFTER_COMMIT = "paytext_early_sids"
-
-
 def _look_again_after_commit(session: Session, sid: str) -> None:
-    sids = session.info.setdefault(_AFTER_COMMIT, set())
-    if not sids:
-        sa.event.listen(session, "after_commit", _after_commit, once=True)
-    sids.add(sid)
+    after_commit(session, "paytext_early_sids", sid, _settle_after_commit)
 
 
-def _after_commit(session: Session) -> None:
-    # The committing session cannot run SQL now; a report kept meanwhile is applied in another.
-    sids = session.info.pop(_AFTER_COMMIT, set())
+def _settle_after_commit(session: Session, sids: list[str]) -> None:
+    # A report kept meanwhile is applied in a session of its own.
     redis = current_app.extensions["redis"]
-    kept = [sid for sid in sids if redis.exists(EARLY_KEY.format(sid=sid))]
+    kept = [sid for sid in dict.fromkeys(sids) if redis.exists(EARLY_KEY.format(sid=sid))]
     if not kept:
         return
     with Session(session.get_bind(), expire_on_commit=False) as other:

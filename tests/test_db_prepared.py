@@ -382,3 +382,28 @@ def test_the_facts_count_this_month_as_billing_does_and_keep_the_latest_payments
         if statuses[n % len(statuses)] not in (PaymentStatus.FAILED, PaymentStatus.CANCELED)
     ]
     assert shown == kept[: dialogue.HISTORY_SIZE]
+
+
+def test_after_commit_runs_once_per_commit_with_what_was_given_and_forgets_a_rollback(
+    engine, caplog
+):
+    from sqlmodel import Session
+
+    ran: list[list[int]] = []
+    with Session(engine) as session:
+        db.after_commit(session, "test", 1, lambda _s, items: ran.append(items))
+        db.after_commit(session, "test", 2, lambda _s, items: ran.append(items))
+        session.commit()
+        session.commit()  # nothing given since: nothing run
+        session.execute(sa.text("SELECT 1"))  # the work that gives the item, then undone
+        db.after_commit(session, "test", 3, lambda _s, items: ran.append(items))
+        session.rollback()
+        session.commit()
+        assert ran == [[1, 2]]
+
+        def fails(_s, _items):
+            raise RuntimeError("gateway down")
+
+        db.after_commit(session, "failing", 4, fails)
+        session.commit()  # the commit happened: the error is logged, not raised
+    assert "work after a commit (failing) stopped" in caplog.text
