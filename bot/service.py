@@ -917,17 +917,18 @@ def _language(conversation: Any, enrollments: Sequence[Any]) -> messages.Languag
     active = any(e.status == EnrollmentStatus.ACTIVE for e in enrollments)
     # A conversation with no state yet is the row PostgreSQL's lock has just made.
     if enrollments and (conversation is None or not conversation.state or not active):
-        newest = max(enrollments, key=lambda e: (_aware(e.updated_at), e.id))
-        return messages.Language(newest.language)
+        return messages.Language(_newest(enrollments).language)
     if conversation is not None:
         return messages.Language(conversation.language)
     return messages.Language.EN
 
 
-def _aware(when: datetime | None) -> datetime:
-    if when is None:
-        return datetime.min.replace(tzinfo=UTC)
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+def _newest(enrollments: Sequence[Any]) -> Any:
+    """The enrollment changed last (read through UTCDateTime, so aware), the later one on a tie."""
+    return max(enrollments, key=lambda e: (e.updated_at or _LONG_AGO, e.id))
+
+
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | None:
@@ -939,7 +940,7 @@ def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | 
     if len(facts.cases) == 1:
         return facts.cases[0].case_id
     if enrollments:
-        return max(enrollments, key=lambda e: (_aware(e.updated_at), e.id)).case_id
+        return _newest(enrollments).case_id
     return None
 
 
