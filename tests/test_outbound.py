@@ -12,7 +12,7 @@ from billing import service
 from models import Enrollment, EnrollmentStatus
 from tests.billing_helpers import add_card, confirmed_payment, reload, texts
 from tests.factories import make_case, make_enrollment
-from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+from tests.fakes.twilio_api import FakeTwilio
 
 PHONE = "+16175550134"
 
@@ -21,12 +21,7 @@ PHONE = "+16175550134"
 def twilio(config):
     """The fake Twilio; ask for it before `app` so the app sends through it."""
     with FakeTwilio() as fake:
-        config.update(
-            TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID,
-            TWILIO_AUTH_TOKEN=DEFAULT_AUTH_TOKEN,
-            TWILIO_FROM_NUMBER="+15005550006",
-            TWILIO_API_BASE_URL=fake.url,
-        )
+        config.update(fake.settings())
         yield fake
 
 

@@ -787,13 +787,7 @@ def test_cancel_pending_cancels_waiting_and_queued_rows_but_not_sent_ones(ctx, s
 @pytest.fixture
 def twilio(config):
     with FakeTwilio() as fake:
-        config.update(
-            TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID,
-            TWILIO_AUTH_TOKEN=DEFAULT_AUTH_TOKEN,
-            TWILIO_FROM_NUMBER="+15005550006",
-            TWILIO_API_BASE_URL=fake.url,
-            SMS_RATE_PER_SECOND=1000,
-        )
+        config.update(fake.settings(), SMS_RATE_PER_SECOND=1000)
         from app import create_app
 
         application = create_app(config)

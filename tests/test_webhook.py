@@ -36,12 +36,7 @@ def fake_twilio():
 @pytest.fixture
 def config(config, fake_twilio):
     """The Twilio backend against the local fake, so signatures are enforced."""
-    config.update(
-        TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=TOKEN,
-        TWILIO_FROM_NUMBER="+18005550100",
-        TWILIO_API_BASE_URL=fake_twilio.url,
-    )
+    config.update(fake_twilio.settings(from_number="+18005550100"))
     return config
 
 

@@ -66,6 +66,15 @@ class FakeTwilio:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def settings(self, from_number: str = "+15005550006") -> dict[str, str]:
+        """The app settings that choose the Twilio backend and point it at this fake."""
+        return {
+            "TWILIO_ACCOUNT_SID": self.account_sid,
+            "TWILIO_AUTH_TOKEN": self.auth_token,
+            "TWILIO_FROM_NUMBER": from_number,
+            "TWILIO_API_BASE_URL": self.url,
+        }
+
     def __enter__(self) -> FakeTwilio:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
