@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session
 
@@ -47,3 +47,18 @@ def make_enrollment(session: Session, case: Case, phone: str = "+16175550134", *
     session.add(enrollment)
     session.commit()
     return enrollment
+
+
+STOPPED_AT = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+
+
+def make_stopped_enrollment(session: Session, case: Case, phone: str = "+16175550134"):
+    """`phone` texted STOP (at STOPPED_AT) while enrolled on `case`."""
+    return make_enrollment(
+        session,
+        case,
+        phone,
+        status=EnrollmentStatus.OPTED_OUT,
+        opted_out_at=STOPPED_AT,
+        status_reason="opted out by text",
+    )

@@ -34,7 +34,7 @@ from models import (
     utcnow,
 )
 from tests.admin_helpers import post_form, reload, signed_in
-from tests.factories import make_case, make_enrollment
+from tests.factories import STOPPED_AT, make_case, make_enrollment, make_stopped_enrollment
 
 SCRIPT = "<script>alert('x')</script>"
 NEW_CASE = {
@@ -137,21 +137,6 @@ def test_a_number_already_active_on_the_case_is_not_enrolled_twice(app, client, 
     assert texts(app) == []
 
 
-STOPPED = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
-
-
-def stopped(session, case, phone="+16175550134") -> Enrollment:
-    """`phone` texted STOP while enrolled on `case`."""
-    return make_enrollment(
-        session,
-        case,
-        phone,
-        status=EnrollmentStatus.OPTED_OUT,
-        opted_out_at=STOPPED,
-        status_reason="opted out by text",
-    )
-
-
 def payer_texts(app, client, body: str, phone: str = "+16175550134"):
     """An inbound text, signed as the console backend signs the phone simulator's."""
     import hashlib
@@ -166,7 +151,7 @@ def test_enrolling_again_a_number_that_opted_out_keeps_its_stop_and_texts_nothin
     app, client, session, staff
 ):
     case = make_case(session, case_number="CS-777003")
-    enrollment = stopped(session, case)
+    enrollment = make_stopped_enrollment(session, case)
     response = post_form(
         client,
         "/admin/enroll",
@@ -179,7 +164,7 @@ def test_enrolling_again_a_number_that_opted_out_keeps_its_stop_and_texts_nothin
     kept = reload(session, Enrollment, enrollment.id)
     assert (kept.status, kept.opted_out_at, kept.status_reason) == (
         EnrollmentStatus.OPTED_OUT,
-        STOPPED,
+        STOPPED_AT,
         "opted out by text",
     )
     assert count(session, Enrollment) == 1
@@ -189,7 +174,7 @@ def test_enrolling_again_a_number_that_opted_out_keeps_its_stop_and_texts_nothin
 def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_start(
     app, client, session, staff
 ):
-    first = stopped(session, make_case(session, case_number="CS-777004"))
+    first = make_stopped_enrollment(session, make_case(session, case_number="CS-777004"))
     case = make_case(session, case_number="CS-777005")
     response = post_form(
         client,
@@ -200,7 +185,7 @@ def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_sta
     assert "opted out of texts on Mar 2, 2026" in text_of(response)
     added = session.exec(select(Enrollment).where(Enrollment.case_id == case.id)).one()
     assert added.status == EnrollmentStatus.OPTED_OUT and added.invited_at is None
-    assert reload(session, Enrollment, first.id).opted_out_at == STOPPED
+    assert reload(session, Enrollment, first.id).opted_out_at == STOPPED_AT
     assert texts(app) == []
 
     # Only the payer can undo a STOP: START opts the number back in on both cases.
@@ -1075,7 +1060,7 @@ def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, s
 def test_an_imported_number_that_opted_out_is_enrolled_opted_out_and_not_invited(
     app, client, session, staff
 ):
-    first = stopped(session, make_case(session, case_number="CS-1"))
+    first = make_stopped_enrollment(session, make_case(session, case_number="CS-1"))
     preview = text_of(upload(client, (HEADER + "CS-2,Ana,6175550134,en,1,1,,\n").encode()))
     token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
     done = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
@@ -1083,7 +1068,7 @@ def test_an_imported_number_that_opted_out_is_enrolled_opted_out_and_not_invited
     assert "1 number(s) had opted out of texts" in text_of(done)
     added = session.exec(select(Enrollment).where(Enrollment.id != first.id)).one()
     assert added.status == EnrollmentStatus.OPTED_OUT
-    assert reload(session, Enrollment, first.id).opted_out_at == STOPPED
+    assert reload(session, Enrollment, first.id).opted_out_at == STOPPED_AT
     assert texts(app) == []
 
 

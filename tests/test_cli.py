@@ -1,10 +1,8 @@
-from datetime import UTC, datetime
-
 from sqlmodel import select
 
 from admin.users import verify_password
 from models import AdminUser, Enrollment, EnrollmentSource, EnrollmentStatus
-from tests.factories import make_case
+from tests.factories import STOPPED_AT, make_case, make_stopped_enrollment
 
 
 def enrollments(session):
@@ -136,27 +134,10 @@ def test_invite_pending_texts_each_uninvited_pending_number_once(app, runner, se
     assert len(app.extensions["sms"].sent) == 1
 
 
-STOPPED = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
-
-
-def opted_out(session, case, phone="+16175550134"):
-    """`phone` texted STOP while enrolled on `case`."""
-    from tests.factories import make_enrollment
-
-    return make_enrollment(
-        session,
-        case,
-        phone,
-        status=EnrollmentStatus.OPTED_OUT,
-        opted_out_at=STOPPED,
-        status_reason="opted out by text",
-    )
-
-
 def test_an_imported_number_that_opted_out_elsewhere_is_never_invited(
     app, runner, session, tmp_path
 ):
-    first = opted_out(session, make_case(session, case_number="CS-000001"))
+    first = make_stopped_enrollment(session, make_case(session, case_number="CS-000001"))
     path = tmp_path / "cases.csv"
     path.write_text(
         "case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone\n"
@@ -176,7 +157,7 @@ def test_an_imported_number_that_opted_out_elsewhere_is_never_invited(
     kept = session.get(Enrollment, first.id)
     assert (kept.status, kept.opted_out_at, kept.status_reason) == (
         EnrollmentStatus.OPTED_OUT,
-        STOPPED,
+        STOPPED_AT,
         "opted out by text",
     )
     added = session.exec(
@@ -189,7 +170,7 @@ def test_an_imported_number_that_opted_out_elsewhere_is_never_invited(
 def test_invite_pending_skips_and_counts_pending_numbers_that_opted_out(app, runner, session):
     from tests.factories import make_enrollment
 
-    opted_out(session, make_case(session))
+    make_stopped_enrollment(session, make_case(session))
     make_enrollment(session, make_case(session), status=EnrollmentStatus.PENDING)
     result = runner.invoke(args=["enroll", "--invite-pending"])
     assert result.exit_code == 0, result.output
@@ -200,7 +181,7 @@ def test_invite_pending_skips_and_counts_pending_numbers_that_opted_out(app, run
 
 def test_enroll_cannot_undo_a_stop_even_when_confirmed(app, runner, session):
     case = make_case(session, case_number="CS-000001")
-    opted_out(session, case)
+    make_stopped_enrollment(session, case)
     make_case(session, case_number="CS-000002")
     for args in (["CS-000001", "6175550134"], ["CS-000001", "6175550134", "--confirmed"]):
         result = runner.invoke(args=["enroll", *args])
@@ -209,7 +190,7 @@ def test_enroll_cannot_undo_a_stop_even_when_confirmed(app, runner, session):
     other = runner.invoke(args=["enroll", "CS-000002", "6175550134", "--confirmed"])
     assert other.exit_code == 1 and "opted out" in other.output
     rows = {e.case_id: e for e in enrollments(session)}
-    assert (rows[case.id].status, rows[case.id].opted_out_at) == ("opted_out", STOPPED)
+    assert (rows[case.id].status, rows[case.id].opted_out_at) == ("opted_out", STOPPED_AT)
     assert rows[case.id].status_reason == "opted out by text"
     assert {e.status for e in rows.values()} == {EnrollmentStatus.OPTED_OUT}
     assert not app.extensions["sms"].sent
