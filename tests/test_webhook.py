@@ -677,3 +677,55 @@ def test_history_lists_the_latest_payments_with_their_card(client, session, paye
     assert "$55.00" in reply and "$44.00" in reply and "$22.00" in reply
     assert "$33.00" not in reply and "$11.00" not in reply
     assert "4242" in reply
+
+
+@pytest.mark.parametrize(
+    ("body", "secret"),
+    [
+        ("my card is 4111 1111 1111 1111 exp 12/28", "4111111111111111"),
+        ("4242424242424242", "4242424242424242"),
+        ("PAY 5555-5555-5555-4445 please", "5555555555554445"),  # mistyped: one digit off
+        ("my ssn is 123-45-6789", "123456789"),
+        ("seguro social 123 45 6789", "123456789"),
+    ],
+)
+def test_a_card_number_or_ssn_texted_by_a_payer_is_never_stored_or_logged(
+    client, session, payer, caplog, monkeypatch, body, secret
+):
+    import logging
+
+    from bot import service
+
+    caplog.set_level(logging.DEBUG)
+    assert replies(text(client, body))
+
+    def broken(**kwargs):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(service, "answer_inbound", broken)
+    assert replies(text(client, body))  # the apology path keeps the text too
+
+    session.expire_all()
+    stored = [f"{t.body}{t.state_before}{t.state_after}" for t in turns(session)]
+    stored += [str(c.state) for c in session.exec(select(Conversation))]
+    stored += [record.getMessage() + (record.exc_text or "") for record in caplog.records]
+    squeezed = "".join(stored).replace(" ", "").replace("-", "")
+    assert secret not in squeezed
+    inbound = turns(session)[0]
+    assert inbound.body != body and "removed" in inbound.body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "call me at 617-555-0134 or 617-555-0135",
+        "+16175550134",
+        "pay 1,250.00",
+        "case MA-2024-118204",
+        "pay 250 for 2024118204",
+    ],
+)
+def test_phone_numbers_amounts_and_case_numbers_are_not_taken_for_card_numbers(body):
+    from bot.redact import sensitive_numbers_removed
+
+    assert sensitive_numbers_removed(body) == body
