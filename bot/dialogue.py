@@ -37,6 +37,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from billing.gateway import MINIMUM_CHARGE_CENTS
 from bot.messages import Language, Reply
 from bot.parse import Command, Intent, consents
 from jobs.schedule import BusinessHours, is_open, next_opening, parse_business_hours
@@ -573,6 +574,15 @@ def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outco
 def _amount_problem(amount: int, case: CaseFacts, facts: Facts) -> Reply | None:
     """Why this amount cannot be charged now, as the reply that says what is allowed."""
     policy = facts.policy
+    if case.balance_cents < MINIMUM_CHARGE_CENTS:
+        # Not even paying it off: the processor refuses so small a charge, so YES never could.
+        return _say(
+            facts,
+            "balance_too_small",
+            case_last4=case.last4,
+            balance=case.balance_cents,
+            minimum=MINIMUM_CHARGE_CENTS,
+        )
     # Below the minimum is fine when it pays the balance off: nobody is stuck owing 50 cents.
     if amount < policy.min_payment_cents and amount != case.balance_cents:
         return _say(facts, "amount_too_small", minimum=policy.min_payment_cents)

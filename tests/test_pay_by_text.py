@@ -85,3 +85,31 @@ def test_a_second_quick_payment_over_the_balance_is_refused_with_a_reason(
     assert "being processed" not in reply.lower()
     assert "$" in reply
     assert len(session.exec(select(Payment)).all()) == 1
+
+
+@pytest.mark.parametrize("balance", [30, 49])
+def test_a_balance_below_the_smallest_charge_is_not_offered_and_the_payer_is_told_whom_to_call(
+    client, session, payer, balance
+):
+    payer.balance_cents = balance
+    session.add(payer)
+    session.commit()
+    (reply,) = text(client, "PAY")
+    assert "Reply YES" not in reply  # no quote that YES could never charge
+    assert f"$0.{balance}" in reply and "$0.50" in reply and "800-555-0134" in reply
+    (again,) = text(client, f"PAY 0.{balance}")
+    assert again == reply
+    text(client, "YES")
+    assert session.exec(select(Payment)).all() == []
+
+
+def test_a_balance_at_the_smallest_charge_can_still_be_paid_off(client, session, payer):
+    payer.balance_cents = 50
+    session.add(payer)
+    session.commit()
+    (quote,) = text(client, "PAY")
+    assert "$0.50" in quote
+    (processing,) = text(client, "YES")
+    assert "being processed" in processing.lower()
+    session.expire_all()
+    assert session.get(Case, payer.id).balance_cents == 0

@@ -92,6 +92,10 @@ MESSAGES: dict[str, str] = {
     "amount_too_small": (
         "The smallest payment by text is {minimum}. Reply PAY and a larger amount."
     ),
+    "balance_too_small": (
+        "Case ending {case_last4} owes {balance}, less than the smallest payment by text "
+        "({minimum}). To pay it, call {agency_phone}."
+    ),
     "amount_over_balance": (
         "That's more than your balance of {balance}. Reply PAY and an amount up to {balance}."
     ),

@@ -100,6 +100,10 @@ MESSAGES: dict[str, str] = {
     "amount_too_small": (
         "El pago por texto debe ser de al menos {minimum}. Responda PAGAR y un monto mayor."
     ),
+    "balance_too_small": (
+        "El caso que termina en {case_last4} debe {balance}, menos de lo que se puede pagar por "
+        "texto ({minimum}). Para pagarlo, llame al {agency_phone}."
+    ),
     "amount_over_balance": (
         "Ese monto es mayor que su saldo de {balance}. "
         "Responda PAGAR y un monto de hasta {balance}."
