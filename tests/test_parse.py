@@ -25,6 +25,13 @@ MESSAGES = [
     ("Pay $50 please", PAY, 5000),
     ("pay$50", PAY, 5000),
     ("pay 50 dollars", PAY, 5000),
+    # "50 cents" is half a dollar, never $50.00 (the quote would ask to charge a hundred times it).
+    ("pay 50 cents", PAY, 50),
+    ("pay 75 cent", PAY, 75),
+    ("pagar 75 centavos", PAY, 75),
+    ("pay 1.50 cents", PAY, "not_a_number"),
+    ("pay 0 cents", PAY, "zero"),
+    ("pay $50 cents", PAY, "not_a_number"),
     ("Pay 75.25", PAY, 7525),
     ("pay $ 40", PAY, 4000),
     ("PAY (50)", PAY, 5000),
