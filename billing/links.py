@@ -45,11 +45,16 @@ class LinkKind(StrEnum):
 
 
 class LinkError(ValueError):
-    """A link that is forged, mangled, for another purpose, or out of date."""
+    """A link that is forged, mangled, for another purpose, or out of date.
 
-    def __init__(self, message: str, *, code: str):
+    `subject_id` is set only for a genuine link that expired, so its page can still be shown in
+    the payer's language.
+    """
+
+    def __init__(self, message: str, *, code: str, subject_id: int | None = None):
         super().__init__(message)
         self.code = code
+        self.subject_id = subject_id
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def read_token(*, secret: str, kind: LinkKind, token: str, now: datetime) -> Lin
     subject_id, expires, nonce = _LAYOUT.unpack(body)
     expires_at = datetime.fromtimestamp(expires, UTC)
     if now >= expires_at:
-        raise LinkError("The link has expired", code="expired")
+        raise LinkError("The link has expired", code="expired", subject_id=subject_id)
     return Link(kind=kind, subject_id=subject_id, expires_at=expires_at, nonce=nonce.hex())
 
 

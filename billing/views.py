@@ -134,10 +134,11 @@ def _open_card_link(token: str) -> tuple[links.Link, Case] | Response:
     try:
         link = links.verify(LinkKind.CARD, token)
     except LinkError as exc:
-        return _link_error(exc.code)
+        case = get_session().get(Case, exc.subject_id) if exc.subject_id else None
+        return _link_error(exc.code, case)
     case = get_session().get(Case, link.subject_id)
     if case is None:
-        return _link_error("invalid")
+        return _link_error("invalid", None)
     if links.is_used(link):
         return _page_message("page.link_title", "page.link_expired", case=case, status=410)
     return link, case
@@ -243,14 +244,15 @@ def auth_submit(token: str):
 
 
 def _open_auth_link(token: str) -> tuple[Payment, Case] | Response:
+    session = get_session()
     try:
         link = links.verify(LinkKind.AUTH, token)
     except LinkError as exc:
-        return _link_error(exc.code)
-    session = get_session()
+        payment = session.get(Payment, exc.subject_id) if exc.subject_id else None
+        return _link_error(exc.code, session.get(Case, payment.case_id) if payment else None)
     payment = session.get(Payment, link.subject_id)
     if payment is None:
-        return _link_error("invalid")
+        return _link_error("invalid", None)
     return payment, session.get(Case, payment.case_id)
 
 
@@ -353,10 +355,11 @@ def _page_message(
     )
 
 
-def _link_error(code: str) -> Response:
+def _link_error(code: str, case: Case | None) -> Response:
+    """The link's page refused, in its case's language when a genuine link names the case."""
     key = "page.link_expired" if code == "expired" else "page.link_invalid"
     return _page_message(
-        "page.link_title", key, case=None, status=410 if code == "expired" else 404
+        "page.link_title", key, case=case, status=410 if code == "expired" else 404
     )
 
 

@@ -521,6 +521,25 @@ def test_an_expired_card_link_is_refused(app, session):
     assert response.status_code == 410 and "expired" in response.text
 
 
+@pytest.mark.parametrize("kind", [LinkKind.CARD, LinkKind.AUTH])
+def test_an_expired_link_is_explained_in_the_payer_language(app, session, kind):
+    case = make_case(session, language="es")
+    subject_id = case.id
+    if kind is LinkKind.AUTH:
+        card = add_card(app, session, case)
+        subject_id = confirmed_payment(app, session, case, card, 25_000).id
+    with app.app_context():
+        token = links.make_token(
+            secret=app.config["SECRET_KEY"],
+            kind=kind,
+            subject_id=subject_id,
+            expires_at=utcnow() - timedelta(seconds=1),
+        )
+    response = app.test_client().get(f"/pay/{kind}/{token}")
+    assert response.status_code == 410
+    assert 'lang="es"' in response.text and "Este enlace venció" in response.text
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
