@@ -24,6 +24,7 @@ from flask import (
     render_template,
     request,
 )
+from flask_wtf.csrf import CSRFError
 
 from billing import links, service
 from billing.cards import active_card
@@ -303,6 +304,18 @@ def _auth_form(payment: Payment, case: Case, result: ChargeResult) -> Response:
         "publishable_key": publishable_key,
     }
     return _render("pay/auth_stripe.html", case, stripe=True, **context)
+
+
+@bp.errorhandler(CSRFError)
+def _form_refused(_error: CSRFError) -> Response:
+    """A payer form without its CSRF token (cookie not kept, page left open): a payer page."""
+    token = (request.view_args or {}).get("token", "")
+    opener = _open_auth_link if request.endpoint == "billing.auth_submit" else _open_card_link
+    opened = opener(token)
+    if isinstance(opened, Response):
+        return opened
+    _, case = opened
+    return _page_message("page.error_title", "page.form_refused", case=case, status=400)
 
 
 # -- rendering --------------------------------------------------------------------------------

@@ -582,6 +582,28 @@ def test_the_card_page_speaks_the_case_language_and_can_switch(app, session):
     assert "Add a card" in english.text
 
 
+@pytest.mark.parametrize("kind", [LinkKind.CARD, LinkKind.AUTH])
+def test_a_form_sent_without_its_csrf_token_gets_a_payer_page_in_the_payer_language(
+    app, session, kind
+):
+    case = make_case(session, language="es")
+    with app.app_context():
+        if kind is LinkKind.AUTH:
+            card = add_card(app, session, case)
+            url = links.auth_link_url(
+                payment_id=confirmed_payment(app, session, case, card, 500).id
+            )
+        else:
+            url = links.card_link_url(case_id=case.id)
+    # The page was opened in a browser that did not keep its cookie, or left open too long.
+    typed = {"number": "5555555555554444", "exp_month": "12", "exp_year": "34", "cvc": "123"}
+    refused = app.test_client().post(path_of(url), data=typed)
+    assert refused.status_code == 400
+    assert 'lang="es"' in refused.text and "no se guardó ni se cobró nada" in refused.text
+    assert "CSRF" not in refused.text
+    assert session.exec(select(CardOnFile).where(CardOnFile.last4 == "4444")).all() == []
+
+
 def test_payer_pages_are_not_cached_framed_or_open_to_other_scripts(app, session):
     case = make_case(session)
     _, _, page = open_card_page(app, case)

@@ -261,6 +261,10 @@ MESSAGES: dict[str, str] = {
     ),
     "page.auth_closed": "This payment is no longer waiting for approval. There is nothing to do.",
     "page.error_title": "Please try again",
+    "page.form_refused": (
+        "We could not check this page, so nothing was saved or charged. Please open the link "
+        "in our text again. If this keeps happening, call {agency_phone}."
+    ),
     "page.try_later": (
         "We could not reach the payment processor, so nothing was charged or saved. "
         "Please try again in a few minutes."

@@ -289,6 +289,10 @@ MESSAGES: dict[str, str] = {
     ),
     "page.auth_closed": "Este pago ya no necesita aprobación. No tiene que hacer nada más.",
     "page.error_title": "Intente de nuevo",
+    "page.form_refused": (
+        "No pudimos verificar esta página, así que no se guardó ni se cobró nada. Abra de "
+        "nuevo el enlace de nuestro mensaje. Si vuelve a pasar, llame al {agency_phone}."
+    ),
     "page.try_later": (
         "No pudimos comunicarnos con el procesador de pagos, así que no se cobró ni se guardó "
         "nada. Por favor, intente de nuevo en unos minutos."
