@@ -43,6 +43,7 @@ from billing.gateway import (
 from bot.dialogue import ChargeQuote, case_ending
 from bot.messages import Reply, render_reply
 from bot.outbound import may_text, queue_text
+from jobs.schedule import resolve_timezone
 from models import (
     CardOnFile,
     Case,
@@ -460,7 +461,6 @@ def _succeeded(session: Session, payment_id: int, result: ChargeResult) -> str:
         "receipt",
         amount=payment.amount_cents,
         date=now,
-        tz=_zone(case).key,
         last4=_card_last4(session, payment, result),
         code=payment.confirmation_code,
         balance=case.balance_cents,
@@ -1248,10 +1248,14 @@ def _notify(session: Session, payment: Payment, key: str, intent: str, **params:
     if contact is None:
         log.info("payment %s: no phone may be texted about %s", payment.id, key)
         return
+    # Dates are the payer's local ones, as in their reminders and replies.
+    zone = resolve_timezone(
+        case_tz=case.timezone, phone=contact.phone, default=current_app.config["DEFAULT_TIMEZONE"]
+    )
     queue_text(
         session=session,
         phone=contact.phone,
-        body=render_reply(_reply(key, **params), contact.language),
+        body=render_reply(_reply(key, tz=zone.key, **params), contact.language),
         case_id=case.id,
         enrollment_id=contact.enrollment_id,
         payment_id=payment.id,

@@ -116,7 +116,7 @@ class CaseFacts:
     amount_due_cents: int
     balance_cents: int
     next_due_date: date | None
-    timezone: str
+    timezone: str  # the payer's local zone, which their dates, times and hours are shown in
     card: CardFacts | None = None
     recent_payments: tuple[PaymentFacts, ...] = ()
     next_appointment: AppointmentFacts | None = None

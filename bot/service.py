@@ -38,7 +38,7 @@ from bot.parse import Intent, parse
 from db import Bound, Prepared, bind_together, run_bound, run_together
 from db import kept_connection as db_kept_connection
 from db import writer as db_writer
-from jobs.schedule import parse_business_hours
+from jobs.schedule import parse_business_hours, resolve_timezone
 from models import (
     Appointment,
     AppointmentStatus,
@@ -742,7 +742,10 @@ def facts_of_cases(
     if not active:
         return ()
     default_zone = current_app.config["DEFAULT_TIMEZONE"]
+    # The month a cap counts is the case's (as billing counts it); times are shown where the
+    # payer is, as reminders show them: the case's zone, else the number's, else the default.
     zones = {r.case_id: r.timezone or default_zone for r in active}
+    local = {r.case_id: payer_zone(r.timezone, r.phone, default_zone) for r in active}
     recent: dict[int, list[PaymentFacts]] = {}
     month_paid = dict.fromkeys(zones, 0)
     if payment_rows:
@@ -765,7 +768,7 @@ def facts_of_cases(
             amount_due_cents=row.amount_due_cents,
             balance_cents=row.balance_cents,
             next_due_date=row.next_due_date,
-            timezone=zones[row.case_id],
+            timezone=local[row.case_id],
             card=CardFacts(row.card_brand, row.card_last4) if row.card_last4 else None,
             recent_payments=tuple(recent.get(row.case_id, ())),
             next_appointment=(
@@ -782,6 +785,12 @@ def facts_of_cases(
         )
         for row in sorted(active, key=lambda r: r.case_id)
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def payer_zone(case_tz: str | None, phone: str | None, default: str) -> str:
+    """The zone a payer's dates and times are shown in: the case's, else the number's."""
+    return resolve_timezone(case_tz=case_tz, phone=phone, default=default).key
 
 
 _MONTH_AND_MORE = timedelta(days=32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -351,6 +351,19 @@ def test_the_receipt_is_in_the_language_the_payer_chose(app, session, payer):
     [receipt] = texts(session, intent="receipt")
     assert "Recibimos su pago de $250.00" in receipt.body
     assert "Nuevo saldo: $750.00" in receipt.body
+
+
+def test_the_receipt_date_is_the_payer_local_date_when_the_case_names_no_zone(
+    app, session, monkeypatch
+):
+    # 05:00 UTC on Oct 1 is still Sep 30 in Los Angeles, where the number (213) is.
+    case = make_case(session, timezone=None)
+    make_enrollment(session, case, "+12135550134")
+    card = add_card(app, session, case)
+    monkeypatch.setattr(service, "utcnow", lambda: datetime(2025, 10, 1, 5, 0, tzinfo=UTC))
+    charged(app, session, case, card, 25_000)
+    [receipt] = texts(session, intent="receipt")
+    assert "$250.00 on Sep 30," in receipt.body
 
 
 @pytest.mark.parametrize(

@@ -634,6 +634,28 @@ def test_appt_answers_with_the_next_scheduled_appointment_in_local_time(client, 
     assert not any(place in reply for place in ("Past Court", "Cancelled Court", "Later Court"))
 
 
+def test_appt_shows_the_time_in_the_phone_zone_when_the_case_names_none(client, session):
+    # The reminder for this appointment is written in the number's zone (Los Angeles, 213), so
+    # the answer to APPT must not show the same appointment at New York's (the default) time.
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from bot.catalog import en
+    from models import Appointment, AppointmentKind
+
+    case = make_case(session, timezone=None)
+    make_enrollment(session, case, "+12135550134")
+    soon = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) + timedelta(days=2)
+    session.add(
+        Appointment(
+            case_id=case.id, starts_at=soon, kind=AppointmentKind.COURT_HEARING, location="Rm 4"
+        )
+    )
+    session.commit()
+    (reply,) = replies(text(client, "APPT", phone="+12135550134"))
+    assert en.format_when(soon.astimezone(ZoneInfo("America/Los_Angeles"))) in reply
+
+
 def test_history_lists_the_latest_payments_with_their_card(client, session, payer):
     from datetime import UTC, datetime, timedelta
 
