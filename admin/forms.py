@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import date
+from datetime import UTC, date, datetime
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
@@ -24,13 +24,16 @@ from wtforms.validators import DataRequired, InputRequired, Length, Optional, Va
 
 from admin.users import MIN_PASSWORD
 from bot.messages import render
-from bot.segments import segments
+from bot.segments import Encoding, encoding, segments
 from cases.importer import CASE_NUMBER, EARLIEST_DATE, LATEST_DATE, MAX_NAME
 from models import AppointmentKind, Language, Role
 from money import MAX_AMOUNT_CENTS, AmountError, format_cents, parse_dollars
 from phones import PhoneError, normalize_phone
 
 MAX_SMS_SEGMENTS = 2
+
+# 'Wed, Sep 24 at 12:30 PM', '24 de sept. a las 12:30 p.m.': the longest a reminder shows a time.
+_LONGEST_WHEN = datetime(2025, 9, 24, 12, 30, tzinfo=UTC)
 
 
 def choices(pairs: list[tuple[str, str]]) -> list[SelectChoice]:
@@ -155,17 +158,36 @@ class AppointmentForm(FlaskForm):
     location = StringField("Location", validators=[Optional(), Length(max=200)])
     video_link = StringField("Video link (https://...)", validators=[Optional(), Length(max=300)])
 
+    agency: str = ""
+
     def validate_day(self, field) -> None:
         check_date(field.data, label="Date")
 
     def validate_location(self, field) -> None:
         field.data = " ".join((field.data or "").split()) or None
+        self._check_reminder_fits("appt_reminder", "location", field.data)
 
     def validate_video_link(self, field) -> None:
         link = (field.data or "").strip()
         if link and (not link.startswith("https://") or re.search(r"\s", link)):
             raise ValidationError("The video link must be a https:// address without spaces.")
         field.data = link or None
+        self._check_reminder_fits("appt_reminder_video", "video_link", field.data)
+
+    def _check_reminder_fits(self, key: str, name: str, value: str | None) -> None:
+        """The payer's reminder must fit in two texts in either language, at its longest time."""
+        if not value:
+            return
+        params = {"agency": self.agency, "kind": self.kind.data, "when": _LONGEST_WHEN, name: value}
+        texts = [render(key, params, language) for language in Language]
+        needed = max(segments(text) for text in texts)
+        if needed > MAX_SMS_SEGMENTS:
+            accents = any(encoding(text) is Encoding.UCS2 for text in texts)
+            hint = " Letters like á, í, ó and ú make a text hold less than half." if accents else ""
+            raise ValidationError(
+                f"The reminder would be too long for {MAX_SMS_SEGMENTS} text messages "
+                f"({needed} needed); shorten it.{hint}"
+            )
 
 
 class MoveAppointmentForm(FlaskForm):

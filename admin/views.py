@@ -437,6 +437,7 @@ def _flash_sent(sent, success: str) -> None:
 def add_appointment(case_id: int):
     """Schedule an appointment; its reminders are planned."""
     form = forms.AppointmentForm(prefix="appt")
+    form.agency = current_app.config["AGENCY_NAME"]
     if not form.validate_on_submit():
         return _render_case(case_id, 400, appointment_form=form)
     session = get_session()

@@ -937,6 +937,37 @@ def test_appointments_are_added_moved_and_canceled(client, session, staff):
     assert reload(session, Appointment, appointment.id).status == "canceled"
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # Within the form's 200 characters, but the reminder would take three texts.
+        (
+            "location",
+            "Superior Court of California, County of San Bernardino, Family Law "
+            "Division, 351 North Arrowhead Avenue, Department S36, San Bernardino, CA 92415",
+        ),
+        # One ó makes the reminder UCS-2: 70 characters a segment.
+        ("location", "Juzgado de Familia, Sala 3, Edificio Ramón"),
+        (
+            "video_link",
+            "https://teams.microsoft.com/l/meetup-join/19%3ameeting_NjY4ZDk3"
+            "YTMtYjI4Ni00ZjQ1LWE5ZjgtZDY0ZTI1ZjkzYWQ5%40thread.v2/0?context=%7b%22Tid%22%3a%22"
+            "72f988bf-86f1-41af-91ab-2d7cd011db47%22%7d",
+        ),
+    ],
+)
+def test_an_appointment_whose_reminder_would_not_fit_in_two_texts_is_refused(
+    client, session, staff, field, value
+):
+    case = make_case(session)
+    day = (utcnow() + timedelta(days=10)).date()
+    fields = {"kind": "court_hearing", "day": day.isoformat(), "time": "09:30", field: value}
+    response = post_form(client, f"/admin/cases/{case.id}/appointments", fields, prefix="appt")
+    assert response.status_code == 400
+    assert "too long for 2 text messages" in text_of(response)
+    assert count(session, Appointment) == 0
+
+
 def test_an_appointment_in_the_past_is_refused(client, session, staff):
     case = make_case(session)
     response = post_form(
