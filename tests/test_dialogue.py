@@ -257,13 +257,30 @@ def test_an_unknown_number_gets_a_generic_reply_and_learns_nothing(body):
     assert outcome.actions == ()
     assert text(outcome) == (
         "Riverside County DCSS: We couldn't find a case for this phone number. "
-        "Please call (866) 399-4096. Reply STOP to opt out."
+        "Please call (866) 399-4096. Msg & data rates may apply. Reply STOP to opt out."
     )
 
 
 def test_an_unknown_number_writing_in_spanish_is_answered_in_spanish():
     outcome = send("hola, cuánto debo", facts(phone_status=PhoneStatus.UNENROLLED, cases=()))
     assert "No encontramos un caso con este teléfono" in text(outcome)
+
+
+@pytest.mark.parametrize(
+    ("body", "disclosure"),
+    [
+        ("HELP", "Msg & data rates may apply"),
+        ("AYUDA", "Pueden aplicarse tarifas de mensajes y datos"),
+    ],
+)
+def test_help_from_an_unknown_number_still_says_what_carriers_require(body, disclosure):
+    """HELP answers name the program, a contact, the rates and how to stop (CTIA), enrolled or
+    not."""
+    reply = text(send(body, facts(phone_status=PhoneStatus.UNENROLLED, cases=())))
+    assert reply.startswith("Riverside County DCSS: ")
+    assert "(866) 399-4096" in reply
+    assert disclosure in reply
+    assert "STOP" in reply
 
 
 # Paying.

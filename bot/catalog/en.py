@@ -40,7 +40,7 @@ MESSAGES: dict[str, str] = {
     ),
     "unknown_number": (
         "{agency}: We couldn't find a case for this phone number. "
-        "Please call {agency_phone}. Reply STOP to opt out."
+        "Please call {agency_phone}. Msg & data rates may apply. Reply STOP to opt out."
     ),
     # Conversation.
     "help": (

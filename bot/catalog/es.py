@@ -42,7 +42,7 @@ MESSAGES: dict[str, str] = {
     ),
     "unknown_number": (
         "{agency}: No encontramos un caso con este teléfono. Llame al {agency_phone}. "
-        "Responda STOP para darse de baja."
+        "Pueden aplicarse tarifas de mensajes y datos. Responda STOP para darse de baja."
     ),
     # Conversation.
     "help": (
