@@ -322,11 +322,15 @@ def _form_refused(_error: CSRFError) -> Response:
 
 
 def _language(case: Case | None) -> str:
-    """The page language: ?lang= when the payer switched, else the case's."""
+    """The page language: ?lang= when the payer switched, else the one their texts are in."""
     asked = request.args.get("lang")
     if asked in tuple(Language):
         return asked
-    return str(case.language) if case is not None else Language.EN
+    if case is None:
+        return Language.EN
+    # The payer may have texted ESPAÑOL / ENGLISH since staff set the case's language.
+    contact = service.payer_contact(session=get_session(), case=case)
+    return contact.language if contact is not None else str(case.language)
 
 
 def _render(

@@ -617,6 +617,21 @@ def test_a_form_sent_without_its_csrf_token_gets_a_payer_page_in_the_payer_langu
     assert session.exec(select(CardOnFile).where(CardOnFile.last4 == "4444")).all() == []
 
 
+def test_the_card_and_approval_pages_speak_the_language_the_payer_chose_by_text(app, session):
+    case = make_case(session, language="en")
+    enrollment = make_enrollment(session, case)
+    session.add(Conversation(phone=enrollment.phone, state={"case_id": case.id}, language="es"))
+    session.commit()
+    _, _, page = open_card_page(app, case)
+    assert 'lang="es"' in page.text and "Agregar una tarjeta" in page.text
+
+    card = add_card(app, session, case, AUTHENTICATION)
+    charged(app, session, case, card)
+    [asked] = texts(session, intent="auth_required")
+    approval = app.test_client().get(path_of(asked.body.split("terminar: ", 1)[1].split(" ")[0]))
+    assert 'lang="es"' in approval.text and "Apruebe su pago" in approval.text
+
+
 def test_payer_pages_are_not_cached_framed_or_open_to_other_scripts(app, session):
     case = make_case(session)
     _, _, page = open_card_page(app, case)
