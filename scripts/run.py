@@ -41,6 +41,21 @@ def start_embedded_redis() -> EmbeddedRedis:
     return server
 
 
+CREATE_USER_HINT = (
+    "no staff account yet: create one to sign in at /admin with "
+    "`.venv/bin/flask admin create-user you@example.org` (it asks for a password)"
+)
+
+
+def staff_account_hint(session) -> str | None:
+    """How to make the first staff account, while there is none: /admin needs one to sign in."""
+    from sqlmodel import select
+
+    from models import AdminUser
+
+    return CREATE_USER_HINT if session.exec(select(AdminUser.id)).first() is None else None
+
+
 def prepare_database() -> None:
     """Apply migrations, then seed the demo data if there are no cases yet."""
     from sqlmodel import Session, select
@@ -53,12 +68,15 @@ def prepare_database() -> None:
     db.upgrade(app.config["DATABASE_URL"])
     with Session(db.engine(app)) as session:
         empty = session.exec(select(Case.id).limit(1)).first() is None
+        hint = staff_account_hint(session)
     if empty:
         from cases.demo import seed
 
         with app.app_context(), db.session_scope(app) as session:
             count = seed(session=session, app=app)
         log(f"seeded {count} demo case(s)")
+    if hint:
+        log(hint)
 
 
 def procfile() -> list[tuple[str, str]]:

@@ -101,6 +101,23 @@ def test_make_run_listens_on_this_machine_only_and_links_follow_its_port():
     assert given["BIND_ADDRESS"] == "0.0.0.0" and given["PUBLIC_BASE_URL"].startswith("https://")
 
 
+def test_make_run_and_the_readme_say_how_to_create_the_first_staff_account(runner, session):
+    from pathlib import Path
+
+    from scripts.run import staff_account_hint
+
+    hint = staff_account_hint(session)
+    command = ".venv/bin/flask admin create-user you@example.org"
+    assert hint is not None and command in hint
+    readme = Path(__file__).parents[1].joinpath("README.md").read_text()
+    set_up = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    assert command in set_up
+    args = command.removeprefix(".venv/bin/flask ").split()
+    created = runner.invoke(args=args, input="a-long-password\na-long-password\n")
+    assert created.exit_code == 0, created.output
+    assert staff_account_hint(session) is None
+
+
 def test_the_access_log_keeps_card_and_approval_link_tokens_out():
     from datetime import timedelta
     from types import SimpleNamespace
