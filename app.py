@@ -27,10 +27,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the PayText app: defaults, then the environment, then `test_config`."""
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(settings.defaults())
-    app.config.from_mapping(settings.from_environ())
+    given = settings.from_environ()
+    app.config.from_mapping(given)
     if test_config:
         app.config.from_mapping(test_config)
+        given.update(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
+    if not given.get("REDIS_URL"):
+        _use_embedded_redis(app)
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = settings.sqlite_url(app.instance_path)
     _configure_logging(app)
@@ -139,6 +143,26 @@ def _development_secret(instance_path: str) -> str:
             os.unlink(draft)
     with open(path) as key:
         return key.read().strip()
+
+
+EMBEDDED_REDIS_FILE = "redis-url"
+"""In the instance folder while `make run` runs its embedded Redis: that Redis's URL."""
+
+
+def _use_embedded_redis(app: Flask) -> None:
+    """With REDIS_URL unset, the Redis `make run` started for this install, while it runs.
+
+    `flask` commands run beside `make run` (enroll --invite-pending, say) then queue their jobs
+    where its worker takes them, not in whatever Redis answers on the default port.
+    """
+    try:
+        with open(os.path.join(app.instance_path, EMBEDDED_REDIS_FILE)) as running:
+            url = running.read().strip()
+    except FileNotFoundError:
+        return
+    if url:
+        app.config["REDIS_URL"] = url
+        log.info("REDIS_URL is not set: using make run's embedded Redis (%s)", url)
 
 
 def _init_redis(app: Flask) -> None:

@@ -27,18 +27,32 @@ def log(message: str) -> None:
     print(f"[run] {message}", flush=True)
 
 
-def start_embedded_redis() -> EmbeddedRedis:
-    """A private redis-server on a free port; REDIS_URL points at it."""
+def start_embedded_redis(instance: Path = ROOT / "instance") -> EmbeddedRedis:
+    """A private redis-server on a free port; REDIS_URL points at it.
+
+    Its URL is also written to the instance folder, for `flask` commands run meanwhile in
+    another terminal (app._use_embedded_redis), until stop_embedded_redis.
+    """
     # The sandbox processor keeps its customers and cards in Redis: keep them across restarts.
-    data_dir = ROOT / "instance" / "redis"
+    data_dir = instance / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         server = embedded_redis.start(data_dir=str(data_dir))
     except RuntimeError as exc:
         sys.exit(f"[run] {exc}")
     os.environ["REDIS_URL"] = f"{server.url}/0"
+    from app import EMBEDDED_REDIS_FILE
+
+    (instance / EMBEDDED_REDIS_FILE).write_text(os.environ["REDIS_URL"] + "\n")
     log(f"embedded Redis on port {server.port} (set REDIS_URL to use your own)")
     return server
+
+
+def stop_embedded_redis(server: EmbeddedRedis, instance: Path = ROOT / "instance") -> None:
+    from app import EMBEDDED_REDIS_FILE
+
+    (instance / EMBEDDED_REDIS_FILE).unlink(missing_ok=True)
+    server.stop()
 
 
 CREATE_USER_HINT = (
@@ -161,7 +175,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         if redis_process is not None:
-            redis_process.stop()
+            stop_embedded_redis(redis_process)
             log("embedded Redis stopped")
 
 

@@ -1,4 +1,5 @@
 import logging
+import os
 
 import pytest
 
@@ -178,3 +179,30 @@ def test_the_embedded_redis_is_not_stopped_by_the_terminals_ctrl_c():
         assert os.getsid(server.process.pid) != os.getsid(0)
     finally:
         server.stop()
+
+
+def test_flask_commands_beside_make_run_use_its_embedded_redis(config, tmp_path, monkeypatch):
+    """Not whatever Redis answers on the default port: make run's worker would never see jobs."""
+    import flask
+
+    from scripts.run import start_embedded_redis, stop_embedded_redis
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    monkeypatch.setattr(flask.Flask, "auto_find_instance_path", lambda self: str(instance))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    del config["REDIS_URL"]  # as a `flask` command in another terminal: no REDIS_URL set
+    server = start_embedded_redis(instance)
+    try:
+        embedded = os.environ["REDIS_URL"]
+        monkeypatch.delenv("REDIS_URL")
+        app = create_app(config)
+        assert app.config["REDIS_URL"] == embedded
+        assert app.extensions["redis"].ping()
+        # A REDIS_URL set by the operator wins.
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6399/2")
+        assert create_app(config).config["REDIS_URL"] == "redis://127.0.0.1:6399/2"
+    finally:
+        stop_embedded_redis(server, instance)
+    monkeypatch.delenv("REDIS_URL")
+    assert create_app(config).config["REDIS_URL"] == "redis://127.0.0.1:6379/0"
