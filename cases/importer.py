@@ -26,6 +26,8 @@ REQUIRED = ("case_number", "payer_name", "amount_due", "balance")
 LANGUAGES = {"en": "en", "english": "en", "es": "es", "spanish": "es", "espanol": "es"}
 CASE_NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$")
 MAX_NAME = 120
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+"""Left in a payer name once its spacing is tidied, a bell or a NUL (PostgreSQL stores none)."""
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2099, 12, 31)
 """Due dates and appointments outside these are placeholders ("9999-12-31" for no end date in
@@ -129,6 +131,8 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
     name = " ".join(fields["payer_name"].split())
     if len(name) > MAX_NAME:
         reasons.append(f"payer name is longer than {MAX_NAME} characters")
+    if CONTROL_CHARACTER.search(name):
+        reasons.append("payer name cannot contain control characters")
 
     phone = None
     if fields["phone"]:

@@ -87,6 +87,18 @@ def test_amounts_above_ten_million_dollars_are_refused_like_the_form_refuses_the
     assert "balance '10,000,000.01' is larger than $10,000,000.00" in str(plan.errors[1])
 
 
+def test_a_payer_name_with_a_control_character_is_refused():
+    # PostgreSQL cannot store a NUL: the preview passed and the confirm was a 500.
+    plan = read(
+        HEADER
+        + "CS-1,Ana\x00 Rivera,,en,1,1,,\n"
+        + "CS-2,Bo\x07,,en,1,1,,\n"
+        + 'CS-3,"Cy\tLee\nPark",,en,1,1,,\n'  # tabs and line breaks are only spacing
+    )
+    assert [error.line for error in plan.errors] == [2, 3]
+    assert "payer name cannot contain control characters" in str(plan.errors[0])
+
+
 def test_a_missing_column_is_reported_on_the_header_line():
     plan = read("case_number,payer_name\nCS-1,Ana\n")
     assert [e.line for e in plan.errors] == [1]
