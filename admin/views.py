@@ -265,7 +265,8 @@ def dispatch_reminders():
 @bp.get("/cases")
 def cases():
     """Search and filter cases, a page at a time."""
-    query = request.args.get("q", "")[:100]
+    # PostgreSQL refuses a NUL in a string it is sent; no case number or name holds one.
+    query = request.args.get("q", "").replace("\x00", "")[:100]
     case_filter = request.args.get("filter") or None
     if case_filter not in service.FILTERS:
         case_filter = None

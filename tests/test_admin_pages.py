@@ -357,6 +357,14 @@ def test_cases_are_found_by_number_name_or_the_last_four_digits_of_a_phone(clien
     assert ana.id
 
 
+def test_a_search_with_a_nul_character_ignores_it_instead_of_failing(client, session, staff):
+    # PostgreSQL refuses a NUL in any string it is sent: the search was a 500 there.
+    make_case(session, case_number="MA-1", payer_name="Ana Rivera")
+    response = client.get("/admin/cases", query_string={"q": "Ana\x00"})
+    assert response.status_code == 200
+    assert ">MA-1</a>" in text_of(response)
+
+
 def test_case_filters_pick_out_what_needs_attention(client, session, staff):
     today = utcnow().date()
     overdue = make_case(session, case_number="F-OVERDUE", next_due_date=today - timedelta(days=3))
