@@ -84,12 +84,30 @@ def clean_name(text: str) -> str:
     return name
 
 
-class LoginForm(FlaskForm):
+class StaffForm(FlaskForm):
+    """The base of every staff form: a NUL in any field is refused at that field.
+
+    PostgreSQL stores no NUL (the write was a 500, a reply's text having gone out first).
+    """
+
+    def validate(self, extra_validators=None) -> bool:
+        valid = super().validate(extra_validators)
+        for field in self:
+            if isinstance(field.data, str) and "\x00" in field.data:
+                field.errors = [
+                    *field.errors,
+                    "This holds an invisible NUL character (from a paste, say); retype it.",
+                ]
+                valid = False
+        return valid
+
+
+class LoginForm(StaffForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
 
 
-class EnrollForm(FlaskForm):
+class EnrollForm(StaffForm):
     """Put a phone number on an existing case, or on a new one described here."""
 
     case_number = StringField("Case number", validators=[DataRequired(), Length(max=32)])
@@ -142,7 +160,7 @@ class EnrollForm(FlaskForm):
         )
 
 
-class AppointmentForm(FlaskForm):
+class AppointmentForm(StaffForm):
     kind = SelectField(
         "Kind",
         choices=choices(
@@ -190,7 +208,7 @@ class AppointmentForm(FlaskForm):
             )
 
 
-class MoveAppointmentForm(FlaskForm):
+class MoveAppointmentForm(StaffForm):
     day = DateField("New date", validators=[InputRequired(message="Enter the date.")])
     time = TimeField("New time", validators=[InputRequired(message="Enter the time.")])
 
@@ -198,15 +216,15 @@ class MoveAppointmentForm(FlaskForm):
         check_date(field.data, label="New date")
 
 
-class ButtonForm(FlaskForm):
+class ButtonForm(StaffForm):
     """A form that is only a button: the CSRF token is its whole content."""
 
 
-class PhoneChoiceForm(FlaskForm):
+class PhoneChoiceForm(StaffForm):
     phone = SelectField("Send to", choices=[])
 
 
-class ReplyForm(FlaskForm):
+class ReplyForm(StaffForm):
     phone = SelectField("Send to", choices=[])
     text = TextAreaField("Reply", validators=[DataRequired(message="Write a reply first.")])
 
@@ -222,7 +240,7 @@ class ReplyForm(FlaskForm):
             )
 
 
-class RefundForm(FlaskForm):
+class RefundForm(StaffForm):
     amount = StringField("Amount to refund ($, empty for all)", validators=[Optional()])
     nonce = HiddenField(default=lambda: secrets.token_urlsafe(16))
 
@@ -232,15 +250,15 @@ class RefundForm(FlaskForm):
         self.amount_cents = dollars(field.data, label="Refund amount", allow_zero=False)
 
 
-class ImportForm(FlaskForm):
+class ImportForm(StaffForm):
     file = FileField("Cases CSV file", validators=[FileRequired(message="Choose a CSV file.")])
 
 
-class ImportConfirmForm(FlaskForm):
+class ImportConfirmForm(StaffForm):
     token = HiddenField(validators=[DataRequired()])
 
 
-class UserForm(FlaskForm):
+class UserForm(StaffForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField(
         f"Password (at least {MIN_PASSWORD} characters)",
@@ -249,5 +267,5 @@ class UserForm(FlaskForm):
     role = SelectField("Role", choices=ROLE_CHOICES)
 
 
-class RoleForm(FlaskForm):
+class RoleForm(StaffForm):
     role = SelectField("Role", choices=ROLE_CHOICES)

@@ -814,6 +814,34 @@ def test_a_reply_too_long_for_two_texts_is_refused_and_kept(app, client, session
     assert texts(app) == [] and count(session, ConversationTurn) == 0
 
 
+def test_a_nul_character_typed_into_a_form_is_explained_at_its_field_and_nothing_is_sent(
+    app, client, session, staff
+):
+    # A NUL cannot be stored by PostgreSQL: the reply went out and the page was a 500.
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550134", "text": "Call us\x00 today"},
+        prefix="reply",
+    )
+    assert response.status_code == 400
+    assert 'id="reply-text-error"' in text_of(response)
+    assert "invisible NUL character" in text_of(response)
+    assert texts(app) == [] and count(session, ConversationTurn) == 0
+
+    day = (utcnow() + timedelta(days=3)).date().isoformat()
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "court_hearing", "day": day, "time": "09:00", "location": "Room\x00 4"},
+        prefix="appt",
+    )
+    assert response.status_code == 400 and 'id="appt-location-error"' in text_of(response)
+    assert count(session, Appointment) == 0
+
+
 def test_a_reply_to_an_opted_out_number_is_refused(app, client, session, staff):
     case = make_case(session)
     make_enrollment(session, case, "+16175550134", status=EnrollmentStatus.OPTED_OUT)
