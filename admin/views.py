@@ -12,6 +12,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -94,6 +95,19 @@ def _layout() -> dict:
     if current_user.is_authenticated:
         extra["waiting_handoffs"] = service.waiting_handoff_count(session=get_session())
     return extra
+
+
+@bp.app_template_global()
+def first_with_error(field) -> bool:
+    """True for the page's first field with an error: it takes the focus when the page loads.
+
+    A refused form can sit far down a page (the case page's reply, under its conversation);
+    the browser scrolls to the focused field, and a screen reader reads its label and error.
+    """
+    if not field.errors or g.get("error_focused"):
+        return False
+    g.error_focused = True
+    return True
 
 
 @bp.errorhandler(CSRFError)

@@ -237,6 +237,30 @@ def test_a_new_case_needs_its_name_and_amounts(app, client, session, staff):
     assert count(session, Case) == 0
 
 
+def autofocused(page: str) -> list[str]:
+    """The ids of the elements a browser may focus when the page loads."""
+    return re.findall(r'<(?:input|select|textarea)\b[^>]*\bautofocus\b[^>]*\bid="([^"]+)"', page)
+
+
+def test_a_refused_form_puts_the_focus_on_its_first_field_with_an_error(client, session, staff):
+    # The reply form sits below up to 500 messages: refused, it came back with the page at the
+    # top, nothing focused, and its error out of sight.
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    assert autofocused(text_of(client.get(f"/admin/cases/{case.id}"))) == []
+    response = post_form(
+        client,
+        f"/admin/cases/{case.id}/reply",
+        {"phone": "+16175550134", "text": "   "},
+        prefix="reply",
+    )
+    assert response.status_code == 400 and autofocused(text_of(response)) == ["reply-text"]
+
+    data = {**NEW_CASE, "balance": "lots", "phone": "12"}
+    response = post_form(client, "/admin/enroll", data)
+    assert response.status_code == 400 and autofocused(text_of(response)) == ["balance"]
+
+
 def test_an_unknown_case_without_details_is_explained(app, client, session, staff):
     response = post_form(
         client,
