@@ -23,7 +23,7 @@ from admin.users import end_sessions
 from bot import messages
 from bot.outbound import Sent, may_text, send_invite, send_text
 from cases import service as cases
-from cases.importer import ImportPlan, read_cases
+from cases.importer import ImportPlan, not_utf8, read_cases
 from models import (
     AdminUser,
     Appointment,
@@ -757,9 +757,7 @@ def decode_upload(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise AdminError(
-            f"The file is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8.", field="file"
-        ) from exc
+        raise AdminError(f"The file is {not_utf8(data, exc)}.", field="file") from exc
 
 
 def plan_import(text: str) -> ImportPlan:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from admin.users import UserError, create_user
 from cases import service
-from cases.importer import read_cases
+from cases.importer import not_utf8, read_cases
 from db import session_scope
 from models import EnrollmentSource, Role
 from phones import PhoneError, format_phone, normalize_phone
@@ -43,10 +43,11 @@ def import_command(file: Path) -> None:
     next_due_date empty when there is none, phones in any common US format).
     Existing cases are updated; an empty language or timezone cell keeps the stored value.
     """
+    data = file.read_bytes()
     try:
-        text = file.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise click.ClickException(f"{file} is not UTF-8 text ({exc.reason})") from exc
+        raise click.ClickException(f"{file} is {not_utf8(data, exc)}") from exc
     plan = read_cases(io.StringIO(text, newline=""))
     if not plan.ok:
         for error in plan.errors:

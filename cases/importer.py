@@ -74,6 +74,18 @@ class ImportPlan:
         return not self.errors
 
 
+def not_utf8(data: bytes, error: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8 and how to save it so, for the person who uploaded it.
+
+    Excel's plain "CSV" is Windows-1252: Peña's ñ is one byte UTF-8 cannot read.
+    """
+    line = data.count(b"\n", 0, error.start) + 1
+    return (
+        f"not UTF-8 text (line {line} has a character saved in another encoding); "
+        'in Excel, save it as "CSV UTF-8 (Comma delimited)"'
+    )
+
+
 def read_cases(lines: Iterable[str]) -> ImportPlan:
     """Check every row of a cases CSV and return the rows or every error with its line."""
     reader = csv.reader(lines)

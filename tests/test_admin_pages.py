@@ -1213,6 +1213,8 @@ def test_a_file_that_is_not_utf8_is_refused(client, session, staff):
     response = upload(client, HEADER.encode() + "CS-1,Jos\xe9,,en,1,1,,\n".encode("latin-1"))
     assert response.status_code == 400
     assert "not UTF-8" in text_of(response)
+    # Where, and how to save it as UTF-8, rather than a byte offset no spreadsheet shows.
+    assert "line 2" in text_of(response) and "CSV UTF-8 (Comma delimited)" in text_of(response)
     assert count(session, Case) == 0
 
 

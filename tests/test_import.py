@@ -197,4 +197,5 @@ def test_a_file_that_is_not_utf8_is_refused(runner, session, tmp_path):
     result = runner.invoke(args=["cases", "import", str(path)])
     assert result.exit_code != 0
     assert "not UTF-8" in result.output
+    assert "line 2" in result.output and "CSV UTF-8 (Comma delimited)" in result.output
     assert session.exec(select(Case)).all() == []
