@@ -4,6 +4,10 @@ A token is 35 URL-safe characters: the subject id, the expiry and a random nonce
 truncated HMAC-SHA256 over them keyed from SECRET_KEY and the link's kind. It is built by hand
 rather than with itsdangerous because every character counts in a text that must fit two SMS
 segments. Card links are single-use: the nonce is claimed in Redis when a card is saved.
+
+A token is never stored or logged: the stored copy of a text has it masked (bot.redact), and a
+stored text sent later (a queued text, a reply Twilio asks for again) gets new links made by
+with_new_links for the case or payment its turn is logged on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 import struct
 from dataclasses import dataclass
@@ -20,7 +26,10 @@ from enum import StrEnum
 
 from flask import current_app
 
+from bot.redact import LINK_MARKER
 from models import utcnow
+
+log = logging.getLogger(__name__)
 
 MAC_BYTES = 12
 """96 bits of HMAC-SHA256: as much as TLS keeps, and short enough for a text."""
@@ -99,13 +108,33 @@ def read_token(*, secret: str, kind: LinkKind, token: str, now: datetime) -> Lin
 
 def card_link_url(*, case_id: int) -> str:
     """An absolute, single-use, expiring link where the payer saves a card on this case."""
-    ttl = timedelta(minutes=int(current_app.config["CARD_LINK_TTL_MINUTES"]))
-    return _url("/pay/card/", LinkKind.CARD, case_id, utcnow() + ttl)
+    return _url(LinkKind.CARD, case_id)
 
 
 def auth_link_url(*, payment_id: int) -> str:
     """An absolute, expiring link where the payer approves a payment their bank held."""
-    return _url("/pay/auth/", LinkKind.AUTH, payment_id, utcnow() + AUTH_LINK_TTL)
+    return _url(LinkKind.AUTH, payment_id)
+
+
+_MASKED = re.compile(rf"/pay/({LinkKind.CARD}|{LinkKind.AUTH})/{re.escape(LINK_MARKER)}")
+
+
+def with_new_links(text: str, *, case_id: int | None, payment_id: int | None) -> str:
+    """A stored text ready to go: each masked link made again, for the case (a card link) or
+    the payment (an approval link) its turn is logged on, valid for its full time from now."""
+
+    def made_again(match: re.Match) -> str:
+        kind = LinkKind(match.group(1))
+        subject_id = case_id if kind is LinkKind.CARD else payment_id
+        if subject_id is None:
+            # Not made by PayText's own texts, which log a link's case or payment on its turn.
+            log.error("a %s link cannot be made again for a turn without its subject", kind)
+            return match.group(0)
+        return f"/pay/{kind}/{_token(kind, subject_id)}"
+
+    if LINK_MARKER not in text:
+        return text
+    return _MASKED.sub(made_again, text)
 
 
 def verify(kind: LinkKind, token: str) -> Link:
@@ -129,14 +158,22 @@ def release(link: Link) -> None:
     current_app.extensions["redis"].delete(_used_key(link))
 
 
-def _url(path: str, kind: LinkKind, subject_id: int, expires_at: datetime) -> str:
-    token = make_token(
+def _token(kind: LinkKind, subject_id: int) -> str:
+    if kind is LinkKind.CARD:
+        ttl = timedelta(minutes=int(current_app.config["CARD_LINK_TTL_MINUTES"]))
+    else:
+        ttl = AUTH_LINK_TTL
+    return make_token(
         secret=current_app.config["SECRET_KEY"],
         kind=kind,
         subject_id=subject_id,
-        expires_at=expires_at,
+        expires_at=utcnow() + ttl,
     )
-    return f"{str(current_app.config['PUBLIC_BASE_URL']).rstrip('/')}{path}{token}"
+
+
+def _url(kind: LinkKind, subject_id: int) -> str:
+    base = str(current_app.config["PUBLIC_BASE_URL"]).rstrip("/")
+    return f"{base}/pay/{kind}/{_token(kind, subject_id)}"
 
 
 def _used_key(link: Link) -> str:

@@ -1,4 +1,8 @@
-"""Outbound texts: send through the configured gateway and log every one as a turn on its case."""
+"""Outbound texts: send through the configured gateway and log every one as a turn on its case.
+
+A turn keeps the text with its card and approval links masked (bot.redact): the real links go
+to the payer's phone only.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session, select
 
+from billing import links
 from bot import messages
 from bot.dialogue import case_ending
+from bot.redact import link_tokens_masked
 from bot.sms import Failure, SendResult
 from db import after_commit, session_scope
 from models import (
@@ -95,7 +101,7 @@ def send_text(
         enrollment_id=enrollment_id,
         phone=phone,
         direction=Direction.OUTBOUND,
-        body=body,
+        body=link_tokens_masked(body),
         provider_message_id=result.sid,
         delivery_status=_delivery_status(result),
         error_code=result.error_code,
@@ -149,6 +155,9 @@ def queue_text(
     goes again when that transaction fails after the send and the work is redone. Recorded
     instead, it goes at most once, the way reminders do: the turn is claimed (committed)
     before the gateway is called, and a claim whose answer was lost is not sent again.
+
+    Only the masked text is recorded, so its links are made again when it goes (however late
+    that is): the tokens in `body` are never sent.
     """
     now = utcnow()
     turn = ConversationTurn(
@@ -156,7 +165,7 @@ def queue_text(
         enrollment_id=enrollment_id,
         phone=phone,
         direction=Direction.OUTBOUND,
-        body=body,
+        body=link_tokens_masked(body),
         delivery_status=TO_SEND,
         intent=intent,
         payment_id=payment_id,
@@ -178,8 +187,9 @@ def send_queued(turn_ids: Sequence[int]) -> int:
         turn = _claim(turn_id)
         if turn is None:
             continue
+        body = links.with_new_links(turn.body, case_id=turn.case_id, payment_id=turn.payment_id)
         result = current_app.extensions["sms"].send(
-            to=turn.phone, body=turn.body, status_callback=status_callback_url()
+            to=turn.phone, body=body, status_callback=status_callback_url()
         )
         _record_answer(turn_id, result)
         accepted += result.ok

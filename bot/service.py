@@ -35,6 +35,7 @@ from bot.dialogue import (
     State,
 )
 from bot.parse import Intent, parse
+from bot.redact import link_tokens_masked
 from db import Bound, Prepared, bind_together, run_bound, run_together
 from db import kept_connection as db_kept_connection
 from db import writer as db_writer
@@ -139,18 +140,26 @@ _INBOUND_BY_SID = sa.select(ConversationTurn.id).where(
     ConversationTurn.direction == Direction.INBOUND,
 )
 _REPLIES_TO = (
-    sa.select(ConversationTurn.body)
+    sa.select(ConversationTurn.body, ConversationTurn.case_id, ConversationTurn.payment_id)
     .where(ConversationTurn.in_reply_to_id == sa.bindparam("turn_id"))
     .order_by(ConversationTurn.id)
 )
 
 
 def replies_already_given(*, session: Session, message_sid: str) -> list[str] | None:
-    """The replies sent to this MessageSid before, or None if it is new."""
+    """The replies sent to this MessageSid before, or None if it is new.
+
+    A card link in them is made again: only its masked copy was stored.
+    """
+    from billing.links import with_new_links
+
     inbound_id = session.execute(_INBOUND_BY_SID, {"sid": message_sid}).scalar()
     if inbound_id is None:
         return None
-    return list(session.execute(_REPLIES_TO, {"turn_id": inbound_id}).scalars())
+    return [
+        with_new_links(row.body, case_id=row.case_id, payment_id=row.payment_id)
+        for row in session.execute(_REPLIES_TO, {"turn_id": inbound_id})
+    ]
 
 
 class Conflict(Exception):
@@ -553,11 +562,12 @@ def _insert_reply(connection: sa.Connection, inbound: TurnRef, body: str, now: d
 
 
 def _reply_values(inbound: TurnRef, body: str, now: datetime) -> dict:
-    """The outbound turn of a TwiML reply to `inbound`, not yet linked to it."""
+    """The outbound turn of a TwiML reply to `inbound`, not yet linked to it; a card link in it
+    is stored masked (on the case it is for: the dialogue's case, SendCardLink's)."""
     _, values = _turn_statement(
         inbound,
         direction=Direction.OUTBOUND,
-        body=body,
+        body=link_tokens_masked(body),
         now=now,
         delivery_status="twiml",
         payment_id=inbound.payment_id,

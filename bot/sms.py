@@ -23,6 +23,8 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
+from bot.redact import link_tokens_masked
+
 log = logging.getLogger(__name__)
 
 TWIML_CONTENT_TYPE = "text/xml; charset=utf-8"
@@ -201,7 +203,10 @@ class OutboundSms:
 
 
 class ConsoleGateway:
-    """Development twin of TwilioGateway: logs messages and keeps the latest in memory."""
+    """Development twin of TwilioGateway: logs messages and keeps the latest in memory.
+
+    Its log and stream show link tokens masked, as the stored turns do.
+    """
 
     name = "console"
 
@@ -215,11 +220,12 @@ class ConsoleGateway:
         # Same length as a real SID (34), so it fits wherever those are stored.
         sid = "SMconsole" + uuid.uuid4().hex[:25]
         message = OutboundSms(sid=sid, to=to, body=body, status_callback=status_callback)
-        log.info("SMS to %s (%s): %s", to, sid, body)
+        shown = link_tokens_masked(body)
+        log.info("SMS to %s (%s): %s", to, sid, shown)
         with self._lock:
             self.sent.append(message)
             if self._stream is not None:
-                self._stream.write(f"--> SMS to {to}\n{body}\n\n")
+                self._stream.write(f"--> SMS to {to}\n{shown}\n\n")
                 self._stream.flush()
         return SendResult(ok=True, sid=sid, status="sent")
 

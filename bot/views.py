@@ -22,7 +22,7 @@ from sqlmodel import select
 
 import db
 from bot import service, sms, status
-from bot.redact import sensitive_numbers_removed
+from bot.redact import link_tokens_masked, sensitive_numbers_removed
 from bot.service import Inbound
 from db import get_session
 from models import ConversationTurn, Enrollment
@@ -102,8 +102,9 @@ def inbound_from_form(form: sms.Fields) -> Inbound:
     body = form.value("Body")[: service.MAX_BODY]
     # Bytes that were not UTF-8 arrive as surrogates or U+FFFD; neither can go in the database.
     body = body.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
-    # Never kept, shown to staff or logged: a card number or SSN the payer texted.
-    body = sensitive_numbers_removed(body)
+    # Never kept, shown to staff or logged: a card number or SSN the payer texted, or the token
+    # of a link they texted back.
+    body = link_tokens_masked(sensitive_numbers_removed(body))
     try:
         media = int(form.value("NumMedia", "0") or 0)
     except ValueError:

@@ -98,6 +98,12 @@ def texts(session: Session, *, intent: str | None = None, payment_id: int | None
     return list(session.exec(query.order_by(ConversationTurn.id)).all())
 
 
+def received(app: Flask, turn: ConversationTurn) -> str:
+    """The text the payer's phone got for an outbound turn: the turn's copy masks its links."""
+    [message] = [m for m in app.extensions["sms"].sent if m.sid == turn.provider_message_id]
+    return message.body
+
+
 def reload(session: Session, model, row_id: int):
     """A fresh copy of a row."""
     session.expire_all()

@@ -14,7 +14,14 @@ import db
 from billing import links, service
 from billing.testcards import TEST_CARDS, CardBehaviour
 from models import PaymentStatus
-from tests.billing_helpers import confirmed_payment, csrf_field, path_of, payment, texts
+from tests.billing_helpers import (
+    confirmed_payment,
+    csrf_field,
+    path_of,
+    payment,
+    received,
+    texts,
+)
 from tests.factories import make_case, make_enrollment
 
 
@@ -75,7 +82,7 @@ def test_no_card_number_is_stored_or_logged_after_every_test_card_is_used(
             service.enqueue_charge(payment_id=created.id)
         if test_card.behaviour is CardBehaviour.REQUIRES_AUTHENTICATION:
             [asked] = texts(session, intent="auth_required")
-            approve = path_of(asked.body.split("finish: ", 1)[1].split(" ", 1)[0])
+            approve = path_of(received(app, asked).split("finish: ", 1)[1].split(" ", 1)[0])
             client.post(approve, data=csrf_field(client.get(approve).text))
         if payment(session, created.id).status == PaymentStatus.SUCCEEDED:
             with app.app_context():

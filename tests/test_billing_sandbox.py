@@ -41,6 +41,7 @@ from tests.billing_helpers import (
     path_of,
     payment,
     quote_for,
+    received,
     reload,
     texts,
 )
@@ -386,7 +387,7 @@ def test_a_declined_card_gets_a_plain_reason_and_a_link_to_update_it(
     assert reload(session, Case, case.id).balance_cents == 100_000
     [declined] = texts(session, intent="declined")
     assert reason in declined.body and "Nothing was charged" in declined.body
-    url = declined.body.rsplit(" ", 1)[1]
+    url = received(app, declined).rsplit(" ", 1)[1]
     page = app.test_client().get(path_of(url))
     assert page.status_code == 200 and "Add a card" in page.text
 
@@ -402,7 +403,7 @@ def test_a_card_needing_authentication_gets_a_link_and_approving_sends_the_recei
     assert texts(session, intent="receipt") == []
 
     client = app.test_client()
-    path = path_of(asked.body.split("finish: ", 1)[1].split(" ", 1)[0])
+    path = path_of(received(app, asked).split("finish: ", 1)[1].split(" ", 1)[0])
     page = client.get(path)
     assert page.status_code == 200 and "Approve payment" in page.text
     done = client.post(path, data=csrf_field(page.text))
@@ -449,7 +450,7 @@ def test_a_payment_still_waiting_for_approval_when_the_link_expires_is_canceled(
     [told] = texts(session, intent="approval_expired")
     assert words in told.body and texts(session, intent="payment_failed") == []
     assert reload(session, Case, case.id).balance_cents == 100_000
-    link = app.test_client().get(path_of(re.search(r"http\S+", asked.body).group()))
+    link = app.test_client().get(path_of(re.search(r"http\S+", received(app, asked)).group()))
     assert link.status_code == 410
     with app.app_context():
         service.payment_for_quote(
@@ -628,7 +629,9 @@ def test_the_card_and_approval_pages_speak_the_language_the_payer_chose_by_text(
     card = add_card(app, session, case, AUTHENTICATION)
     charged(app, session, case, card)
     [asked] = texts(session, intent="auth_required")
-    approval = app.test_client().get(path_of(asked.body.split("terminar: ", 1)[1].split(" ")[0]))
+    approval = app.test_client().get(
+        path_of(received(app, asked).split("terminar: ", 1)[1].split(" ")[0])
+    )
     assert 'lang="es"' in approval.text and "Apruebe su pago" in approval.text
 
 

@@ -34,6 +34,7 @@ from tests.billing_helpers import (
     csrf_field,
     path_of,
     payment,
+    received,
     reload,
     stripe_config,
     texts,
@@ -168,7 +169,7 @@ def test_authentication_is_finished_on_a_stripe_js_page_with_the_client_secret(a
     assert held.status == PaymentStatus.REQUIRES_ACTION
     intent = fake.get(held.processor_payment_id)
     [asked] = texts(session, intent="auth_required")
-    path = path_of(asked.body.split("finish: ", 1)[1].split(" ", 1)[0])
+    path = path_of(received(app, asked).split("finish: ", 1)[1].split(" ", 1)[0])
 
     client = app.test_client()
     page = client.get(path)
@@ -821,7 +822,9 @@ def test_no_client_secret_is_logged(app, session, fake, caplog):
     card = add_card(app, session, case, AUTHENTICATION)
     held = charge_now(app, session, case, card)
     [asked] = texts(session, intent="auth_required")
-    approval = app.test_client().get(path_of(asked.body.split("finish: ", 1)[1].split(" ")[0]))
+    approval = app.test_client().get(
+        path_of(received(app, asked).split("finish: ", 1)[1].split(" ")[0])
+    )
     assert fake.get(held.processor_payment_id)["client_secret"] in approval.text
     unknown = {
         "id": "pi_unknown",
