@@ -190,7 +190,7 @@ def _init_gateways(app: Flask) -> None:
     else:
         from bot.sms import ConsoleGateway
 
-        sms = ConsoleGateway()
+        sms = ConsoleGateway(redis=app.extensions["redis"])
     app.extensions["sms"] = sms
 
     if config["PAYMENT_BACKEND"] == "stripe":

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 import requests
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -202,17 +202,28 @@ class OutboundSms:
     status_callback: str | None = None
 
 
+CONSOLE_KEPT_PREFIX = "paytext:console-sms:"
+"""Redis keys of the texts with links the console gateway sent, for the phone simulator."""
+
+CONSOLE_KEPT_SECONDS = 24 * 60 * 60
+"""How long the simulator can show such a text's links: as long as an approval link works."""
+
+
 class ConsoleGateway:
     """Development twin of TwilioGateway: logs messages and keeps the latest in memory.
 
-    Its log and stream show link tokens masked, as the stored turns do.
+    Its log and stream show link tokens masked, as the stored turns do. Given Redis, it also
+    keeps each text that carries a link as it was sent, shared with the web process (the worker
+    sends receipts and payment texts), so the phone simulator can show the link to click: the
+    console backend's only phone.
     """
 
     name = "console"
 
-    def __init__(self, stream: IO[str] | None = None, *, keep: int = 100):
+    def __init__(self, stream: IO[str] | None = None, *, keep: int = 100, redis: Any | None = None):
         self.sent: deque[OutboundSms] = deque(maxlen=keep)
         self._stream = stream
+        self._redis = redis
         self._lock = threading.Lock()
 
     def send(self, *, to: str, body: str, status_callback: str | None = None) -> SendResult:
@@ -222,12 +233,25 @@ class ConsoleGateway:
         message = OutboundSms(sid=sid, to=to, body=body, status_callback=status_callback)
         shown = link_tokens_masked(body)
         log.info("SMS to %s (%s): %s", to, sid, shown)
+        self.keep_delivered(sid, body)
         with self._lock:
             self.sent.append(message)
             if self._stream is not None:
                 self._stream.write(f"--> SMS to {to}\n{shown}\n\n")
                 self._stream.flush()
         return SendResult(ok=True, sid=sid, status="sent")
+
+    def keep_delivered(self, key: str, body: str) -> None:
+        """Keep a text the phone got as it got it, if its stored copy masks a link."""
+        if self._redis is not None and link_tokens_masked(body) != body:
+            self._redis.set(CONSOLE_KEPT_PREFIX + key, body, ex=CONSOLE_KEPT_SECONDS)
+
+    def delivered(self, key: str) -> str | None:
+        """The text kept under `key` (its message SID, or a TwiML reply's key), if any."""
+        if self._redis is None:
+            return None
+        body = self._redis.get(CONSOLE_KEPT_PREFIX + key)
+        return body.decode() if isinstance(body, bytes) else body
 
 
 class Fields(dict[str, list[str]]):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
+import xml.etree.ElementTree as ET
 from urllib.parse import unquote
 
 from flask import (
@@ -22,10 +24,10 @@ from sqlmodel import select
 
 import db
 from bot import service, sms, status
-from bot.redact import link_tokens_masked, sensitive_numbers_removed
+from bot.redact import LINK_MARKER, link_tokens_masked, sensitive_numbers_removed
 from bot.service import Inbound
 from db import get_session
-from models import ConversationTurn, Enrollment
+from models import ConversationTurn, Direction, Enrollment
 from phones import PhoneError, format_phone, normalize_phone
 
 bp = Blueprint("bot", __name__)
@@ -252,17 +254,56 @@ def phone_send():
                 "bot.phone_simulator", phone=phone, error=f"webhook answered {response.status_code}"
             )
         )
+    _keep_replies(params["MessageSid"], response.get_data())
     return redirect(url_for("bot.phone_simulator", phone=phone))
 
 
-def _thread(phone: str) -> list[ConversationTurn]:
+def _keep_replies(message_sid: str, twiml: bytes) -> None:
+    """Have the console gateway keep the TwiML replies the phone got, as it does what it sends:
+    their turns hold any link masked."""
+    # Our own webhook's reply, from the test client.
+    texts = [m.text or "" for m in ET.fromstring(twiml).iter("Message")]  # noqa: S314
+    inbound = (
+        select(ConversationTurn.id)
+        .where(ConversationTurn.provider_message_id == message_sid)
+        .where(ConversationTurn.direction == Direction.INBOUND)
+        .scalar_subquery()
+    )
+    reply_ids = get_session().exec(
+        select(ConversationTurn.id)
+        .where(ConversationTurn.in_reply_to_id == inbound)
+        .order_by(ConversationTurn.id)
+    )
+    gateway = current_app.extensions["sms"]
+    for turn_id, text in zip(reply_ids, texts, strict=False):
+        gateway.keep_delivered(_twiml_key(turn_id), text)
+
+
+def _twiml_key(turn_id: int) -> str:
+    return f"twiml-{turn_id}"
+
+
+_LINK = re.compile(r"(https?://\S+?/pay/(?:card|auth)/[A-Za-z0-9_-]+)")
+
+
+def _thread(phone: str) -> list[dict]:
+    """The phone's latest turns, each as the phone saw it: a link the turn holds masked is the
+    real one the console gateway kept, as a link to click, while that is kept."""
     if not phone:
         return []
     session = get_session()
-    return list(
-        session.exec(
-            select(ConversationTurn)
-            .where(ConversationTurn.phone == phone)
-            .order_by(ConversationTurn.created_at, ConversationTurn.id)
-        ).all()
-    )[-200:]
+    turns = session.exec(
+        select(ConversationTurn)
+        .where(ConversationTurn.phone == phone)
+        .order_by(ConversationTurn.created_at, ConversationTurn.id)
+    ).all()
+    gateway = current_app.extensions["sms"]
+    thread = []
+    for turn in list(turns)[-200:]:
+        parts = [turn.body]
+        if turn.direction == Direction.OUTBOUND and LINK_MARKER in turn.body:
+            key = turn.provider_message_id or _twiml_key(turn.id)
+            # Split around the links: every second part is one.
+            parts = _LINK.split(gateway.delivered(key) or turn.body)
+        thread.append({"turn": turn, "parts": parts})
+    return thread

@@ -13,13 +13,13 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 import db
 from billing import service
 from bot import outbound
 from bot.redact import LINK_MARKER, link_tokens_masked
-from models import Role
+from models import ConversationTurn, Role
 from tests.admin_helpers import post_form, signed_in
 from tests.billing_helpers import (
     AUTHENTICATION,
@@ -196,4 +196,30 @@ def test_an_approval_text_left_unsent_by_a_crash_goes_later_with_a_working_link(
     assert asked.delivery_status == "sent"
     page = app.test_client().get(path_of(link_in(received(app, asked))))
     assert page.status_code == 200 and "Approve payment" in page.text
+    assert_kept_masked(app, logs)
+
+
+def simulator_send(client, body: str):
+    page = client.get("/dev/phone").text
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    data = {"phone": PHONE, "body": body, "csrf_token": match.group(1) if match else ""}
+    return client.post("/dev/phone", data=data)
+
+
+def test_the_phone_simulator_shows_the_real_links_to_click(app, client, session, logs):
+    case = make_case(session)
+    make_enrollment(session, case, PHONE)
+    assert simulator_send(client, "PAY").status_code == 302  # a card link, in the TwiML reply
+    card = add_card(app, session, case, AUTHENTICATION)
+    created = confirmed_payment(app, session, case, card, 25_000)
+    with app.app_context():
+        service.enqueue_charge(payment_id=created.id)  # an approval link, sent as the worker does
+
+    thread = client.get("/dev/phone/thread?phone=%2B16175550134").text
+
+    hrefs = re.findall(r'<a href="([^"]+)">', thread)
+    assert [h.split("/pay/")[1].split("/")[0] for h in hrefs] == ["card", "auth"]
+    for href in hrefs:
+        assert app.test_client().get(path_of(href)).status_code == 200
+    assert session.exec(select(ConversationTurn)).all()
     assert_kept_masked(app, logs)
