@@ -60,3 +60,31 @@ def test_flask_db_upgrade_command_migrates_the_configured_database(config, tmp_p
         sa.inspect(engine).get_table_names()
     )
     engine.dispose()
+
+
+def test_upgrade_masks_the_link_tokens_texts_were_stored_with(empty_database):
+    command.upgrade(db.alembic_config(empty_database), "0005")
+    engine = db.make_engine(empty_database)
+    sent = "Add a card here: http://x.test/pay/card/AAAAAWsOUZqvzxXvyn5Qlmd624BrbeBcZnU Then PAY."
+    with engine.begin() as connection:
+        for body in (sent, "finish: http://x.test/pay/auth/Ab-_9z1", "Your balance is $40.00"):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO conversation_turns (phone, direction, body, created_at, "
+                    "updated_at) VALUES ('+16175550134', 'outbound', :body, :now, :now)"
+                ),
+                {"body": body, "now": "2026-12-01 12:00:00"},
+            )
+    engine.dispose()
+
+    db.upgrade(empty_database)
+
+    engine = db.make_engine(empty_database)
+    with engine.connect() as connection:
+        bodies = connection.execute(sa.text("SELECT body FROM conversation_turns ORDER BY id"))
+        assert list(bodies.scalars()) == [
+            "Add a card here: http://x.test/pay/card/[redacted] Then PAY.",
+            "finish: http://x.test/pay/auth/[redacted]",
+            "Your balance is $40.00",
+        ]
+    engine.dispose()
