@@ -272,6 +272,9 @@ class Payment(SQLModel, table=True):
         default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
     )
     balance_applied: bool = False
+    # Why staff should look at this payment (billing.service.REVIEW_REASONS), shown on the case
+    # page: say, money Stripe took after the payer was told the payment had failed.
+    review_reason: str | None = Field(default=None, sa_type=sa.String(48))
     # Turns point at payments and payments at turns; use_alter breaks the cycle for PostgreSQL.
     authorized_turn_id: int | None = Field(
         default=None,

@@ -194,6 +194,11 @@ class CaseDetail:
     def waiting_handoffs(self) -> list[Handoff]:
         return [h for h in self.handoffs if h.status == HandoffStatus.WAITING]
 
+    @property
+    def payments_to_review(self) -> list[Payment]:
+        """Payments billing flagged for staff (say, one that went through after it failed)."""
+        return [p for p in self.payments if p.review_reason]
+
 
 def case_zone(case: Case, default: str) -> str:
     """The zone a case's times are shown and entered in: its own, else the agency's.

@@ -68,6 +68,13 @@ IN_FLIGHT = (PaymentStatus.PENDING, PaymentStatus.PROCESSING, PaymentStatus.REQU
 COUNTED = (*IN_FLIGHT, PaymentStatus.SUCCEEDED)
 """Payments that count against the monthly cap."""
 
+GAVE_UP = (PaymentStatus.FAILED, PaymentStatus.CANCELED)
+"""Payments the payer was told did not go through; the processor may still take the money."""
+
+LATE_SUCCESS = "succeeded_after_failure"
+"""review_reason of a payment the processor took after the payer was told it had failed: it is
+on the balance, and staff check whether the payer paid again (Payment.review_reason)."""
+
 STALE_AFTER = timedelta(minutes=10)
 """A pending or processing payment untouched this long has lost its job (worker or Redis died)."""
 
@@ -426,27 +433,43 @@ def fail_payment(*, session: Session, payment_id: int, code: str, message: str) 
 
 def _succeeded(session: Session, payment_id: int, result: ChargeResult) -> str:
     now = utcnow()
+    values = {
+        "status": PaymentStatus.SUCCEEDED,
+        "balance_applied": True,
+        "processor_payment_id": result.intent_id,
+        "processor_charge_id": result.charge_id,
+        "confirmation_code": confirmation_code(payment_id),
+        "succeeded_at": now,
+        "updated_at": now,
+    }
     # balance_applied is the once-only switch: whoever flips it lowers the balance and sends
     # the receipt; everyone else (a second job, the webhook) finds it flipped.
     won = _update(
         session,
         sa.update(Payment)
         .where(Payment.id == payment_id, Payment.balance_applied.is_(False))
-        .values(
-            status=PaymentStatus.SUCCEEDED,
-            balance_applied=True,
-            processor_payment_id=result.intent_id,
-            processor_charge_id=result.charge_id,
-            confirmation_code=confirmation_code(payment_id),
-            failure_code=None,
-            failure_message=None,
-            succeeded_at=now,
-            updated_at=now,
-        ),
+        .where(Payment.status.in_(IN_FLIGHT))
+        .values(**values, failure_code=None, failure_message=None),
     )
+    late = False
+    if not won:
+        # The payer was told it failed (the last retry found no charge while the request was
+        # still in flight, or the bank approved after Stripe reported a failure), yet the money
+        # was taken: it goes on the balance all the same, the failure stays on the record, and
+        # staff are asked to check for a second payment.
+        won = late = bool(
+            _update(
+                session,
+                sa.update(Payment)
+                .where(Payment.id == payment_id, Payment.balance_applied.is_(False))
+                .where(Payment.status.in_(GAVE_UP))
+                .values(**values, review_reason=LATE_SUCCESS),
+            )
+        )
     if not won:
         return "unchanged"
     payment = session.get(Payment, payment_id, populate_existing=True)
+    # Never clamped: a payer who paid again meanwhile is left with a credit, which staff see.
     _update(
         session,
         sa.update(Case)
@@ -454,6 +477,30 @@ def _succeeded(session: Session, payment_id: int, result: ChargeResult) -> str:
         .values(balance_cents=Case.balance_cents - payment.amount_cents, updated_at=now),
     )
     case = session.get(Case, payment.case_id, populate_existing=True)
+    last4 = _card_last4(session, payment, result)
+    if late:
+        log.error(
+            "payment %s (%s) succeeded after the payer was told it failed (%s): %s cents kept"
+            " on the balance, now %s; flagged for staff",
+            payment_id,
+            result.intent_id,
+            payment.failure_code,
+            payment.amount_cents,
+            case.balance_cents,
+        )
+        # Not the usual receipt: it says the earlier text was wrong, and no balance that a
+        # second payment may have made a credit.
+        _notify(
+            session,
+            payment,
+            "late_receipt",
+            "late_receipt",
+            amount=payment.amount_cents,
+            date=payment.created_at,
+            last4=last4,
+            code=payment.confirmation_code,
+        )
+        return LATE_SUCCESS
     _notify(
         session,
         payment,
@@ -461,7 +508,7 @@ def _succeeded(session: Session, payment_id: int, result: ChargeResult) -> str:
         "receipt",
         amount=payment.amount_cents,
         date=now,
-        last4=_card_last4(session, payment, result),
+        last4=last4,
         code=payment.confirmation_code,
         balance=case.balance_cents,
     )

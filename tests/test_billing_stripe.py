@@ -888,3 +888,75 @@ def test_a_stop_is_not_held_up_while_a_webhook_waits_for_stripe(app, session, fa
         webhook.join(30)
     session.expire_all()
     assert session.exec(select(Enrollment)).one().status == EnrollmentStatus.OPTED_OUT
+
+
+# -- money that moves after PayText gave up on it, and events in any order ---------------------
+
+
+def case_page(app, session, case) -> str:
+    client = app.test_client()
+    signed_in(client, session)
+    return client.get(f"/admin/cases/{case.id}").text
+
+
+def test_a_charge_that_lands_after_the_payer_was_told_it_failed_is_kept_and_shown_to_staff(
+    app, session, fake, payer, monkeypatch
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    gateway = app.extensions["payments"]
+    real_charge, in_flight = gateway.charge, []
+
+    def lost_in_flight(**kwargs):
+        in_flight.append(kwargs)  # Stripe has the request but has not answered yet
+        raise TransientPaymentError("Read timed out", code=None)
+
+    monkeypatch.setattr(gateway, "charge", lost_in_flight)
+    with app.app_context():  # inline: no retry left, as on the last attempt
+        assert charge_payment(payment_id=created.id) == "failed"
+    assert [t.intent for t in texts(session, payment_id=created.id)] == ["payment_failed"]
+
+    monkeypatch.setattr(gateway, "charge", real_charge)
+    # The payer believes it and pays the whole balance; then Stripe finishes the first request.
+    again = charge_now(app, session, case, card, 100_000)
+    assert reload(session, Case, case.id).balance_cents == 0
+    landed = real_charge(**in_flight[0])
+    event = post_event(app, fake, "payment_intent.succeeded", fake.get(landed.intent_id))[0]
+    post_event(app, fake, "payment_intent.succeeded", fake.get(landed.intent_id))  # redelivered
+
+    assert event.json["outcome"] == "succeeded_after_failure"
+    late = payment(session, created.id)
+    assert (late.status, late.processor_payment_id) == (PaymentStatus.SUCCEEDED, landed.intent_id)
+    assert late.review_reason == "succeeded_after_failure"
+    assert payment(session, again.id).review_reason is None
+    assert reload(session, Case, case.id).balance_cents == -25_000  # a credit, not clamped
+    told = texts(session, payment_id=created.id)
+    assert [t.intent for t in told] == ["payment_failed", "late_receipt"]
+    assert "did go through after all" in told[1].body and "New balance" not in told[1].body
+    page = case_page(app, session, case)
+    assert "went through after the payer was told it had failed" in page
+    assert "$250.00 in credit" in page
+
+
+def test_a_payment_stripe_declined_then_approved_on_the_open_page_is_kept_once(app, session, fake):
+    case = make_case(session, language="es")
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    failed = fake.fail_authentication(held.processor_payment_id)
+    assert post_event(app, fake, "payment_intent.payment_failed", failed)[0].json["outcome"] == (
+        "declined"
+    )
+    assert payment(session, held.id).status == PaymentStatus.FAILED
+
+    approved = fake.complete_authentication(held.processor_payment_id)  # Stripe.js, still open
+    for _ in range(2):
+        post_event(app, fake, "payment_intent.succeeded", approved)
+
+    late = payment(session, held.id)
+    assert (late.status, late.review_reason) == (PaymentStatus.SUCCEEDED, "succeeded_after_failure")
+    assert reload(session, Case, case.id).balance_cents == 75_000
+    told = texts(session, payment_id=held.id)
+    assert [t.intent for t in told] == ["auth_required", "declined", "late_receipt"]
+    assert "se hizo de todos modos" in told[2].body  # in the payer's language
+    assert "went through after the payer was told it had failed" in case_page(app, session, case)

@@ -146,6 +146,11 @@ MESSAGES: dict[str, str] = {
         "{agency}: Payment received, thank you. {amount} on {date}, card ending {last4}. "
         "Confirmation {code}. New balance: {balance}. Posting can take up to 2 business days."
     ),
+    "late_receipt": (
+        "{agency}: Your payment of {amount} from {date}, card ending {last4}, did go through "
+        "after all, though we texted that it had not. Confirmation {code}. If you have paid "
+        "again since, call {agency_phone}."
+    ),
     "declined": (
         "{agency}: Your payment of {amount} was declined. {reason} Nothing was charged. "
         "Update your card here, then reply PAY: {url}"

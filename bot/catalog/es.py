@@ -160,6 +160,11 @@ MESSAGES: dict[str, str] = {
         "Comprobante: {code}. Nuevo saldo: {balance}. "
         "El pago puede tardar hasta 2 jornadas laborales en reflejarse en su saldo."
     ),
+    "late_receipt": (
+        "{agency}: Su pago de {amount} del {date} con la tarjeta terminada en {last4} se hizo "
+        "de todos modos, aunque le avisamos que no se pudo completar. Comprobante: {code}. "
+        "Si hizo otro pago después, llame al {agency_phone}."
+    ),
     "declined": (
         "{agency}: Su pago de {amount} fue rechazado. {reason} No le cobramos nada. "
         "Actualice su tarjeta en este enlace: {url} Luego responda PAGAR."

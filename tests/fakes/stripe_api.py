@@ -161,6 +161,31 @@ class FakeStripe:
             self._succeed(intent)
             return copy.deepcopy(intent)
 
+    def fail_authentication(self, intent_id: str) -> Json:
+        """Do what Stripe does when the payer fails 3D Secure: the intent needs a payment method.
+
+        The page stays open: Stripe.js may still confirm it, and complete_authentication plays that.
+        """
+        with self._lock:
+            intent = self._objects[intent_id]
+            # Off-session, Stripe already moved the card onto the authentication_required error.
+            method_id = (
+                intent["payment_method"] or intent["last_payment_error"]["payment_method"]["id"]
+            )
+            method = self._objects[method_id]
+            intent.update(
+                status="requires_payment_method",
+                payment_method=None,
+                next_action=None,
+                last_payment_error={
+                    "type": "card_error",
+                    "code": "payment_intent_authentication_failure",
+                    "message": "The provided payment method has failed authentication.",
+                    "payment_method": copy.deepcopy(method),
+                },
+            )
+            return copy.deepcopy(intent)
+
     def settle_refund(self, refund_id: str, status: str) -> Json:
         """Move a refund on, as the bank does: succeeded, or failed and given back to the charge."""
         with self._lock:
