@@ -68,6 +68,9 @@ IN_FLIGHT = (PaymentStatus.PENDING, PaymentStatus.PROCESSING, PaymentStatus.REQU
 COUNTED = (*IN_FLIGHT, PaymentStatus.SUCCEEDED)
 """Payments that count against the monthly cap."""
 
+CAPTURED = (PaymentStatus.SUCCEEDED, PaymentStatus.DISPUTED, PaymentStatus.DISPUTE_LOST)
+"""Payments whose money the processor took: their refunds are followed whatever a dispute does."""
+
 GAVE_UP = (PaymentStatus.FAILED, PaymentStatus.CANCELED)
 """Payments the payer was told did not go through; the processor may still take the money."""
 
@@ -778,7 +781,9 @@ def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mappin
 
     Like payment events, refund events are settled against the processor's current list of
     the payment's refunds, not the event's copy: a refund goes back on the balance once it
-    has succeeded, never while pending, and not at all if it failed.
+    has succeeded, never while pending, and not at all if it failed. A dispute opened while a
+    refund was pending does not stop it: the refund is its own money movement, and the
+    dispute's amount at the processor already leaves out what the refund took.
     """
     intent_id = charge.get("payment_intent")
     if not intent_id:
@@ -791,10 +796,10 @@ def _reconcile_refunds(session: Session, gateway: PaymentGateway, charge: Mappin
             return "ignored"
         _reconcile_intent(session, gateway, {"id": intent_id, "metadata": charge["metadata"]})
         payment = session.get(Payment, int(reference), populate_existing=True)
-    elif payment.status != PaymentStatus.SUCCEEDED:
+    elif payment.status not in CAPTURED:
         _reconcile_intent(session, gateway, {"id": intent_id})
         session.refresh(payment)
-    if payment.status != PaymentStatus.SUCCEEDED:
+    if payment.status not in CAPTURED:
         return "ignored"
     # Asked before the lock below: on SQLite it is the whole database's write lock.
     processor_refunds = gateway.list_refunds(intent_id=intent_id)

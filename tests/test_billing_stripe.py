@@ -960,3 +960,67 @@ def test_a_payment_stripe_declined_then_approved_on_the_open_page_is_kept_once(a
     assert [t.intent for t in told] == ["auth_required", "declined", "late_receipt"]
     assert "se hizo de todos modos" in told[2].body  # in the payer's language
     assert "went through after the payer was told it had failed" in case_page(app, session, case)
+
+
+def refund_pending_then_disputed(app, session, fake, payer):
+    """A $250 payment with a $100 refund the bank has not finished when the payer disputes it."""
+    case, card = payer
+    paid = charge_now(app, session, case, card, 25_000)
+    fake.new_refund_status = "pending"
+    made = refund_through_paytext(app, session, paid.id, 10_000)
+    opened = fake.dispute(paid.processor_charge_id)
+    assert opened["amount"] == 15_000  # what the refund has not already taken
+    return paid, made, opened
+
+
+@pytest.mark.parametrize(
+    ("refund_ends", "dispute_ends", "balance"),
+    [
+        ("succeeded", "won", 85_000),
+        ("succeeded", "lost", 100_000),
+        ("failed", "won", 75_000),
+        ("failed", "lost", 90_000),
+    ],
+)
+def test_a_refund_that_settles_while_its_payment_is_disputed_is_recorded_once(
+    app, session, fake, payer, refund_ends, dispute_ends, balance
+):
+    case, _ = payer
+    paid, made, opened = refund_pending_then_disputed(app, session, fake, payer)
+    for event_type in ("charge.dispute.created", "charge.dispute.funds_withdrawn"):
+        post_event(app, fake, event_type, opened)
+    assert reload(session, Case, case.id).balance_cents == 75_000 + 15_000
+
+    settled = fake.settle_refund(made.processor_refund_id, refund_ends)
+    for event_type in ("refund.updated", "charge.refund.updated", "refund.updated"):
+        assert post_event(app, fake, event_type, settled)[0].status_code == 200
+    assert reload(session, Refund, made.id).status == refund_ends
+
+    closed = fake.close_dispute(opened["id"], dispute_ends)
+    for event_type in ("charge.dispute.closed", "charge.dispute.closed"):
+        post_event(app, fake, event_type, closed)
+    post_event(app, fake, "charge.refunded", fake.get(paid.processor_charge_id))  # late, again
+
+    refunded = 10_000 if refund_ends == "succeeded" else 0
+    assert payment(session, paid.id).refunded_cents == refunded
+    assert reload(session, Case, case.id).balance_cents == balance
+    assert len(texts(session, intent="refund")) == (1 if refunded else 0)
+
+
+def test_dispute_events_delivered_before_the_refund_events_still_record_both(
+    app, session, fake, payer
+):
+    case, _ = payer
+    paid, made, opened = refund_pending_then_disputed(app, session, fake, payer)
+    settled = fake.settle_refund(made.processor_refund_id, "succeeded")
+    # Stripe's order: the refund succeeded, then the dispute; delivered the other way round.
+    post_event(app, fake, "charge.dispute.funds_withdrawn", opened)
+    post_event(app, fake, "refund.updated", settled)
+    post_event(app, fake, "charge.dispute.created", opened)
+
+    assert payment(session, paid.id).status == PaymentStatus.DISPUTED
+    assert payment(session, paid.id).refunded_cents == 10_000
+    assert reload(session, Case, case.id).balance_cents == 75_000 + 15_000 + 10_000
+
+    post_event(app, fake, "charge.dispute.closed", fake.close_dispute(opened["id"], "won"))
+    assert reload(session, Case, case.id).balance_cents == 75_000 + 10_000
