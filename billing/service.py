@@ -899,7 +899,10 @@ def _dispute_withdrawn(
 ) -> str:
     now = utcnow()
     status = PaymentStatus.DISPUTE_LOST if lost else PaymentStatus.DISPUTED
-    amount = min(result.amount_cents, payment.amount_cents - payment.refunded_cents)
+    # What Stripe took back, whatever was refunded before: a bank may dispute a charge in full
+    # after a refund, and Stripe's amount already leaves out refunds it knows of. Taking our own
+    # refunds off again would depend on which webhook came first.
+    amount = min(result.amount_cents, payment.amount_cents)
     opened = _update(
         session,
         sa.update(Payment)

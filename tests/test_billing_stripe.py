@@ -1024,3 +1024,33 @@ def test_dispute_events_delivered_before_the_refund_events_still_record_both(
 
     post_event(app, fake, "charge.dispute.closed", fake.close_dispute(opened["id"], "won"))
     assert reload(session, Case, case.id).balance_cents == 75_000 + 10_000
+
+
+@pytest.mark.parametrize("order", ["refund_first", "dispute_first"])
+def test_a_dispute_of_the_whole_charge_after_a_refund_is_recorded_the_same_in_either_order(
+    app, session, fake, payer, order
+):
+    case, _ = payer
+    paid = charge_now(app, session, case, payer[1], 25_000)
+    browser(app).v1.refunds.create(
+        params={"payment_intent": paid.processor_payment_id, "amount": 10_000}
+    )
+    # The bank disputes the whole $250 all the same: Stripe takes back all of it.
+    opened = fake.dispute(paid.processor_charge_id, amount=25_000)
+    refunded = ("charge.refunded", fake.get(paid.processor_charge_id))
+    withdrawn = ("charge.dispute.funds_withdrawn", opened)
+    for event_type, obj in (
+        [refunded, withdrawn]
+        if order == "refund_first"
+        else [
+            withdrawn,
+            refunded,
+        ]
+    ):
+        assert post_event(app, fake, event_type, obj)[0].status_code == 200
+
+    disputed = payment(session, paid.id)
+    assert (disputed.disputed_cents, disputed.refunded_cents) == (25_000, 10_000)
+    assert reload(session, Case, case.id).balance_cents == 75_000 + 10_000 + 25_000
+    post_event(app, fake, "charge.dispute.closed", fake.close_dispute(opened["id"], "won"))
+    assert reload(session, Case, case.id).balance_cents == 75_000 + 10_000

@@ -199,15 +199,21 @@ class FakeStripe:
                     refund["failure_reason"] = "expired_or_canceled_card"
             return copy.deepcopy(refund)
 
-    def dispute(self, charge_id: str, status: str = "needs_response") -> Json:
-        """Open a dispute on a charge, as the cardholder's bank does; returns it for an event."""
+    def dispute(
+        self, charge_id: str, status: str = "needs_response", *, amount: int | None = None
+    ) -> Json:
+        """Open a dispute on a charge, as the cardholder's bank does; returns it for an event.
+
+        By default it is for what is not refunded; a bank may dispute the whole charge even so
+        (`amount`), and Stripe then takes back that much.
+        """
         with self._lock:
             charge = self._objects[charge_id]
             charge["disputed"] = True
             dispute = self._store(
                 "dp",
                 "dispute",
-                amount=charge["amount"] - charge["amount_refunded"],
+                amount=charge["amount"] - charge["amount_refunded"] if amount is None else amount,
                 charge=charge_id,
                 currency=charge["currency"],
                 payment_intent=charge["payment_intent"],
