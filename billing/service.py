@@ -876,8 +876,9 @@ def _reconcile_dispute(
         ).first()
     if payment is None:
         return "ignored"
-    if payment.status in IN_FLIGHT and payment.processor_payment_id:
-        # The job may have died before it recorded the charge: settle the payment first.
+    if payment.status in (*IN_FLIGHT, *GAVE_UP) and payment.processor_payment_id:
+        # The job may have died before it recorded the charge, or the charge went through
+        # after it was reported failed and its event is still to come: settle the payment first.
         _reconcile_intent(session, gateway, {"id": payment.processor_payment_id})
     try:
         result = gateway.retrieve_dispute(dispute_id=dispute["id"])

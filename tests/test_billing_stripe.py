@@ -1054,3 +1054,25 @@ def test_a_dispute_of_the_whole_charge_after_a_refund_is_recorded_the_same_in_ei
     assert reload(session, Case, case.id).balance_cents == 75_000 + 10_000 + 25_000
     post_event(app, fake, "charge.dispute.closed", fake.close_dispute(opened["id"], "won"))
     assert reload(session, Case, case.id).balance_cents == 75_000 + 10_000
+
+
+def test_a_dispute_reported_before_a_late_success_is_recorded_with_it(app, session, fake):
+    case = make_case(session)
+    make_enrollment(session, case)
+    card = add_card(app, session, case, AUTHENTICATION)
+    held = charge_now(app, session, case, card)
+    post_event(
+        app,
+        fake,
+        "payment_intent.payment_failed",
+        fake.fail_authentication(held.processor_payment_id),
+    )
+    approved = fake.complete_authentication(held.processor_payment_id)
+    opened = fake.dispute(approved["latest_charge"])
+    post_event(app, fake, "charge.dispute.created", opened)  # before payment_intent.succeeded
+    post_event(app, fake, "payment_intent.succeeded", approved)
+
+    disputed = payment(session, held.id)
+    assert (disputed.status, disputed.disputed_cents) == (PaymentStatus.DISPUTED, 25_000)
+    assert disputed.review_reason == "succeeded_after_failure"
+    assert reload(session, Case, case.id).balance_cents == 100_000
