@@ -88,3 +88,44 @@ def test_upgrade_masks_the_link_tokens_texts_were_stored_with(empty_database):
             "Your balance is $40.00",
         ]
     engine.dispose()
+
+
+def test_upgrade_cuts_card_numbers_and_ssns_out_of_the_texts_payers_sent_before(empty_database):
+    from bot.redact import sensitive_numbers_removed
+
+    command.upgrade(db.alembic_config(empty_database), "0005")
+    engine = db.make_engine(empty_database)
+    texts = [
+        ("inbound", "my card is 4111 1111 1111 1111 exp 12/29"),
+        ("inbound", "ssn 123-45-6789 and ssn: 123456789"),
+        ("inbound", "PAY 50 from 617-555-0134"),
+        ("outbound", "Confirmation 4111111111111111"),  # ours: left as sent
+    ] + [("inbound", f"pay {n}") for n in range(1_200)]  # more than one batch
+    with engine.begin() as connection:
+        for direction, body in texts:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO conversation_turns (phone, direction, body, created_at, "
+                    "updated_at) VALUES ('+16175550134', :direction, :body, :now, :now)"
+                ),
+                {"direction": direction, "body": body, "now": "2026-12-01 12:00:00"},
+            )
+    engine.dispose()
+
+    db.upgrade(empty_database)
+
+    engine = db.make_engine(empty_database)
+    with engine.connect() as connection:
+        bodies = list(
+            connection.execute(sa.text("SELECT body FROM conversation_turns ORDER BY id")).scalars()
+        )
+    engine.dispose()
+    assert bodies[:4] == [
+        "my card is [card number removed] exp 12/29",
+        "ssn [SSN removed] and ssn: [SSN removed]",
+        "PAY 50 from 617-555-0134",
+        "Confirmation 4111111111111111",
+    ]
+    assert bodies[4:] == [body for _, body in texts[4:]]
+    # The migration's copy of the patterns does what the webhook does now.
+    assert [sensitive_numbers_removed(body) for _, body in texts[:3]] == bodies[:3]
