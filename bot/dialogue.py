@@ -13,7 +13,8 @@ Rules worth knowing:
   gets OptOut again (idempotent, so the latest revocation is recorded) but no reply: the
   payer has had their one confirmation (CTIA) and asked for no more texts.
 - An opted-out phone gets no reply to anything but a plain START/YES/SI (OptIn and a
-  confirmation; "ok" or "sure" may only acknowledge the opt-out) and HELP.
+  confirmation; "ok" or "sure" may only acknowledge the opt-out) and HELP. That holds for a
+  number that texted STOP while on no case too (phone_status: the number's own opt-out).
 - A quote is valid for policy.quote_ttl. YES after that, or after the card changed, quotes
   again instead of charging; YES on an amount the balance or caps no longer allow gets the
   reply saying what is allowed; YES naming another amount ("yes, pay 100") quotes that amount.
@@ -30,7 +31,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -41,6 +42,7 @@ from billing.gateway import MINIMUM_CHARGE_CENTS
 from bot.messages import Language, Reply
 from bot.parse import Command, Intent, consents
 from jobs.schedule import BusinessHours, is_open, next_opening, parse_business_hours
+from models import EnrollmentStatus
 
 SESSION_IDLE = timedelta(minutes=30)
 DEFAULT_HOURS = parse_business_hours("Mon-Fri 08:30-16:30")
@@ -74,6 +76,25 @@ class PhoneStatus(StrEnum):
     ACTIVE = "active"
     OPTED_OUT = "opted_out"
     UNENROLLED = "unenrolled"  # not on any case
+
+
+def phone_status(enrollment_statuses: Iterable[str], *, opted_out: bool) -> PhoneStatus:
+    """Where a phone stands, from its enrollments' statuses and whether the number itself has an
+    opt-out on record (a STOP it texted, enrolled or not, that no START has undone).
+
+    The number's opt-out wins: a STOP texted before the number was on any case counts as much
+    as one texted on a case. Then active on any case, then pending, then opted out.
+    """
+    statuses = set(enrollment_statuses)
+    if opted_out:
+        return PhoneStatus.OPTED_OUT
+    if EnrollmentStatus.ACTIVE in statuses:
+        return PhoneStatus.ACTIVE
+    if EnrollmentStatus.PENDING in statuses:
+        return PhoneStatus.PENDING
+    if statuses & {EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE}:
+        return PhoneStatus.OPTED_OUT
+    return PhoneStatus.UNENROLLED
 
 
 # Facts: what the web layer knows from the database, read-only here.
@@ -381,7 +402,10 @@ def _route(state: State, command: Command, facts: Facts) -> Outcome:
     if intent is Intent.STOP:
         if status == PhoneStatus.OPTED_OUT:
             return _out(facts, State(), actions=(OptOut(),))
-        return _out(facts, State(), _say(facts, "opted_out"), actions=(OptOut(),))
+        # A stranger has no language on record: confirm in the one the STOP was written in.
+        language = command.language if status == PhoneStatus.UNENROLLED else None
+        reply = _say(facts, "opted_out")
+        return _out(facts, State(), reply, actions=(OptOut(),), language=language)
     if status == PhoneStatus.OPTED_OUT:
         if consents(command):
             return _out(facts, State(), _say(facts, "opted_in"), actions=(OptIn(),))

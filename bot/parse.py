@@ -224,6 +224,8 @@ _SPANISH = frozenset({
     "como", "hablar", "con", "alguien", "para", "el", "la", "los", "las", "de", "del", "es",
     "esta", "pagar", "pago", "saldo", "cita", "ayuda", "senor", "senora", "ya", "mas",
     "mensajes", "manden", "envien", "escriban", "nada", "hoy", "dinero",
+    # The Spanish opt-out words: a stranger's ALTO is confirmed in Spanish.
+    "alto", "parar", "pare", "basta", "cancelar", "detener",
 })  # fmt: skip
 _ENGLISH = frozenset({
     "hello", "hi", "hey", "thanks", "thank", "you", "want", "need", "how", "much", "when",

@@ -30,6 +30,7 @@ from bot.dialogue import (
     Stage,
     State,
     needs_payments,
+    phone_status,
     step,
 )
 from bot.messages import placeholders, render_reply
@@ -281,6 +282,56 @@ def test_help_from_an_unknown_number_still_says_what_carriers_require(body, disc
     assert "(866) 399-4096" in reply
     assert disclosure in reply
     assert "STOP" in reply
+
+
+# Numbers that texted STOP before they were on any case.
+
+
+def test_a_number_that_texted_stop_while_on_no_case_stands_opted_out():
+    assert phone_status((), opted_out=True) is PhoneStatus.OPTED_OUT
+    assert phone_status((), opted_out=False) is PhoneStatus.UNENROLLED
+
+
+def test_a_stop_recorded_for_the_number_wins_over_any_case_status():
+    for statuses in (("active",), ("pending",), ("active", "opted_out"), ("undeliverable",)):
+        assert phone_status(statuses, opted_out=True) is PhoneStatus.OPTED_OUT
+
+
+def test_without_a_stop_for_the_number_its_cases_decide_where_it_stands():
+    assert phone_status(("opted_out", "active"), opted_out=False) is PhoneStatus.ACTIVE
+    assert phone_status(("opted_out", "pending"), opted_out=False) is PhoneStatus.PENDING
+    assert phone_status(("undeliverable",), opted_out=False) is PhoneStatus.OPTED_OUT
+    assert phone_status(("opted_out",), opted_out=False) is PhoneStatus.OPTED_OUT
+
+
+@pytest.mark.parametrize(
+    ("body", "confirmation"),
+    [
+        ("STOP", "You're unsubscribed from Riverside County DCSS texts."),
+        ("ALTO", "Se dio de baja de los mensajes de Riverside County DCSS."),
+        ("no me manden mas mensajes", "Se dio de baja de los mensajes de Riverside County DCSS."),
+    ],
+)
+def test_stop_from_a_number_on_no_case_is_confirmed_in_the_language_it_was_written_in(
+    body, confirmation
+):
+    outcome = send(body, facts(phone_status=PhoneStatus.UNENROLLED, cases=()))
+    assert outcome.actions == (OptOut(),)
+    assert text(outcome).startswith(confirmation)
+
+
+@pytest.mark.parametrize("body", ["hola", "hi", "BAL", "PAY 50", "4821", "MENU", "ok", "no"])
+def test_a_number_on_no_case_that_opted_out_gets_no_reply(body):
+    outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT, cases=()))
+    assert outcome.replies == () and outcome.actions == ()
+
+
+def test_a_number_on_no_case_that_opted_out_is_answered_help_and_can_opt_back_in():
+    stopped = facts(phone_status=PhoneStatus.OPTED_OUT, cases=())
+    assert keys(send("HELP", stopped)) == ("help",)
+    for body in ("START", "UNSTOP", "YES"):
+        outcome = send(body, stopped)
+        assert outcome.actions == (OptIn(),) and keys(outcome) == ("opted_in",)
 
 
 # Paying.

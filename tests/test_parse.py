@@ -324,6 +324,9 @@ def test_a_real_message_gives_the_right_command(body, intent, detail):
         ("hi there", "en"),
         ("quiero pagar 50", "es"),
         ("please stop texting me", "en"),
+        ("ALTO", "es"),
+        ("basta", "es"),
+        ("STOP", None),  # carriers' keyword, texted in either language
         ("dejen de escribirme", "es"),
         ("4821", None),
     ],
