@@ -200,6 +200,9 @@ class Conversation(SQLModel, table=True):
     # Bumped by every text that changes the conversation: a webhook that read the row without
     # locking it saves only if nobody saved since (bot.service.apply_plan).
     version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # The number's own opt-out: set by every STOP it texts, cleared by START (or YES) only. A
+    # number that texted STOP before it was on any case has no enrollment to record it on.
+    opted_out_at: datetime | None = _when()
     updated_at: datetime = _created()
 
 

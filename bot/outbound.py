@@ -22,6 +22,7 @@ from bot.redact import link_tokens_masked
 from bot.sms import Failure, SendResult
 from db import after_commit, session_scope
 from models import (
+    Conversation,
     ConversationTurn,
     Direction,
     Enrollment,
@@ -67,10 +68,16 @@ def status_callback_url() -> str | None:
 
 
 def may_text(*, session: Session, phone: str) -> bool:
-    """True unless the number opted out or cannot take texts: STOP covers every case it is on."""
+    """True unless the number opted out or cannot take texts: STOP covers every case it is on,
+    and stands even if it was texted before the number was on any case."""
     statuses = set(session.exec(select(Enrollment.status).where(Enrollment.phone == phone)).all())
     blocked = {EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE}
-    return bool(statuses) and not (statuses & blocked)
+    if not statuses or statuses & blocked:
+        return False
+    stopped = select(Conversation.id).where(
+        Conversation.phone == phone, Conversation.opted_out_at.is_not(None)
+    )
+    return session.exec(stopped).first() is None
 
 
 def send_text(

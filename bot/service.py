@@ -28,7 +28,6 @@ from bot.dialogue import (
     OptIn,
     OptOut,
     PaymentFacts,
-    PhoneStatus,
     Policy,
     SendCardLink,
     SetLanguage,
@@ -128,7 +127,7 @@ def _upsert_conversation(dialect: str):
     )
     return statement.on_conflict_do_update(
         index_elements=["phone"], set_={"updated_at": statement.excluded.updated_at}
-    ).returning(table.c.id, table.c.state, table.c.language, table.c.version)
+    ).returning(table.c.id, table.c.state, table.c.language, table.c.version, table.c.opted_out_at)
 
 
 _UPSERTS = {
@@ -278,7 +277,10 @@ def plan_inbound(
     facts = Facts(
         now=now,
         language=_language(conversation, enrollments),
-        phone_status=phone_status(enrollments),
+        phone_status=dialogue.phone_status(
+            (e.status for e in enrollments),
+            opted_out=conversation is not None and conversation.opted_out_at is not None,
+        ),
         policy=current_policy(),
         nonce=message.message_sid,
         cases=facts_of_cases(enrollments, now=now, payment_rows=payment_rows),
@@ -575,18 +577,6 @@ def _reply_values(inbound: TurnRef, body: str, now: datetime) -> dict:
     return values
 
 
-def phone_status(enrollments: Sequence[Any]) -> PhoneStatus:
-    """Where a phone stands: active on any case wins, then pending, then opted out."""
-    statuses = {e.status for e in enrollments}
-    if EnrollmentStatus.ACTIVE in statuses:
-        return PhoneStatus.ACTIVE
-    if EnrollmentStatus.PENDING in statuses:
-        return PhoneStatus.PENDING
-    if statuses & {EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE}:
-        return PhoneStatus.OPTED_OUT
-    return PhoneStatus.UNENROLLED
-
-
 _E = Enrollment.__table__
 _C = Case.__table__
 _K = CardOnFile.__table__
@@ -624,6 +614,7 @@ _PHONE_ROWS = Prepared(
         _CONVERSATIONS.c.state.label("conversation_state"),
         _CONVERSATIONS.c.language.label("conversation_language"),
         _CONVERSATIONS.c.version.label("conversation_version"),
+        _CONVERSATIONS.c.opted_out_at.label("conversation_opted_out_at"),
         _E.c.id,
         _E.c.case_id,
         _E.c.phone,
@@ -666,6 +657,7 @@ class ConversationRow(NamedTuple):
     state: dict
     language: str
     version: int
+    opted_out_at: datetime | None
 
 
 _RANKED_PAYMENTS = (
@@ -716,6 +708,7 @@ def read_phone(
             first.conversation_state,
             first.conversation_language,
             first.conversation_version,
+            first.conversation_opted_out_at,
         )
     )
     return conversation, _enrollment_rows(rows)
@@ -823,6 +816,7 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
         opt_out(session=session, phone=message.phone, enrollments=enrollments, now=now)
     elif isinstance(action, OptIn):
         connection.execute(_OPT_IN, phone)
+        connection.execute(_PHONE_OPTED_IN, phone)
     elif isinstance(action, Activate):
         connection.execute(_ACTIVATE, phone)
     elif isinstance(action, SetLanguage):
@@ -856,9 +850,10 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
 
 
 def opt_out(*, session: Session, phone: str, enrollments: Sequence[Any], now: datetime) -> None:
-    """STOP: the phone's enrollments are opted out, reminders cancelled, handoffs closed."""
+    """STOP: the number and its enrollments are opted out, reminders cancelled, handoffs closed."""
     from jobs.reminders import cancel_pending
 
+    record_opt_out(connection=session.connection(), phone=phone, now=now)
     session.execute(_OPT_OUT, {"b_phone": phone, "now": now})
     session.execute(_CLOSE_HANDOFFS, {"b_phone": phone, "now": now})
     touched = {e.case_id for e in enrollments}
@@ -873,6 +868,35 @@ def opt_out(*, session: Session, phone: str, enrollments: Sequence[Any], now: da
     cancel_pending(session=session, case_ids=touched - still_active, reason="opted_out")
 
 
+def record_opt_out(*, connection: sa.Connection, phone: str, now: datetime) -> None:
+    """Record the number's own opt-out on its conversation row, made if it has none yet.
+
+    It stands whether or not the number is on any case, until the number texts START or YES.
+    """
+    _RECORD_OPT_OUT[connection.dialect.name].execute(connection, {"phone": phone, "now": now})
+
+
+def _record_opt_out(dialect: str):
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = Conversation.__table__
+    when = sa.bindparam("now", type_=table.c.opted_out_at.type)
+    statement = insert(table).values(
+        phone=sa.bindparam("phone"), state={}, language="en", opted_out_at=when, updated_at=when
+    )
+    # The latest revocation is the one kept, as each STOP is recorded again.
+    return statement.on_conflict_do_update(
+        index_elements=["phone"], set_={"opted_out_at": statement.excluded.opted_out_at}
+    )
+
+
+_RECORD_OPT_OUT = {
+    dialect: Prepared(_record_opt_out(dialect)) for dialect in ("postgresql", "sqlite")
+}
+_PHONE_OPTED_IN = (
+    _CONVERSATIONS.update()
+    .where(_CONVERSATIONS.c.phone == sa.bindparam("b_phone"))
+    .values(opted_out_at=None)
+)
 _ENROLLMENTS = (
     sa.select(_E.c.id, _E.c.case_id, _E.c.status, _E.c.language, _E.c.updated_at)
     .where(_E.c.phone == sa.bindparam("b_phone"))
@@ -975,6 +999,7 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
     config = current_app.config
     if parse(message.body).intent is Intent.STOP:
         # Opt-out wins over everything, a broken dependency included.
+        record_opt_out(connection=session.connection(), phone=message.phone, now=now)
         session.execute(_OPT_OUT, {"b_phone": message.phone, "now": now})
         session.execute(_CLOSE_HANDOFFS, {"b_phone": message.phone, "now": now})
         reply = messages.render("opted_out", {"agency": config["AGENCY_NAME"]}, language)

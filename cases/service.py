@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 from cases.importer import CaseRow
 from models import (
     Case,
+    Conversation,
     Enrollment,
     EnrollmentSource,
     EnrollmentStatus,
@@ -36,15 +37,21 @@ def opt_outs(*, session: Session, phones: Iterable[str]) -> dict[str, datetime |
     """When each of these numbers last opted out, for those that did (STOP covers every case).
 
     A STOP is the payer's revocation of consent: it stands until the payer texts START or YES,
-    whatever staff or an import later do with the number.
+    whatever staff or an import later do with the number. It is on the number's enrollments,
+    and on its conversation row too, which is where a STOP texted while on no case is kept.
     """
     found: dict[str, datetime | None] = {}
     for chunk in _chunks(sorted(set(phones))):
+        stopped_on_cases = sa.select(
+            Enrollment.phone.label("phone"), Enrollment.opted_out_at.label("opted_out_at")
+        ).where(Enrollment.phone.in_(chunk), Enrollment.status == EnrollmentStatus.OPTED_OUT)
+        stopped_numbers = sa.select(Conversation.phone, Conversation.opted_out_at).where(
+            Conversation.phone.in_(chunk), Conversation.opted_out_at.is_not(None)
+        )
+        both = sa.union_all(stopped_on_cases, stopped_numbers).subquery()
         found.update(
             session.execute(
-                sa.select(Enrollment.phone, sa.func.max(Enrollment.opted_out_at))
-                .where(Enrollment.phone.in_(chunk), Enrollment.status == EnrollmentStatus.OPTED_OUT)
-                .group_by(Enrollment.phone)
+                sa.select(both.c.phone, sa.func.max(both.c.opted_out_at)).group_by(both.c.phone)
             ).all()
         )
     return found

@@ -171,6 +171,31 @@ def test_enrolling_again_a_number_that_opted_out_keeps_its_stop_and_texts_nothin
     assert texts(app) == []
 
 
+def test_a_number_that_texted_stop_while_on_no_case_is_enrolled_opted_out_until_start(
+    app, client, session, staff
+):
+    assert "unsubscribed" in text_of(payer_texts(app, client, "STOP"))
+    case = make_case(session, case_number="CS-777006")
+    enroll = {"case_number": "CS-777006", "phone": "617-555-0134", "language": "en", "consent": "y"}
+    page = text_of(post_form(client, "/admin/enroll", enroll, follow_redirects=True))
+    assert "(617) 555-0134 opted out of texts on " in page
+    assert "only if the payer texts START" in page
+    added = session.exec(select(Enrollment).where(Enrollment.case_id == case.id)).one()
+    assert added.status == EnrollmentStatus.OPTED_OUT and added.invited_at is None
+    assert "START" in added.status_reason
+    assert texts(app) == []
+
+    payer_texts(app, client, "START")
+    make_case(session, case_number="CS-777007")
+    again = text_of(
+        post_form(
+            client, "/admin/enroll", {**enroll, "case_number": "CS-777007"}, follow_redirects=True
+        )
+    )
+    assert "opted out" not in again
+    assert [sms.to for sms in texts(app)] == ["+16175550134"]  # the invitation, at last
+
+
 def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_start(
     app, client, session, staff
 ):
@@ -1146,6 +1171,20 @@ def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, s
     again = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
     assert "expired or was already imported" in text_of(again)
     assert count(session, Case) == 2
+
+
+def test_an_imported_number_that_texted_stop_while_on_no_case_is_enrolled_opted_out(
+    app, client, session, staff
+):
+    payer_texts(app, client, "ALTO")
+    preview = text_of(upload(client, (HEADER + "CS-2,Ana,6175550134,es,1,1,,\n").encode()))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
+    done = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "0 pending enrollment(s) added" in text_of(done)
+    assert "1 number(s) had opted out of texts" in text_of(done)
+    added = session.exec(select(Enrollment)).one()
+    assert added.status == EnrollmentStatus.OPTED_OUT and added.invited_at is None
+    assert texts(app) == []
 
 
 def test_an_imported_number_that_opted_out_is_enrolled_opted_out_and_not_invited(

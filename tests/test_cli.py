@@ -167,6 +167,51 @@ def test_an_imported_number_that_opted_out_elsewhere_is_never_invited(
     assert "2026-03-02" in added.status_reason and "START" in added.status_reason
 
 
+def stranger_texts(app, body: str, phone: str = "+16175550134") -> None:
+    """A text from a number on no case, signed as the console backend signs the simulator's."""
+    import hashlib
+
+    from tests.sms_helpers import inbound_params, post_signed
+
+    token = hashlib.sha256(f"console:{app.config['SECRET_KEY']}".encode()).hexdigest()
+    response = post_signed(app.test_client(), "/sms/inbound", inbound_params(body, phone), token)
+    assert response.status_code == 200
+
+
+def test_a_number_that_texted_stop_while_on_no_case_is_never_invited(
+    app, runner, session, tmp_path
+):
+    stranger_texts(app, "STOP")
+    path = tmp_path / "cases.csv"
+    path.write_text(
+        "case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone\n"
+        "CS-000002,Ana Rivera,(617) 555-0134,en,10.00,100.00,,\n"
+    )
+    imported = runner.invoke(args=["cases", "import", str(path)])
+    assert imported.exit_code == 0, imported.output
+    assert "1 number(s) opted out of texts earlier" in imported.output
+    (added,) = enrollments(session)
+    assert added.status == EnrollmentStatus.OPTED_OUT and "START" in added.status_reason
+
+    make_case(session, case_number="CS-000003")
+    enrolled = runner.invoke(args=["enroll", "CS-000003", "6175550134", "--confirmed"])
+    assert enrolled.exit_code == 1 and "opted out of texts on " in enrolled.output
+    invited = runner.invoke(args=["enroll", "--invite-pending"])
+    assert "Invited 0 pending number(s)" in invited.output
+    assert {e.status for e in enrollments(session)} == {EnrollmentStatus.OPTED_OUT}
+    assert not app.extensions["sms"].sent
+
+
+def test_a_number_on_no_case_that_texted_start_after_stop_can_be_enrolled(app, runner, session):
+    stranger_texts(app, "STOP")
+    stranger_texts(app, "START")
+    make_case(session, case_number="CS-000004")
+    result = runner.invoke(args=["enroll", "CS-000004", "6175550134"])
+    assert result.exit_code == 0, result.output
+    (enrollment,) = enrollments(session)
+    assert enrollment.status == EnrollmentStatus.PENDING
+
+
 def test_invite_pending_skips_and_counts_pending_numbers_that_opted_out(app, runner, session):
     from tests.factories import make_enrollment
 

@@ -129,3 +129,58 @@ def test_upgrade_cuts_card_numbers_and_ssns_out_of_the_texts_payers_sent_before(
     assert bodies[4:] == [body for _, body in texts[4:]]
     # The migration's copy of the patterns does what the webhook does now.
     assert [sensitive_numbers_removed(body) for _, body in texts[:3]] == bodies[:3]
+
+
+def test_numbers_on_no_case_that_texted_stop_before_0008_stay_opted_out(empty_database):
+    """Before 0008 such a STOP was only in the turn log; the upgrade records it on the number."""
+    db.upgrade(empty_database, "0007")
+    engine = db.make_engine(empty_database)
+    stop, start = "2026-03-02 15:00:00", "2026-03-05 09:00:00"
+    texted = {
+        "+13125550101": [("stop", stop)],  # on no case: opted out since its STOP
+        "+13125550102": [("stop", stop), ("start", start)],  # opted back in
+        "+13125550103": [("stop", stop)],  # on a case: its enrollment holds the opt-out
+        "+13125550104": [("balance", stop)],
+    }
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO cases (case_number, payer_name, amount_due_cents, balance_cents,"
+                " language, status, created_at, updated_at)"
+                " VALUES ('CS-1', 'Ana', 0, 0, 'en', 'open', :t, :t)"
+            ),
+            {"t": stop},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO enrollments (case_id, phone, status, source, language,"
+                " consent_version, created_at, updated_at)"
+                " SELECT id, '+13125550103', 'opted_out', 'admin', 'en', 'v1', :t, :t FROM cases"
+            ),
+            {"t": stop},
+        )
+        for phone, turns in texted.items():
+            connection.execute(
+                sa.text(
+                    "INSERT INTO conversations (phone, state, language, version, updated_at)"
+                    " VALUES (:phone, '{}', 'en', 1, :t)"
+                ),
+                {"phone": phone, "t": stop},
+            )
+            for intent, at in turns:
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO conversation_turns (phone, direction, body, intent,"
+                        " created_at, updated_at) VALUES (:phone, 'inbound', '', :intent, :t, :t)"
+                    ),
+                    {"phone": phone, "intent": intent, "t": at},
+                )
+    db.upgrade(empty_database)
+    with engine.connect() as connection:
+        stopped = dict(
+            connection.execute(sa.text("SELECT phone, opted_out_at FROM conversations")).all()
+        )
+    engine.dispose()
+    assert stopped["+13125550101"] is not None
+    assert str(stopped["+13125550101"]).startswith("2026-03-02 15:00:00")
+    assert [phone for phone, at in stopped.items() if at is not None] == ["+13125550101"]

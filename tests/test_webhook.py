@@ -168,6 +168,70 @@ def test_stop_opts_out_every_case_cancels_reminders_and_confirms_once(client, se
     assert replies(text(client, "BAL")) == []
 
 
+STRANGER = "+13125550188"
+OPT_OUT_WORDS = [
+    "STOP",
+    "STOPALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "REVOKE",
+    "OPTOUT",
+    "ALTO",
+    "PARAR",
+    "BASTA",
+    "CANCELAR",
+    "NO MAS",
+    "please stop texting me",
+    "no me manden mas mensajes",
+]
+
+
+@pytest.mark.parametrize("body", OPT_OUT_WORDS)
+def test_a_number_on_no_case_that_opts_out_is_not_texted_again(client, session, body):
+    (confirmation,) = replies(text(client, body, phone=STRANGER))
+    assert "START" in confirmation
+    for later in ("hola", "BAL", "hi", "ok", "STOP"):
+        assert replies(text(client, later, phone=STRANGER)) == [], later
+
+
+def test_a_number_on_no_case_that_opted_out_gets_help_and_opts_back_in_with_start(client, session):
+    (confirmation,) = replies(text(client, "ALTO", phone=STRANGER))
+    assert confirmation.startswith("Se dio de baja")
+    (help_reply,) = replies(text(client, "HELP", phone=STRANGER))
+    assert "800-555-0134" in help_reply
+    (welcome_back,) = replies(text(client, "START", phone=STRANGER))
+    assert "STOP" in welcome_back
+    (reply,) = replies(text(client, "hola", phone=STRANGER))
+    assert "No encontramos un caso" in reply
+
+
+def test_an_opt_out_texted_before_enrollment_holds_once_the_number_is_enrolled(
+    client, session, payer
+):
+    replies(text(client, "STOP", phone=STRANGER))
+    case = make_case(session, case_number="CS-007777")
+    make_enrollment(session, case, STRANGER)  # as an old row, say: active
+    assert replies(text(client, "BAL", phone=STRANGER)) == []
+    assert replies(text(client, "START", phone=STRANGER))
+    (balance,) = replies(text(client, "BAL", phone=STRANGER))
+    assert "7777" in balance
+
+
+def test_a_stop_from_a_number_on_no_case_is_remembered_even_when_handling_breaks(
+    client, session, monkeypatch
+):
+    def broken(*_, **__):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("bot.service.plan_inbound", broken)
+    (reply,) = replies(text(client, "STOP", phone=STRANGER))
+    assert "unsubscribed" in reply
+    monkeypatch.undo()
+    assert replies(text(client, "hola", phone=STRANGER)) == []
+
+
 def test_start_after_stop_resubscribes(client, session, payer):
     replies(text(client, "ALTO"))
     (reply,) = replies(text(client, "START"))
