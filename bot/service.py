@@ -28,12 +28,13 @@ from bot.dialogue import (
     OptIn,
     OptOut,
     PaymentFacts,
+    PhoneStatus,
     Policy,
     SendCardLink,
     SetLanguage,
     State,
 )
-from bot.parse import Intent, parse
+from bot.parse import Intent, consents, parse
 from bot.redact import link_tokens_masked
 from db import Bound, Prepared, bind_together, run_bound, run_together
 from db import kept_connection as db_kept_connection
@@ -892,6 +893,9 @@ def _record_opt_out(dialect: str):
 _RECORD_OPT_OUT = {
     dialect: Prepared(_record_opt_out(dialect)) for dialect in ("postgresql", "sqlite")
 }
+_NUMBER_OPTED_OUT = sa.select(_CONVERSATIONS.c.id).where(
+    _CONVERSATIONS.c.phone == sa.bindparam("b_phone"), _CONVERSATIONS.c.opted_out_at.is_not(None)
+)
 _PHONE_OPTED_IN = (
     _CONVERSATIONS.update()
     .where(_CONVERSATIONS.c.phone == sa.bindparam("b_phone"))
@@ -991,19 +995,31 @@ def _enrollment_id(enrollments: Sequence[Any], case_id: int | None) -> int | Non
     return next((e.id for e in enrollments if e.case_id == case_id), None)
 
 
-def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
-    """After an error: still honour STOP, keep a record of the message, and say what happened."""
+def handle_failed_inbound(*, session: Session, message: Inbound) -> str | None:
+    """After an error: still honour STOP, keep a record of the message, and say what happened.
+
+    None when nothing may be said: the number opted out, and this is not its START or HELP.
+    """
     now = utcnow()
     enrollments = session.execute(_ENROLLMENTS, {"b_phone": message.phone}).all()
     language = enrollments[0].language if enrollments else "en"
     config = current_app.config
-    if parse(message.body).intent is Intent.STOP:
+    command = parse(message.body)
+    number_stopped = session.execute(_NUMBER_OPTED_OUT, {"b_phone": message.phone}).first()
+    status = dialogue.phone_status(
+        (e.status for e in enrollments), opted_out=number_stopped is not None
+    )
+    stopped = status == PhoneStatus.OPTED_OUT
+    reply: str | None = None
+    if command.intent is Intent.STOP:
         # Opt-out wins over everything, a broken dependency included.
         record_opt_out(connection=session.connection(), phone=message.phone, now=now)
         session.execute(_OPT_OUT, {"b_phone": message.phone, "now": now})
         session.execute(_CLOSE_HANDOFFS, {"b_phone": message.phone, "now": now})
-        reply = messages.render("opted_out", {"agency": config["AGENCY_NAME"]}, language)
-    else:
+        if not stopped:  # one confirmation, as when nothing breaks
+            reply = messages.render("opted_out", {"agency": config["AGENCY_NAME"]}, language)
+    elif not stopped or consents(command) or command.intent is Intent.HELP:
+        # An opted-out number gets not even an apology, unless it asked to opt in or for help.
         reply = messages.render(
             "try_again",
             {"agency": config["AGENCY_NAME"], "agency_phone": config["AGENCY_PHONE"]},
@@ -1031,5 +1047,6 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str:
         provider_message_id=None if seen else message.message_sid,
         delivery_status="received",
     )
-    _insert_reply(connection, inbound, reply, now)
+    if reply is not None:
+        _insert_reply(connection, inbound, reply, now)
     return reply

@@ -152,7 +152,7 @@ def _answer(engine, message: Inbound) -> tuple[list[str], list[int]]:
         with db.writer(engine):
             reply = service.handle_failed_inbound(session=session, message=message)
             session.commit()
-        return [reply], []
+        return ([] if reply is None else [reply]), []
     except Exception:  # the database itself is down: still answer Twilio
         session.rollback()
         log.exception("could not record the failed inbound text %s", message.message_sid)

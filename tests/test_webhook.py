@@ -232,6 +232,23 @@ def test_a_stop_from_a_number_on_no_case_is_remembered_even_when_handling_breaks
     assert replies(text(client, "hola", phone=STRANGER)) == []
 
 
+@pytest.mark.parametrize("phone", ["+16175550134", STRANGER])
+def test_an_opted_out_number_gets_no_apology_when_handling_breaks(
+    client, session, payer, monkeypatch, phone
+):
+    replies(text(client, "STOP", phone=phone))
+
+    def broken(*_, **__):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("bot.service.plan_inbound", broken)
+    assert replies(text(client, "hola", phone=phone)) == []
+    assert replies(text(client, "STOP", phone=phone)) == []  # confirmed once already
+    (apology,) = replies(text(client, "START", phone=phone))
+    assert "try again" in apology.lower()
+    assert count_turns(session) == 2 + 3 + 1  # every text kept, and the one apology
+
+
 def test_start_after_stop_resubscribes(client, session, payer):
     replies(text(client, "ALTO"))
     (reply,) = replies(text(client, "START"))
