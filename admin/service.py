@@ -211,6 +211,29 @@ def case_zone(case: Case, default: str) -> str:
     return resolve_timezone(case_tz=case.timezone, phone=None, default=default).key
 
 
+def case_turns(case_id: int) -> sa.Subquery:
+    """The ids of every turn that concerns a case: those logged on it, and its numbers' turns
+    logged on no case from when each number was enrolled on it.
+
+    A number on several cases logs on no case (case_id NULL) what it texts while no one of
+    them is being discussed: STOP, START, HELP, MENU, a language switch, "which case?". Those
+    concern each case the number was on then; a quote or a balance is logged on its own case.
+    A stranger's texts are logged on no case too, and stay off the case it is enrolled on later.
+    """
+    turn = ConversationTurn
+    logged_on_it = select(turn.id).where(turn.case_id == case_id)
+    of_its_numbers = (
+        select(turn.id)
+        .join(Enrollment, Enrollment.phone == turn.phone)
+        .where(
+            Enrollment.case_id == case_id,
+            turn.case_id.is_(None),
+            turn.created_at >= Enrollment.created_at,
+        )
+    )
+    return sa.union_all(logged_on_it, of_its_numbers).subquery("case_turns")
+
+
 def case_detail(
     *, session: Session, case_id: int, turns_page: int = 1, per_page: int = TIMELINE_PAGE
 ) -> CaseDetail | None:
@@ -221,15 +244,14 @@ def case_detail(
     case = session.get(Case, case_id)
     if case is None:
         return None
-    turns_total = session.exec(
-        select(sa.func.count()).where(ConversationTurn.case_id == case_id)
-    ).one()
+    on_case = case_turns(case_id)
+    turns_total = session.exec(select(sa.func.count()).select_from(on_case)).one()
     turns_pages = max(1, math.ceil(turns_total / per_page))
     turns_page = min(max(turns_page, 1), turns_pages)
     turns = list(
         session.exec(
             select(ConversationTurn)
-            .where(ConversationTurn.case_id == case_id)
+            .join(on_case, on_case.c.id == ConversationTurn.id)
             .order_by(ConversationTurn.created_at.desc(), ConversationTurn.id.desc())
             .offset((turns_page - 1) * per_page)
             .limit(per_page)
@@ -716,12 +738,14 @@ def export_rows(*, session: Session, case_id: int, zone: str) -> Iterator[list[s
                 ]
             ]
     staff = dict(session.exec(select(AdminUser.id, AdminUser.email)).all())
+    on_case = case_turns(case_id)
     last_id = 0
     while True:
         # Batches keep a case with years of texts from being loaded at once.
         batch = session.exec(
             select(ConversationTurn)
-            .where(ConversationTurn.case_id == case_id, ConversationTurn.id > last_id)
+            .join(on_case, on_case.c.id == ConversationTurn.id)
+            .where(ConversationTurn.id > last_id)
             .order_by(ConversationTurn.id)
             .limit(1000)
         ).all()
@@ -892,11 +916,15 @@ def dashboard(*, session: Session, zone: str, days: int = 14, now: datetime | No
             Reminder.status == ReminderStatus.SENT, Reminder.sent_at >= start
         )
     ).all()
-    inbound = session.exec(
-        select(ConversationTurn.case_id, ConversationTurn.created_at).where(
-            ConversationTurn.direction == Direction.INBOUND,
-            ConversationTurn.created_at >= start,
-            ConversationTurn.case_id.is_not(None),
+    turn = ConversationTurn
+    texted = (turn.direction == Direction.INBOUND, turn.created_at >= start)
+    # A text logged on no case, from a number on several, answers each case it was on then.
+    inbound = session.execute(
+        sa.union_all(
+            select(turn.case_id, turn.created_at).where(*texted, turn.case_id.is_not(None)),
+            select(Enrollment.case_id, turn.created_at)
+            .join(Enrollment, Enrollment.phone == turn.phone)
+            .where(*texted, turn.case_id.is_(None), turn.created_at >= Enrollment.created_at),
         )
     ).all()
     return figures.Dashboard(

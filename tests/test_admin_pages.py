@@ -664,6 +664,46 @@ def test_older_messages_are_reached_from_the_case_page(client, session, staff):
     assert client.get(f"/admin/cases/{case.id}?page=9999999999999999999999").status_code == 200
 
 
+def test_a_cases_pages_count_its_phones_texts_about_no_one_case_from_its_enrollment_on(
+    session,
+):
+    case, other = make_case(session), make_case(session)
+    start = datetime(2026, 1, 1, 15, tzinfo=UTC)
+    make_enrollment(session, case, created_at=start + timedelta(minutes=2))
+    make_enrollment(session, other, created_at=start)
+
+    def at(minute: int, case_id: int | None, body: str, phone: str = "+16175550134"):
+        session.add(
+            ConversationTurn(
+                case_id=case_id,
+                phone=phone,
+                direction=Direction.INBOUND,
+                body=body,
+                created_at=start + timedelta(minutes=minute),
+            )
+        )
+
+    at(1, None, "before this case")
+    at(3, case.id, "own 1")
+    at(4, None, "phone 1")
+    at(5, other.id, "the other case's")
+    at(6, None, "another phone's", phone="+16175550199")
+    at(7, case.id, "own 2")
+    at(8, None, "phone 2")
+    at(9, case.id, "own 3")
+    session.commit()
+
+    def bodies(page: int) -> tuple[list[str], int, int]:
+        detail = case_detail(session=session, case_id=case.id, turns_page=page, per_page=2)
+        return [t.body for t in detail.turns], detail.turns_total, detail.turns_pages
+
+    assert bodies(1) == (["phone 2", "own 3"], 5, 3)
+    assert bodies(2) == (["phone 1", "own 2"], 5, 3)
+    assert bodies(3) == (["own 1"], 5, 3)
+    other_bodies = [t.body for t in case_detail(session=session, case_id=other.id).turns]
+    assert other_bodies == ["before this case", "phone 1", "the other case's", "phone 2"]
+
+
 def test_an_unknown_case_is_a_clear_404(client, staff):
     response = client.get("/admin/cases/999")
     assert response.status_code == 404 and "Not found" in text_of(response)
