@@ -291,7 +291,7 @@ def plan_inbound(
         ),
     )
     outcome = dialogue.step(before, command, facts)
-    case_id = _turn_case(outcome.state, facts, enrollments)
+    case_id = _turn_case(outcome, enrollments)
     inbound = TurnRef(
         case_id=case_id,
         enrollment_id=_enrollment_id(enrollments, case_id),
@@ -978,16 +978,23 @@ def _newest(enrollments: Sequence[Any]) -> Any:
 _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
-def _turn_case(state: State, facts: Facts, enrollments: Sequence[Any]) -> int | None:
-    """The case a turn is logged on: the one being discussed, else the phone's only or newest."""
-    if state.case_id is not None:
-        return state.case_id
-    if state.quote is not None:
+# Actions that change every enrollment of the number, whichever case is being discussed.
+_PHONE_WIDE = (OptOut, OptIn, Activate, SetLanguage)
+
+
+def _turn_case(outcome: dialogue.Outcome, enrollments: Sequence[Any]) -> int | None:
+    """The case a text and its replies are logged on: the one being discussed, unless the text
+    changed every case of the number (STOP, START, accepting an invitation, a language); else
+    the number's only case. None for a number on several cases (or on none): the case page
+    shows such a turn on each case the number was on (admin.service.case_turns)."""
+    state = outcome.state
+    if state.quote is not None:  # the quote is asked again after a language switch, too
         return state.quote.case_id
-    if len(facts.cases) == 1:
-        return facts.cases[0].case_id
-    if enrollments:
-        return _newest(enrollments).case_id
+    phone_wide = any(isinstance(action, _PHONE_WIDE) for action in outcome.actions)
+    if state.case_id is not None and not phone_wide:
+        return state.case_id
+    if len(enrollments) == 1:
+        return enrollments[0].case_id
     return None
 
 
@@ -1030,10 +1037,11 @@ def handle_failed_inbound(*, session: Session, message: Inbound) -> str | None:
             ConversationTurn.provider_message_id == message.message_sid
         )
     ).first()
-    first = enrollments[0] if enrollments else None
+    # Logged like any text about no one case: on a number's only case, else on none.
+    only = enrollments[0] if len(enrollments) == 1 else None
     inbound = TurnRef(
-        case_id=first.case_id if first else None,
-        enrollment_id=first.id if first else None,
+        case_id=only.case_id if only else None,
+        enrollment_id=only.id if only else None,
         phone=message.phone,
         intent="error",
     )

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import select
 
-from admin.service import TIMELINE_PAGE, case_detail, search_cases
+from admin.service import TIMELINE_PAGE, case_detail, dashboard, search_cases
 from models import (
     AdminUser,
     Appointment,
@@ -664,6 +664,43 @@ def test_older_messages_are_reached_from_the_case_page(client, session, staff):
     assert client.get(f"/admin/cases/{case.id}?page=9999999999999999999999").status_code == 200
 
 
+def thread_of(page: str) -> list[str]:
+    """The texts in a case page's conversation, oldest first."""
+    thread = page.split('id="timeline"')[1].split("</ol>")[0]
+    return re.findall(r'<div class="body">(.*?)</div>', thread, re.S)
+
+
+def test_each_case_of_a_phone_shows_the_texts_about_no_one_case_and_only_its_own_others(
+    app, client, session, staff
+):
+    first = make_case(session, case_number="CS-004821", balance_cents=100_000)
+    second = make_case(session, case_number="CS-007310", balance_cents=5_000)
+    payer_texts(app, client, "BAL")  # not on any case yet: nobody's conversation
+    for case in (first, second):
+        make_enrollment(session, case)
+    for body in ("HELP", "BAL", "7310", "STOP", "START"):
+        payer_texts(app, client, body)
+    later = make_case(session, case_number="CS-005555")
+    make_enrollment(session, later)
+
+    on_first = thread_of(text_of(client.get(f"/admin/cases/{first.id}")))
+    on_second = thread_of(text_of(client.get(f"/admin/cases/{second.id}")))
+    both = ["HELP", "BAL", "STOP", "START"]
+    for body in both:
+        assert on_first.count(body) == on_second.count(body) == 1, body
+    for thread in (on_first, on_second):
+        assert any("more than one case" in t for t in thread)  # the question, on both
+        assert any("unsubscribed" in t for t in thread)
+        assert any("subscribed again" in t for t in thread)
+    assert "7310" in on_second and any("$50.00" in t for t in on_second)
+    assert "7310" not in on_first and not any("$50.00" in t for t in on_first)
+    assert len(on_first) == 8 and len(on_second) == 10
+    enrollments = text_of(client.get(f"/admin/cases/{first.id}")).split('id="enrollments"')[1]
+    assert "opted back in by text" in enrollments.split("</section>")[0]
+    # Enrolled after all that: none of it is this case's.
+    assert "No messages yet." in text_of(client.get(f"/admin/cases/{later.id}"))
+
+
 def test_a_cases_pages_count_its_phones_texts_about_no_one_case_from_its_enrollment_on(
     session,
 ):
@@ -1167,6 +1204,17 @@ def test_the_export_has_the_consent_record_and_every_turn(client, session, staff
     assert rows[-1]["status"] == "delivered"
 
 
+def test_the_export_has_the_phones_texts_about_no_one_case_too(app, client, session, staff):
+    first, second = make_case(session), make_case(session)
+    for case in (first, second):
+        make_enrollment(session, case)
+    payer_texts(app, client, "HELP")
+    for case in (first, second):
+        export = text_of(client.get(f"/admin/cases/{case.id}/export.csv"))
+        rows = csv.DictReader(io.StringIO(export))
+        assert next(row["text"] for row in rows if row["record"] == "turn") == "HELP"
+
+
 def test_the_export_gives_local_times_in_the_cases_time_zone(client, session, staff):
     case = make_case(session, timezone="America/Phoenix")
     turn(session, case, "BAL", created_at=datetime(2026, 7, 1, 15, 5, tzinfo=UTC))
@@ -1375,6 +1423,26 @@ def test_the_dashboard_draws_charts_from_what_happened(client, session, staff):
     assert '<span class="figure">1</span> failed' in tiles
     assert "$123.45" in tiles
     assert "Send due reminders now" not in page  # staff may not
+
+
+def test_a_reminder_answered_by_a_text_about_no_one_case_counts_as_answered(app, client, session):
+    reminded, other = make_case(session), make_case(session)
+    for case in (reminded, other):
+        make_enrollment(session, case)
+    session.add(
+        Reminder(
+            case_id=reminded.id,
+            kind=ReminderKind.DUE_SOON,
+            cycle="2026-12-01",
+            send_at=utcnow(),
+            status=ReminderStatus.SENT,
+            sent_at=utcnow() - timedelta(minutes=5),
+        )
+    )
+    session.commit()
+    payer_texts(app, client, "BAL")  # "which case?"
+    replies = dashboard(session=session, zone="UTC", days=2).replies
+    assert (sum(d.reminders for d in replies), sum(d.replied for d in replies)) == (1, 1)
 
 
 def test_an_admin_sends_due_reminders_now(app, client, session, admin):

@@ -432,6 +432,70 @@ def test_a_phone_on_two_cases_is_asked_which_case_first(client, session, payer):
     assert "$50.00" in answer
 
 
+def on_two_cases(session, payer):
+    """The payer's phone on a second case too: CS-004821 ($1,000.00) and CS-007310 ($50.00)."""
+    other = make_case(session, case_number="CS-007310", balance_cents=5_000)
+    make_enrollment(session, other, "+16175550134")
+    return payer[0], other
+
+
+def filed(session) -> list[tuple[str, int | None]]:
+    """Each inbound text and the case it is logged on; a reply goes on its text's case."""
+    logged = turns(session)
+    by_id = {t.id: t for t in logged}
+    for t in logged:
+        if t.in_reply_to_id is not None:
+            assert t.case_id == by_id[t.in_reply_to_id].case_id, t.body
+    return [(t.body, t.case_id) for t in logged if t.direction == "inbound"]
+
+
+def test_on_a_phone_with_two_cases_texts_about_no_one_case_are_logged_on_none(
+    client, session, payer
+):
+    _, other = on_two_cases(session, payer)
+    for body in ("HELP", "MENU", "ESPAÑOL", "ENGLISH", "BAL", "7310", "STOP", "START"):
+        replies(text(client, body))
+    assert filed(session) == [
+        ("HELP", None),
+        ("MENU", None),
+        ("ESPAÑOL", None),
+        ("ENGLISH", None),
+        ("BAL", None),  # answered by "which case?"
+        ("7310", other.id),  # answered with that case's balance
+        ("STOP", None),
+        ("START", None),
+    ]
+
+
+def test_once_a_case_is_chosen_texts_are_logged_on_it_but_a_language_switch_is_not(
+    client, session, payer
+):
+    own, _ = on_two_cases(session, payer)
+    replies(text(client, "4821"))
+    replies(text(client, "HELP"))
+    replies(text(client, "ESPAÑOL"))  # every case's texts change language
+    assert filed(session) == [("4821", own.id), ("HELP", own.id), ("ESPAÑOL", None)]
+
+
+def test_a_yes_accepting_a_second_cases_invitation_is_logged_on_none(client, session, payer):
+    invited_to(session, "CS-007735")
+    replies(text(client, "YES"))
+    assert filed(session) == [("YES", None)]
+
+
+def test_a_text_that_broke_on_a_phone_with_two_cases_is_logged_on_none(
+    client, session, payer, monkeypatch
+):
+    on_two_cases(session, payer)
+
+    def broken(*_, **__):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("bot.service.facts_of_cases", broken)
+    replies(text(client, "STOP"))
+    assert filed(session) == [("STOP", None)]
+
+
 def test_spanish_payers_are_answered_in_spanish_and_can_switch(client, session):
     case = make_case(session, language="es", balance_cents=12_345)
     make_enrollment(session, case, "+16175550166", language="es")
