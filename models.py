@@ -207,7 +207,11 @@ class Conversation(SQLModel, table=True):
 
 
 class ConversationTurn(SQLModel, table=True):
-    """One inbound or outbound message, logged against its case."""
+    """One inbound or outbound message, logged against the case it concerns.
+
+    No case: a stranger's text, or one about no one case from a number on several (the case
+    page shows those on each of the number's cases; admin.service.case_turns).
+    """
 
     __tablename__ = "conversation_turns"
 
