@@ -184,3 +184,51 @@ def test_numbers_on_no_case_that_texted_stop_before_0008_stay_opted_out(empty_da
     assert stopped["+13125550101"] is not None
     assert str(stopped["+13125550101"]).startswith("2026-03-02 15:00:00")
     assert [phone for phone, at in stopped.items() if at is not None] == ["+13125550101"]
+
+
+def test_a_number_that_texted_stop_on_no_case_and_was_then_imported_stays_opted_out(
+    empty_database,
+):
+    """Before 0008 an import after such a STOP made the number pending: 0008 keeps the STOP."""
+    db.upgrade(empty_database, "0007")
+    engine = db.make_engine(empty_database)
+    stop, imported = "2026-03-02 15:00:00", "2026-03-04 10:00:00"
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO cases (case_number, payer_name, amount_due_cents, balance_cents,"
+                " language, status, created_at, updated_at)"
+                " VALUES ('CS-1', 'Ana', 0, 0, 'en', 'open', :t, :t)"
+            ),
+            {"t": imported},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO enrollments (case_id, phone, status, source, language,"
+                " consent_version, created_at, updated_at)"
+                " SELECT id, '+13125550105', 'pending', 'import', 'en', 'v1', :t, :t FROM cases"
+            ),
+            {"t": imported},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO conversations (phone, state, language, version, updated_at)"
+                " VALUES ('+13125550105', '{}', 'en', 1, :t)"
+            ),
+            {"t": stop},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO conversation_turns (phone, direction, body, intent, created_at,"
+                " updated_at) VALUES ('+13125550105', 'inbound', 'STOP', 'stop', :t, :t)"
+            ),
+            {"t": stop},
+        )
+    db.upgrade(empty_database)
+    with engine.connect() as connection:
+        opted_out_at = connection.execute(
+            sa.text("SELECT opted_out_at FROM conversations WHERE phone = '+13125550105'")
+        ).scalar()
+    engine.dispose()
+    # Nothing else holds that STOP: the pending enrollment would be invited.
+    assert str(opted_out_at).startswith("2026-03-02 15:00:00")

@@ -11,8 +11,9 @@ opted_out_at, and START (or YES) clears it. The phone's conversation is already 
 enrollments by the webhook's one query, so the check costs a text nothing more.
 
 Numbers that texted STOP on no case before this migration are found in the turn log: their last
-STOP came after their last START, and nothing but an opt-out was ever recorded for them on a case
-(they are on none).
+STOP came after their last START, and no enrollment records that opt-out or a consent since: the
+number is on no case, or only pending on some (an import or staff enrolled it after its STOP,
+which then made it pending, to be invited).
 """
 
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ def upgrade() -> None:
         sa.column("created_at"),
     )
     conversations = sa.table("conversations", sa.column("phone"), sa.column("opted_out_at"))
-    enrollments = sa.table("enrollments", sa.column("phone"))
+    enrollments = sa.table("enrollments", sa.column("phone"), sa.column("status"))
 
     def last(intent: str):
         return (
@@ -54,7 +55,10 @@ def upgrade() -> None:
     op.execute(
         conversations.update()
         .where(
-            ~conversations.c.phone.in_(sa.select(enrollments.c.phone)),
+            # An opted-out enrollment holds the STOP already; an active one was consented since.
+            ~conversations.c.phone.in_(
+                sa.select(enrollments.c.phone).where(enrollments.c.status != "pending")
+            ),
             last_stop.is_not(None),
             sa.or_(last_start.is_(None), last_start < last_stop),
         )
