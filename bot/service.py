@@ -884,9 +884,12 @@ def _record_opt_out(dialect: str):
     statement = insert(table).values(
         phone=sa.bindparam("phone"), state={}, language="en", opted_out_at=when, updated_at=when
     )
-    # The latest revocation is the one kept, as each STOP is recorded again.
+    # The latest revocation is the one kept, as each STOP is recorded again. The version moves
+    # on, so a text read before the opt-out (SQLite reads unlocked) is handled again, not
+    # answered: the webhook's fallback records a STOP with no other save of the conversation.
     return statement.on_conflict_do_update(
-        index_elements=["phone"], set_={"opted_out_at": statement.excluded.opted_out_at}
+        index_elements=["phone"],
+        set_={"opted_out_at": statement.excluded.opted_out_at, "version": table.c.version + 1},
     )
 
 

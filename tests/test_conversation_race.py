@@ -121,3 +121,25 @@ def test_every_saved_text_moves_the_version_on(client, session):
         text(client, body)
 
     assert conversation(session).version == 3
+
+
+def test_a_text_overtaken_by_a_stop_whose_handling_broke_is_not_answered(
+    app, client, session, meanwhile, monkeypatch
+):
+    case = make_case(session, case_number="CS-004821")
+    make_enrollment(session, case, PHONE)
+    text(client, "HELP")  # the conversation exists before the race
+
+    def broken(**_):
+        raise RuntimeError("database hiccup")
+
+    # The STOP is still honoured, by the webhook's fallback (handle_failed_inbound).
+    monkeypatch.setattr(service, "opt_out", broken)
+    meanwhile.queued.append("STOP")
+
+    answer = replies(text(client, "BAL"))
+
+    assert "unsubscribed" in meanwhile.answered[0][0]
+    # BAL, read before the STOP was saved, is handled again and finds the number opted out.
+    assert answer == []
+    assert conversation(session).opted_out_at is not None
