@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -155,14 +156,25 @@ def _use_embedded_redis(app: Flask) -> None:
     `flask` commands run beside `make run` (enroll --invite-pending, say) then queue their jobs
     where its worker takes them, not in whatever Redis answers on the default port.
     """
+    path = os.path.join(app.instance_path, EMBEDDED_REDIS_FILE)
     try:
-        with open(os.path.join(app.instance_path, EMBEDDED_REDIS_FILE)) as running:
+        with open(path) as running:
             url = running.read().strip()
     except FileNotFoundError:
         return
-    if url:
-        app.config["REDIS_URL"] = url
-        log.info("REDIS_URL is not set: using make run's embedded Redis (%s)", url)
+    if not url:
+        return
+    # A make run that crashed leaves the file behind: its port refuses, or (taken since by
+    # something else) never answers. Say so now, not with a traceback or a hang at the first job.
+    try:
+        Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except RedisError as exc:
+        raise SettingsError(
+            f"REDIS_URL is not set and {path} names {url}, which does not answer ({exc}): "
+            f"make run is not running. Start it, or delete {path}, or set REDIS_URL."
+        ) from exc
+    app.config["REDIS_URL"] = url
+    log.info("REDIS_URL is not set: using make run's embedded Redis (%s)", url)
 
 
 def _init_redis(app: Flask) -> None:

@@ -206,3 +206,32 @@ def test_flask_commands_beside_make_run_use_its_embedded_redis(config, tmp_path,
         stop_embedded_redis(server, instance)
     monkeypatch.delenv("REDIS_URL")
     assert create_app(config).config["REDIS_URL"] == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("left_behind", ["nothing_listens", "something_silent_listens"])
+def test_a_redis_url_file_left_by_a_crashed_make_run_is_refused_clearly(
+    config, tmp_path, monkeypatch, left_behind
+):
+    """Not a traceback at the first job, nor a command that waits forever on the port."""
+    import socket
+    import time
+
+    import flask
+
+    from app import EMBEDDED_REDIS_FILE
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    monkeypatch.setattr(flask.Flask, "auto_find_instance_path", lambda self: str(instance))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    del config["REDIS_URL"]
+    with socket.socket() as port:
+        port.bind(("127.0.0.1", 0))
+        if left_behind == "something_silent_listens":
+            port.listen()  # accepts connections, never answers
+        url = f"redis://127.0.0.1:{port.getsockname()[1]}/0"
+        (instance / EMBEDDED_REDIS_FILE).write_text(url + "\n")
+        started = time.monotonic()
+        with pytest.raises(SettingsError, match=f"{EMBEDDED_REDIS_FILE}.*{url}.*does not answer"):
+            create_app(config)
+        assert time.monotonic() - started < 10
