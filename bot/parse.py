@@ -377,8 +377,9 @@ def _amount(text: str) -> tuple[int | None, str | None]:
     chunk = match[0].rstrip(".,!?;:)]$")
     if "-" in chunk:  # '$-50' and '-$50' are both negative
         chunk = "-" + chunk.replace("-", "")
-    if _CENTS_AFTER.match(text, match.end()):
+    if chunk.endswith("¢") or _CENTS_AFTER.match(text, match.end()):
         # "50 cents" is 50 cents, not $50.00; "1.50 cents" or "$50 cents" means nothing sure.
+        chunk = chunk.removesuffix("¢")
         if not chunk.isdigit():
             return None, "not_a_number"
         return (int(chunk), None) if int(chunk) else (None, "zero")
@@ -388,7 +389,7 @@ def _amount(text: str) -> tuple[int | None, str | None]:
         return None, error.code
 
 
-_CENTS_AFTER = re.compile(r"\s+(?:cents?|centavos?)\b")
+_CENTS_AFTER = re.compile(r"\s+(?:¢|(?:cents?|centavos?|centimos?)\b)")
 
 
 def _guess_language(words: tuple[str, ...]) -> Language | None:
