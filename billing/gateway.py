@@ -78,6 +78,7 @@ class ChargeResult:
     failure_message: str | None = None
     card_brand: str | None = None
     card_last4: str | None = None
+    payment_id: str | None = None  # our Payment's id, from the charge's metadata
 
 
 @dataclass(frozen=True)

@@ -459,6 +459,7 @@ def _charge_result(intent_id: str, intent: Mapping[str, str]) -> ChargeResult:
         failure_message=intent.get("failure_message"),
         card_brand=intent.get("card_brand"),
         card_last4=intent.get("card_last4"),
+        payment_id=json.loads(intent.get("metadata") or "{}").get("payment_id"),
     )
 
 

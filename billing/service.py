@@ -874,6 +874,20 @@ def _reconcile_dispute(
         payment = session.exec(
             select(Payment).where(Payment.processor_charge_id == dispute["charge"])
         ).first()
+    if payment is None and intent_id:
+        # A charge request that timed out and was reported failed, then landed: PayText never
+        # learnt the intent's id, which its metadata ties to our payment. Settle that first.
+        try:
+            reference = gateway.retrieve_payment(intent_id=intent_id).payment_id or ""
+        except PaymentNotFound:
+            reference = ""
+        if reference.isdigit() and session.get(Payment, int(reference)) is not None:
+            _reconcile_intent(
+                session, gateway, {"id": intent_id, "metadata": {"payment_id": reference}}
+            )
+            payment = session.exec(
+                select(Payment).where(Payment.processor_payment_id == intent_id)
+            ).first()
     if payment is None:
         return "ignored"
     if payment.status in (*IN_FLIGHT, *GAVE_UP) and payment.processor_payment_id:

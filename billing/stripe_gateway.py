@@ -330,4 +330,5 @@ def _charge_from_intent(
         failure_message=error.get("message") if declined or requires_action else None,
         card_brand=card.get("brand"),
         card_last4=card.get("last4"),
+        payment_id=(intent.get("metadata") or {}).get("payment_id"),
     )

@@ -1076,3 +1076,30 @@ def test_a_dispute_reported_before_a_late_success_is_recorded_with_it(app, sessi
     assert (disputed.status, disputed.disputed_cents) == (PaymentStatus.DISPUTED, 25_000)
     assert disputed.review_reason == "succeeded_after_failure"
     assert reload(session, Case, case.id).balance_cents == 100_000
+
+
+def test_a_dispute_reported_before_the_late_success_of_a_timed_out_charge_is_recorded_with_it(
+    app, session, fake, payer, monkeypatch
+):
+    case, card = payer
+    created = confirmed_payment(app, session, case, card, 25_000)
+    gateway = app.extensions["payments"]
+    real_charge, in_flight = gateway.charge, []
+
+    def lost_in_flight(**kwargs):
+        in_flight.append(kwargs)
+        raise TransientPaymentError("Read timed out", code=None)
+
+    monkeypatch.setattr(gateway, "charge", lost_in_flight)
+    with app.app_context():  # the last attempt: PayText never learns the intent's id
+        assert charge_payment(payment_id=created.id) == "failed"
+    monkeypatch.setattr(gateway, "charge", real_charge)
+    landed = real_charge(**in_flight[0])
+    opened = fake.dispute(landed.charge_id)
+    post_event(app, fake, "charge.dispute.created", opened)  # before payment_intent.succeeded
+    post_event(app, fake, "payment_intent.succeeded", fake.get(landed.intent_id))
+
+    disputed = payment(session, created.id)
+    assert (disputed.status, disputed.disputed_cents) == (PaymentStatus.DISPUTED, 25_000)
+    assert disputed.review_reason == "succeeded_after_failure"
+    assert reload(session, Case, case.id).balance_cents == 100_000
