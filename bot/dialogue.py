@@ -598,6 +598,9 @@ def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outco
 def _amount_problem(amount: int, case: CaseFacts, facts: Facts) -> Reply | None:
     """Why this amount cannot be charged now, as the reply that says what is allowed."""
     policy = facts.policy
+    if case.balance_cents <= 0:
+        # Paid off since the quote (a payment reported failed went through after all, say).
+        return _say(facts, "nothing_owed", case_last4=case.last4)
     if case.balance_cents < MINIMUM_CHARGE_CENTS:
         # Not even paying it off: the processor refuses so small a charge, so YES never could.
         return _say(

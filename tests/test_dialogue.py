@@ -520,6 +520,18 @@ def test_pay_with_nothing_owed_says_so():
     assert outcome.state.quote is None
 
 
+@pytest.mark.parametrize("balance", [0, -25_000])
+def test_yes_after_the_balance_was_paid_off_meanwhile_says_nothing_is_owed(balance):
+    """A payment reported failed that went through after all, say, while the quote waited."""
+    quoted = send("PAY")
+    paid_off = facts(case(balance_cents=balance))
+    outcome = step(quoted.state, parse("YES"), replace(paid_off, nonce="SM0002"))
+    assert outcome.actions == ()
+    assert text(outcome) == "Case ending 4821 has no balance. Nothing is owed right now."
+    spanish = step(quoted.state, parse("SI"), replace(paid_off, language="es", nonce="SM0002"))
+    assert "-$" not in text(spanish) and "$0.00" not in text(spanish)
+
+
 def test_pay_when_nothing_is_due_this_cycle_asks_for_an_amount():
     known = facts(case(amount_due_cents=0))
     assert keys(send("PAY", known)) == ("pay_ask_amount",)
