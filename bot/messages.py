@@ -137,6 +137,9 @@ def _format(name: str, value: Any, params: Mapping[str, Any], language: Language
     if kind is Kind.PHONE:
         return format_phone(str(value))
     if kind is Kind.MONEY:
+        if name == "balance" and value < 0:
+            # '-$250.00' reads as owed, or as nothing: say it is the payer's credit.
+            return render("balance.credit", {"amount": -value}, language)
         return format_cents(value)
     if kind is Kind.DATE:
         day = _local(value, params).date() if isinstance(value, datetime) else value

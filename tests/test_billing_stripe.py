@@ -1103,3 +1103,36 @@ def test_a_dispute_reported_before_the_late_success_of_a_timed_out_charge_is_rec
     assert (disputed.status, disputed.disputed_cents) == (PaymentStatus.DISPUTED, 25_000)
     assert disputed.review_reason == "succeeded_after_failure"
     assert reload(session, Case, case.id).balance_cents == 100_000
+
+
+@pytest.mark.parametrize(
+    ("language", "says"), [("en", "New balance: $250.00 in credit."), ("es", "$250.00 a su favor")]
+)
+def test_a_receipt_that_leaves_a_credit_says_so_instead_of_a_negative_balance(
+    app, session, fake, monkeypatch, language, says
+):
+    case = make_case(session, language=language)
+    make_enrollment(session, case)
+    card = add_card(app, session, case)
+    created = confirmed_payment(app, session, case, card, 25_000)
+    gateway = app.extensions["payments"]
+    real_charge, in_flight = gateway.charge, []
+
+    def lost_in_flight(**kwargs):
+        in_flight.append(kwargs)
+        raise TransientPaymentError("Read timed out", code=None)
+
+    monkeypatch.setattr(gateway, "charge", lost_in_flight)
+    with app.app_context():
+        assert charge_payment(payment_id=created.id) == "failed"
+    monkeypatch.setattr(gateway, "charge", real_charge)
+    # The payer, told it failed, confirms the whole balance; the first charge lands meanwhile.
+    again = confirmed_payment(app, session, case, card, 100_000)
+    landed = real_charge(**in_flight[0])
+    post_event(app, fake, "payment_intent.succeeded", fake.get(landed.intent_id))
+    with app.app_context():
+        service.enqueue_charge(payment_id=again.id)
+
+    assert reload(session, Case, case.id).balance_cents == -25_000
+    (receipt,) = texts(session, intent="receipt")
+    assert says in receipt.body and "-$" not in receipt.body

@@ -292,3 +292,14 @@ def test_card_brands_are_written_as_printed_on_the_card():
         for language in ("en", "es"):
             text = render(key, params | {"brand": raw}, language)
             assert printed in text and (raw == printed or raw not in text)
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("key", ["receipt", "refund"])
+def test_a_balance_in_credit_is_said_as_a_credit_within_two_segments(key, language):
+    text = render(key, {**LONGEST, "balance": -1_234_567}, language)
+    assert (
+        "-$" not in text
+        and "$12,345.67 " + ("in credit" if language == "en" else "a su favor") in text
+    )
+    assert segments(text) <= 2 and encoding(text) is Encoding.GSM7

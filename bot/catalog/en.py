@@ -61,6 +61,8 @@ MESSAGES: dict[str, str] = {
     ),
     "case_selected": "OK, now using case ending {case_last4}. Reply MENU for options.",
     "word.or": "or",
+    # A balance below zero, in a receipt or a refund: the payer paid more than was owed.
+    "balance.credit": "{amount} in credit",
     # Paying by text.
     "pay_quote": (
         "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "

@@ -63,6 +63,8 @@ MESSAGES: dict[str, str] = {
         "Listo, ahora usamos el caso que termina en {case_last4}. Responda MENU para ver opciones."
     ),
     "word.or": "o",
+    # A balance below zero, in a receipt or a refund: the payer paid more than was owed.
+    "balance.credit": "{amount} a su favor",
     # Paying by text.
     "pay_quote": (
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
