@@ -282,6 +282,9 @@ class Payment(SQLModel, table=True):
     # Why staff should look at this payment (billing.service.REVIEW_REASONS), shown on the case
     # page: say, money Stripe took after the payer was told the payment had failed.
     review_reason: str | None = Field(default=None, sa_type=sa.String(48))
+    # When and by whom staff marked it reviewed: the case page stops asking, and keeps saying so.
+    reviewed_at: datetime | None = _when()
+    reviewed_by: int | None = Field(default=None, foreign_key="admin_users.id")
     # Turns point at payments and payments at turns; use_alter breaks the cycle for PostgreSQL.
     authorized_turn_id: int | None = Field(
         default=None,

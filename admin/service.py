@@ -196,8 +196,9 @@ class CaseDetail:
 
     @property
     def payments_to_review(self) -> list[Payment]:
-        """Payments billing flagged for staff (say, one that went through after it failed)."""
-        return [p for p in self.payments if p.review_reason]
+        """Payments billing flagged for staff (say, one that went through after it failed) that
+        nobody has marked reviewed yet."""
+        return [p for p in self.payments if p.review_reason and p.reviewed_at is None]
 
 
 def case_zone(case: Case, default: str) -> str:
@@ -277,6 +278,7 @@ def case_detail(
         ).all()
     )
     staff_ids |= {h.answered_by for h in handoffs if h.answered_by}
+    staff_ids |= {p.reviewed_by for p in payments if p.reviewed_by}
     staff = {}
     if staff_ids:
         staff = dict(
@@ -881,6 +883,24 @@ def close_handoff(
     handoff.answered_at = now or utcnow()
     session.add(handoff)
     return handoff
+
+
+def mark_payment_reviewed(
+    *, session: Session, payment_id: int, staff_user_id: int, now: datetime | None = None
+) -> Payment:
+    """Staff checked a payment billing flagged (a refund made, or no second payment found): the
+    case page stops asking and says who checked it when. The caller commits."""
+    payment = session.get(Payment, payment_id)
+    if payment is None:
+        raise AdminError("No such payment.")
+    if not payment.review_reason:
+        raise AdminError("That payment is not waiting for a review; nothing changed.")
+    if payment.reviewed_at is not None:
+        raise AdminError("That payment was already marked reviewed; nothing changed.")
+    payment.reviewed_at = now or utcnow()
+    payment.reviewed_by = staff_user_id
+    session.add(payment)
+    return payment
 
 
 def waiting_handoff_count(*, session: Session) -> int:

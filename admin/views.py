@@ -320,6 +320,7 @@ def _case_forms(detail: service.CaseDetail) -> dict:
         },
         "cancel_form": forms.ButtonForm(prefix="cancel", formdata=None),
         "close_form": forms.ButtonForm(prefix="close", formdata=None),
+        "reviewed_form": forms.ButtonForm(prefix="reviewed", formdata=None),
         "refund_forms": {
             p.id: forms.RefundForm(prefix=f"refund{p.id}", formdata=None) for p in detail.payments
         },
@@ -556,6 +557,30 @@ def refund(payment_id: int):
         return _render_case(payment.case_id, 400, refund_forms={payment_id: form})
     session.commit()
     flash(f"Refund of {format_cents(made.amount_cents)} requested.", "success")
+    return redirect(url_for("admin.case", case_id=payment.case_id, _anchor="payments"))
+
+
+@bp.post("/payments/<id:payment_id>/reviewed")
+def mark_payment_reviewed(payment_id: int):
+    """A flagged payment checked: the case page stops asking staff to look at it."""
+    from models import Payment
+
+    if not forms.ButtonForm(prefix="reviewed").validate_on_submit():
+        abort(400)
+    session = get_session()
+    payment = session.get(Payment, payment_id)
+    if payment is None:
+        abort(404)
+    try:
+        service.mark_payment_reviewed(
+            session=session, payment_id=payment_id, staff_user_id=current_user.id
+        )
+    except AdminError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(f"The payment of {format_cents(payment.amount_cents)} is marked reviewed.", "success")
     return redirect(url_for("admin.case", case_id=payment.case_id, _anchor="payments"))
 
 

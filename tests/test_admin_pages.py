@@ -1529,3 +1529,47 @@ def test_staff_pages_are_neither_cached_nor_framed(client, session, staff):
         response = client.get(url)
         assert response.headers["Cache-Control"] == "no-store", url
         assert response.headers["X-Frame-Options"] == "DENY", url
+
+
+def test_staff_mark_a_flagged_payment_reviewed_and_the_case_page_stops_asking(
+    app, client, session, staff
+):
+    """A payment that went through after the payer was told it failed waits for a person."""
+    case = make_case(session)
+    payment = paid(app, session, case, 25_000)
+    payment.review_reason = "succeeded_after_failure"
+    session.add(payment)
+    session.commit()
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert 'id="payments-to-review"' in page and "Mark the $250.00 payment reviewed" in page
+
+    done = post_form(client, f"/admin/payments/{payment.id}/reviewed", prefix="reviewed")
+    assert done.status_code == 302
+    payment = reload(session, Payment, payment.id)
+    assert payment.reviewed_by == staff.id and payment.reviewed_at is not None
+    assert payment.review_reason == "succeeded_after_failure"  # why it was flagged stays
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert 'id="payments-to-review"' not in page
+    assert f"Reviewed (succeeded after failure) by {staff.email}" in page
+
+    again = post_form(
+        client, f"/admin/payments/{payment.id}/reviewed", prefix="reviewed", follow_redirects=True
+    )
+    assert "already marked reviewed; nothing changed" in text_of(again)
+    assert reload(session, Payment, payment.id).reviewed_at == payment.reviewed_at
+
+
+def test_only_a_flagged_payment_can_be_marked_reviewed_and_only_with_the_form(
+    app, client, session, staff
+):
+    case = make_case(session)
+    payment = paid(app, session, case, 25_000)
+    forged = client.post(f"/admin/payments/{payment.id}/reviewed")  # no CSRF token
+    assert forged.status_code == 400
+    refused = post_form(
+        client, f"/admin/payments/{payment.id}/reviewed", prefix="reviewed", follow_redirects=True
+    )
+    assert "not waiting for a review; nothing changed" in text_of(refused)
+    assert reload(session, Payment, payment.id).reviewed_at is None
+    missing = post_form(client, "/admin/payments/999999/reviewed", prefix="reviewed")
+    assert missing.status_code == 404
