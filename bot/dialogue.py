@@ -179,6 +179,7 @@ class Facts:
     nonce: str
     cases: tuple[CaseFacts, ...] = ()
     invited: bool = False  # an enrollment of the phone waits for its YES (double opt-in)
+    enrolled: bool = True  # on any case, whatever its status: False for a number on none
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
@@ -407,10 +408,12 @@ def _route(state: State, command: Command, facts: Facts) -> Outcome:
         reply = _say(facts, "opted_out")
         return _out(facts, State(), reply, actions=(OptOut(),), language=language)
     if status == PhoneStatus.OPTED_OUT:
+        # A number on no case that opted out is told so again, not promised case texts.
+        about = "opted_in" if facts.enrolled else "unknown_number"
         if consents(command):
-            return _out(facts, State(), _say(facts, "opted_in"), actions=(OptIn(),))
+            return _out(facts, State(), _say(facts, about), actions=(OptIn(),))
         if intent is Intent.HELP:
-            return _out(facts, state, _say(facts, "help"))
+            return _out(facts, state, _say(facts, "help" if facts.enrolled else about))
         return _out(facts, state)
     if status == PhoneStatus.PENDING:
         return _pending(state, command, facts)

@@ -285,6 +285,7 @@ def plan_inbound(
         policy=current_policy(),
         nonce=message.message_sid,
         cases=facts_of_cases(enrollments, now=now, payment_rows=payment_rows),
+        enrolled=bool(enrollments),
         # Only an invitation that went out can be answered: an imported pending case waits.
         invited=any(
             e.status == EnrollmentStatus.PENDING and e.invited_at is not None for e in enrollments

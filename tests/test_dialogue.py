@@ -322,16 +322,24 @@ def test_stop_from_a_number_on_no_case_is_confirmed_in_the_language_it_was_writt
 
 @pytest.mark.parametrize("body", ["hola", "hi", "BAL", "PAY 50", "4821", "MENU", "ok", "no"])
 def test_a_number_on_no_case_that_opted_out_gets_no_reply(body):
-    outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT, cases=()))
+    outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT, cases=(), enrolled=False))
     assert outcome.replies == () and outcome.actions == ()
 
 
 def test_a_number_on_no_case_that_opted_out_is_answered_help_and_can_opt_back_in():
-    stopped = facts(phone_status=PhoneStatus.OPTED_OUT, cases=())
-    assert keys(send("HELP", stopped)) == ("help",)
+    """Told again that no case has this number, not promised payment texts it will not get."""
+    stopped = facts(phone_status=PhoneStatus.OPTED_OUT, cases=(), enrolled=False)
+    assert keys(send("HELP", stopped)) == ("unknown_number",)
     for body in ("START", "UNSTOP", "YES"):
         outcome = send(body, stopped)
-        assert outcome.actions == (OptIn(),) and keys(outcome) == ("opted_in",)
+        assert outcome.actions == (OptIn(),) and keys(outcome) == ("unknown_number",)
+
+
+def test_a_payer_on_a_case_who_opted_out_is_answered_help_and_welcomed_back():
+    stopped = facts(phone_status=PhoneStatus.OPTED_OUT, cases=(), enrolled=True)
+    assert keys(send("HELP", stopped)) == ("help",)
+    outcome = send("START", stopped)
+    assert outcome.actions == (OptIn(),) and keys(outcome) == ("opted_in",)
 
 
 # Paying.

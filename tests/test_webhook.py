@@ -200,9 +200,10 @@ def test_a_number_on_no_case_that_opted_out_gets_help_and_opts_back_in_with_star
     (confirmation,) = replies(text(client, "ALTO", phone=STRANGER))
     assert confirmation.startswith("Se dio de baja")
     (help_reply,) = replies(text(client, "HELP", phone=STRANGER))
-    assert "800-555-0134" in help_reply
+    assert "800-555-0134" in help_reply and "No encontramos un caso" in help_reply
     (welcome_back,) = replies(text(client, "START", phone=STRANGER))
     assert "STOP" in welcome_back
+    assert "No encontramos un caso" in welcome_back and "mensajes de pagos" not in welcome_back
     (reply,) = replies(text(client, "hola", phone=STRANGER))
     assert "No encontramos un caso" in reply
 
