@@ -11,12 +11,16 @@ import re
 
 from gunicorn.glogging import Logger
 
+from bot.redact import LINK_MARKER
+
+# Wider than bot.redact's pattern for texts: a request path can carry anything up to the next
+# '/', '?' or '#', and a text's punctuation after a link never reaches this log.
 _LINK_TOKEN = re.compile(r"(/pay/(?:card|auth)/)[^/\s?#\"]+")
 
 
 def redact(text: str) -> str:
-    """The text with every card or approval link token replaced by '[redacted]'."""
-    return _LINK_TOKEN.sub(r"\1[redacted]", text)
+    """The text with every card or approval link token replaced by LINK_MARKER."""
+    return _LINK_TOKEN.sub(rf"\g<1>{LINK_MARKER}", text)
 
 
 class AccessLogger(Logger):

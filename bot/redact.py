@@ -16,7 +16,7 @@ import re
 CARD_PLACEHOLDER = "[card number removed]"
 SSN_PLACEHOLDER = "[SSN removed]"
 LINK_MARKER = "[redacted]"
-"""Where a link's token was, as in the access log (accesslog.py)."""
+"""Where a link's token was, in stored texts and in the access log (accesslog.py) alike."""
 
 # 13 to 19 digits, maybe grouped by single spaces or dashes: every card number, typed right or
 # not. A run of more digits (two phone numbers in a row, say) is not a card number.
