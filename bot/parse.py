@@ -273,6 +273,9 @@ def _parse(body: str) -> Command:
     rest = _AMOUNT_FILLER.sub("", folded).strip().rstrip(".")
     if _AMOUNT_ONLY.fullmatch(rest):
         return _command(Intent.PAY, None, words, text, amount_from=rest)
+    spoken = _POLITE.sub("", folded).strip().rstrip(".")
+    if _SPOKEN_AMOUNT.fullmatch(spoken):  # "50 cents", "1 dollar 50 cents"
+        return _command(Intent.PAY, None, words, text, amount_from=spoken)
     return Command(Intent.UNKNOWN, language=_guess_language(words), text=text)
 
 
@@ -371,6 +374,16 @@ def consents(command: Command) -> bool:
 
 def _amount(text: str) -> tuple[int | None, str | None]:
     """The first number-like chunk as cents or an AmountError code; (None, None) if none."""
+    if split := _DOLLARS_AND_CENTS.search(text):
+        # "1 dollar 50 cents", "$1 and 50 cents", "1 dólar con 50 centavos": $1.50, not $1.00.
+        if split["bad"] or len(split["cents"]) > 2:
+            return None, "not_a_number"
+        try:
+            dollars = parse_dollars(split["dollars"], allow_zero=True)
+        except AmountError as error:
+            return None, error.code
+        cents = dollars + int(split["cents"])
+        return (cents, None) if cents else (None, "zero")
     match = _AMOUNT_CHUNK.search(text)
     if match is None:
         return None, None
@@ -389,7 +402,16 @@ def _amount(text: str) -> tuple[int | None, str | None]:
         return None, error.code
 
 
-_CENTS_AFTER = re.compile(r"\s+(?:¢|(?:cents?|centavos?|centimos?)\b)")
+_CENTS_WORD = r"(?:¢|(?:cents?|centavos?|centimos?)\b)"
+_DOLLARS_AND_CENTS = re.compile(
+    # A decimal dollar part ('1.50 dollars and 20 cents') is caught, and means nothing sure.
+    r"(?<![0-9.,])\$?(?P<dollars>[0-9][0-9,]*)(?P<bad>[.][0-9]+)?\s*"
+    r"(?:(?:dollars?|dolar(?:es)?|bucks)\s*(?:and|y|con|&|,)?|(?:and|y|con|&|,))\s*"
+    r"(?P<cents>[0-9]+)\s*" + _CENTS_WORD
+)
+_CENTS_AFTER = re.compile(r"\s+" + _CENTS_WORD)
+_SPOKEN_AMOUNT = re.compile(rf"{_DOLLARS_AND_CENTS.pattern}|[0-9]+\s*{_CENTS_WORD}")
+_POLITE = re.compile(r"\b(?:please|pls|por favor)\b|[!?]")
 
 
 def _guess_language(words: tuple[str, ...]) -> Language | None:
