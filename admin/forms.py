@@ -183,20 +183,26 @@ class AppointmentForm(StaffForm):
 
     def validate_location(self, field) -> None:
         field.data = " ".join((field.data or "").split()) or None
-        self._check_reminder_fits("appt_reminder", "location", field.data)
+        self._check_reminder_fits("appt_reminder", location=field.data)
 
     def validate_video_link(self, field) -> None:
         link = (field.data or "").strip()
         if link and (not link.startswith("https://") or re.search(r"\s", link)):
             raise ValidationError("The video link must be a https:// address without spaces.")
         field.data = link or None
-        self._check_reminder_fits("appt_reminder_video", "video_link", field.data)
+        if field.data and self.location.data and not self.location.errors:
+            # Both given: the payer is sent both, the place and the link.
+            self._check_reminder_fits(
+                "appt_reminder_both", location=self.location.data, video_link=field.data
+            )
+        else:
+            self._check_reminder_fits("appt_reminder_video", video_link=field.data)
 
-    def _check_reminder_fits(self, key: str, name: str, value: str | None) -> None:
+    def _check_reminder_fits(self, key: str, **values: str | None) -> None:
         """The payer's reminder must fit in two texts in either language, at its longest time."""
-        if not value:
+        if not all(values.values()):
             return
-        params = {"agency": self.agency, "kind": self.kind.data, "when": _LONGEST_WHEN, name: value}
+        params = {"agency": self.agency, "kind": self.kind.data, "when": _LONGEST_WHEN, **values}
         texts = [render(key, params, language) for language in Language]
         needed = max(segments(text) for text in texts)
         if needed > MAX_SMS_SEGMENTS:

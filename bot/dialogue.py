@@ -693,7 +693,11 @@ def _appointment(state: State, command: Command, case: CaseFacts, facts: Facts) 
     if appt is None or appt.starts_at <= facts.now:
         return _out(facts, state, _say(facts, "appt_none", case_last4=case.last4))
     params = {"kind": appt.kind, "when": appt.starts_at, "tz": case.timezone}
-    if appt.video_link:
+    if appt.video_link and appt.location:  # in person or by video: the payer gets both
+        reply = _say(
+            facts, "appt_next_both", location=appt.location, video_link=appt.video_link, **params
+        )
+    elif appt.video_link:
         reply = _say(facts, "appt_next_video", video_link=appt.video_link, **params)
     elif appt.location:
         reply = _say(facts, "appt_next", location=appt.location, **params)

@@ -509,7 +509,10 @@ def reminder_text(
     if kind == ReminderKind.APPOINTMENT:
         assert appointment is not None
         params.update(kind=appointment.kind, when=appointment.starts_at)
-        if appointment.video_link:
+        if appointment.video_link and appointment.location:
+            key = "appt_reminder_both"
+            params.update(location=appointment.location, video_link=appointment.video_link)
+        elif appointment.video_link:
             key, params["video_link"] = "appt_reminder_video", appointment.video_link
         elif appointment.location:
             key, params["location"] = "appt_reminder", appointment.location

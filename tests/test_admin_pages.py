@@ -1170,6 +1170,27 @@ def test_an_appointment_in_year_9999_is_refused_when_added_or_moved(client, sess
     assert reload(session, Appointment, appointment.id).starts_at == starts_at
 
 
+def test_a_place_and_a_link_that_fit_alone_but_not_together_are_refused(client, session, staff):
+    case = make_case(session)
+    day = (utcnow() + timedelta(days=10)).date().isoformat()
+    place = (
+        "Superior Court of California, Family Law Division, 351 North Arrowhead Avenue, "
+        "Dept S36, SB"
+    )
+    link = "https://zoom.us/j/98765432101?pwd=Q2x3ZkR0aE5vT1lWbXc4ZzZabc"
+    fields = {"kind": "court_hearing", "day": day, "time": "09:30"}
+    for alone in ({"location": place}, {"video_link": link}):
+        response = post_form(
+            client, f"/admin/cases/{case.id}/appointments", {**fields, **alone}, prefix="appt"
+        )
+        assert response.status_code == 302, text_of(response)
+    both = {**fields, "location": place, "video_link": link}
+    response = post_form(client, f"/admin/cases/{case.id}/appointments", both, prefix="appt")
+    assert response.status_code == 400
+    assert "too long for 2 text messages" in text_of(response)
+    assert count(session, Appointment) == 2
+
+
 def test_a_video_link_must_be_https(client, session, staff):
     case = make_case(session)
     day = (utcnow() + timedelta(days=3)).date().isoformat()

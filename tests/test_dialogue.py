@@ -629,6 +629,22 @@ def test_a_virtual_appointment_gives_the_video_link():
     assert text(outcome).endswith(f"Join by video: {link}")
 
 
+def test_a_hearing_in_person_or_by_video_gives_both_the_place_and_the_link():
+    link = "https://zoom.us/j/123"
+    hearing = AppointmentFacts(
+        datetime(2025, 12, 8, 17, 30, tzinfo=UTC),
+        "court_hearing",
+        location="Room 5",
+        video_link=link,
+    )
+    outcome = send("APPT", facts(case(next_appointment=hearing)))
+    assert text(outcome) == (
+        f"You have a court hearing on Mon, Dec 8 at 9:30 AM at Room 5, or join by video: {link}"
+    )
+    es = send("cita", facts(case(next_appointment=hearing), language="es"))
+    assert "en Room 5, o puede conectarse por video: " + link in text(es)
+
+
 @pytest.mark.parametrize("starts_at", [None, WED_10AM_LA - timedelta(hours=1)])
 def test_no_upcoming_appointment_says_so(starts_at):
     appt = starts_at and AppointmentFacts(starts_at, "case_conference", location="Room 1")

@@ -292,6 +292,21 @@ def test_an_appointment_reminder_says_what_when_in_local_time_and_where_or_the_l
         appointment=by_video,
     )
     assert "https://meet.example/x" in spanish and "3:30 p.m." in spanish
+    both = AppointmentInfo(
+        "court_hearing",
+        starts,
+        location="Family Court, Room 4",
+        video_link="https://meet.example/x",
+    )
+    text = reminder_text(
+        kind=ReminderKind.APPOINTMENT,
+        language="en",
+        policy=POLICY,
+        case_number="CS-1",
+        zone=NY,
+        appointment=both,
+    )
+    assert "at Family Court, Room 4, or join by video: https://meet.example/x" in text
 
 
 # --- property: quiet hours across time zones and both clock changes --------------------------

@@ -145,6 +145,9 @@ MESSAGES: dict[str, str] = {
     "history.refunded": "{date}: {amount}, tarjeta {last4} (reembolsado)",
     "appt_next": "Tiene {kind} el {when} en {location}.",
     "appt_next_video": "Tiene {kind} el {when}. Enlace para conectarse por video: {video_link}",
+    "appt_next_both": (
+        "Tiene {kind} el {when} en {location}, o puede conectarse por video: {video_link}"
+    ),
     "appt_next_no_place": "Tiene {kind} el {when}. Para detalles, llame al {agency_phone}.",
     "appt_none": "No tiene citas programadas en el caso que termina en {case_last4}.",
     "kind.case_conference": "una conferencia de caso",
@@ -230,6 +233,10 @@ MESSAGES: dict[str, str] = {
     "appt_reminder_video": (
         "{agency}: Le recordamos que tiene {kind} el {when}. Enlace de video: {video_link} "
         "Responda STOP para darse de baja."
+    ),
+    "appt_reminder_both": (
+        "{agency}: Le recordamos que tiene {kind} el {when} en {location}, o por video: "
+        "{video_link} Responda STOP para darse de baja."
     ),
     "appt_reminder_no_place": (
         "{agency}: Le recordamos que tiene {kind} el {when}. "
