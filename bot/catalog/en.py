@@ -133,9 +133,7 @@ MESSAGES: dict[str, str] = {
     "history.refunded": "{date}: {amount}, card {last4} (refunded)",
     "appt_next": "You have {kind} on {when} at {location}.",
     "appt_next_video": "You have {kind} on {when}. Join by video: {video_link}",
-    "appt_next_both": (
-        "You have {kind} on {when} at {location}, or join by video: {video_link}"
-    ),
+    "appt_next_both": "You have {kind} on {when} at {location}, or join by video: {video_link}",
     "appt_next_no_place": "You have {kind} on {when}. Call {agency_phone} for details.",
     "appt_none": "You have no upcoming appointments on case ending {case_last4}.",
     "kind.case_conference": "a case conference",
