@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -65,8 +65,15 @@ def case_digits(case_number: str) -> str:
 
 
 def case_ending(case_number: str) -> str:
-    """The last 4 digits of a case number: how every text names a case."""
-    return case_digits(case_number)[-4:]
+    """The last 4 digits of a case number: how every text names a case. A number with fewer
+    digits ("SMITH", "CS-1") is named whole."""
+    digits = case_digits(case_number)
+    return digits[-4:] if len(digits) >= 4 else case_number.upper()
+
+
+def case_key(text: str) -> str:
+    """A case number as a payer may type it, letters and digits only: 'PA-1001' -> 'pa1001'."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 class PhoneStatus(StrEnum):
@@ -309,6 +316,7 @@ class State:
                 "digits": pending.digits,
                 "language": pending.language and str(pending.language),
                 "text": pending.text,
+                "full_balance": pending.full_balance,
             },
             "updated_at": self.updated_at and self.updated_at.isoformat(),
         }
@@ -338,6 +346,7 @@ class State:
                 digits=pending.get("digits"),
                 language=pending.get("language") and Language(pending["language"]),
                 text=pending.get("text", ""),
+                full_balance=pending.get("full_balance", False),
             ),
             updated_at=datetime.fromisoformat(updated) if updated else None,
         )
@@ -371,6 +380,7 @@ _WITHOUT_PAYMENTS = frozenset(
         Intent.EMPTY,
         Intent.YES,
         Intent.NO,
+        Intent.THANKS,
     }
 )
 
@@ -386,6 +396,15 @@ def needs_payments(state: State, command: Command) -> bool:
         state.quote is not None
         or state.pending is not None
         or command.intent not in _WITHOUT_PAYMENTS
+        or _pays(command)
+    )
+
+
+def _pays(command: Command) -> bool:
+    """A YES that asks for a payment itself ("yes pay 250", "ok pay it"): with no quote waiting
+    it is a PAY."""
+    return command.intent is Intent.YES and (
+        command.mentions_pay or command.amount_cents is not None or command.amount_error is not None
     )
 
 
@@ -412,8 +431,8 @@ def _route(state: State, command: Command, facts: Facts) -> Outcome:
         about = "opted_in" if facts.enrolled else "unknown_number"
         if consents(command):
             return _out(facts, State(), _say(facts, about), actions=(OptIn(),))
-        if intent is Intent.HELP:
-            return _out(facts, state, _say(facts, "help" if facts.enrolled else about))
+        if intent is Intent.HELP:  # no MENU to offer: it would go unanswered
+            return _out(facts, state, _say(facts, "help_opted_out" if facts.enrolled else about))
         return _out(facts, state)
     if status == PhoneStatus.PENDING:
         return _pending(state, command, facts)
@@ -442,28 +461,44 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
     if expired and (intent is not Intent.YES or facts.invited):
         # A YES after an invitation answers it, not a payment offer long gone.
         state = _evolve(state, quote=None)
+    if intent is Intent.UNKNOWN and _named_case(None, facts, command.text) is not None:
+        # A case number texted as written ("PA 1001", "SMITH") is a case choice, as digits are.
+        command = replace(command, intent=Intent.DIGITS, digits=case_digits(command.text))
+        intent = command.intent
     if intent is Intent.DIGITS and state.pending is not None:
         return _choose_case(state, command, facts)
     if intent is Intent.LANGUAGE and (state.quote is not None or state.pending is not None):
         return _switch_mid_request(state, command, facts)
-    unreadable = intent in (Intent.UNKNOWN, Intent.EMPTY, Intent.DIGITS)
+    unreadable = intent in (Intent.UNKNOWN, Intent.EMPTY, Intent.DIGITS, Intent.THANKS)
     if state.quote is not None and (unreadable or intent in (Intent.YES, Intent.NO)):
         return _answer_quote(state, command, facts)
-    if state.pending is not None and (unreadable or intent in (Intent.YES, Intent.NO)):
+    if state.pending is not None and intent is Intent.NO:
+        # "no", "never mind": the request waiting for a case is dropped, nothing done.
+        return _out(facts, _evolve(state, pending=None), _say(facts, "request_dropped"))
+    if state.pending is not None and (unreadable or intent is Intent.YES):
         return _ask_case(state, facts)
     state = _evolve(state, quote=None, pending=None)
 
     if intent is Intent.DIGITS:
-        if (case := _named_case(command.digits, facts)) is not None:
+        digits = command.digits or ""
+        if (case := _named_case(digits, facts, command.text)) is not None:
             reply = _say(facts, "case_selected", case_last4=case.last4)
             return _out(facts, _evolve(state, case_id=case.case_id), reply)
+        if len(facts.cases) > 1 and len(digits) >= 4:  # a case ending mistyped, not an amount
+            reply = _say(facts, "case_not_found", digits=digits, cases=_case_endings(facts))
+            return _out(facts, state, reply)
         command = _menu_choice(command)
         intent = command.intent
     if facts.invited and (intent is Intent.START or (intent is Intent.YES and consents(command))):
         # Already texting about one case, invited for another: this YES answers the invitation.
         return _out(facts, state, _say(facts, "welcome"), actions=_accept(command))
+    if _pays(command):  # "yes, pay 250" with no quote waiting: a request to pay
+        command = replace(command, intent=Intent.PAY)
+        intent = command.intent
     if intent in (Intent.YES, Intent.NO):
         return _out(facts, state, _say(facts, "nothing_to_confirm"))
+    if intent is Intent.THANKS:
+        return _out(facts, state, _say(facts, "thanks"))
     if intent is Intent.HELP:
         return _out(facts, state, _say(facts, "help"))
     if intent is Intent.START:
@@ -493,8 +528,15 @@ def _accept(command: Command) -> tuple[Action, ...]:
 
 
 def _menu_choice(command: Command) -> Command:
-    """Menu digits as the command they stand for; 6 (LANGUAGE, none named) swaps languages."""
-    return Command(_MENU.get(command.digits or "", Intent.MENU), text=command.text)
+    """Menu digits as the command they stand for; 6 (LANGUAGE, none named) swaps languages.
+
+    A longer number that names no case is an amount, as "$250" is: the reminder said "Reply PAY
+    to pay $250.00" and the payer answered "250". One with a leading zero stays a menu request.
+    """
+    digits = command.digits or ""
+    if len(digits) > 1 and not digits.startswith("0"):
+        return Command(Intent.PAY, amount_cents=int(digits) * 100, text=command.text)
+    return Command(_MENU.get(digits, Intent.MENU), text=command.text)
 
 
 def _switch_language(state: State, command: Command, facts: Facts, key: str) -> Outcome:
@@ -520,10 +562,20 @@ def _switch_mid_request(state: State, command: Command, facts: Facts) -> Outcome
 
 
 def _for_case(state: State, command: Command, facts: Facts) -> Outcome:
-    case = facts.cases[0] if len(facts.cases) == 1 else facts.case(state.case_id)
+    if command.case_digits is not None:
+        # "pay 40 on case 0311": that case, whichever was chosen before.
+        ref = command.case_digits
+        case = _named_case(case_digits(ref), facts, ref)
+        if case is None:
+            digits, cases = case_digits(ref), _case_endings(facts)
+            return _out(facts, state, _say(facts, "case_not_found", digits=digits, cases=cases))
+    else:
+        case = facts.cases[0] if len(facts.cases) == 1 else facts.case(state.case_id)
     if case is None:
         return _ask_case(_evolve(state, pending=command), facts)
     state = _evolve(state, case_id=case.case_id, pending=None)
+    if command.full_balance:  # "pay all": the whole balance, as caps allow
+        command = replace(command, amount_cents=max(case.balance_cents, 0), full_balance=False)
     return _CASE_HANDLERS[command.intent](state, command, case, facts)
 
 
@@ -532,7 +584,7 @@ def _ask_case(state: State, facts: Facts) -> Outcome:
 
 
 def _choose_case(state: State, command: Command, facts: Facts) -> Outcome:
-    case = _named_case(command.digits, facts)
+    case = _named_case(command.digits, facts, command.text)
     if case is None:
         reply = _say(facts, "case_not_found", digits=command.digits, cases=_case_endings(facts))
         return _out(facts, state, reply)
@@ -541,18 +593,29 @@ def _choose_case(state: State, command: Command, facts: Facts) -> Outcome:
     return _for_case(_evolve(state, case_id=case.case_id), pending, facts)
 
 
-def _named_case(digits: str | None, facts: Facts) -> CaseFacts | None:
-    """The one case whose number ends in these digits (at least 4, so menu digits never match)."""
-    if len(facts.cases) < 2 or digits is None or len(digits) < 4:
+def _named_case(digits: str | None, facts: Facts, text: str = "") -> CaseFacts | None:
+    """The one case the payer named: by its whole number as written ("PA-1001", when two cases
+    share their digits), by all its digits, or by its ending (at least 4 digits, so menu
+    digits never match)."""
+    key = case_key(text)
+    if key and len(whole := [c for c in facts.cases if case_key(c.case_number) == key]) == 1:
+        return whole[0]
+    if digits is None or len(digits) < 4:
         return None
-    matches = [c for c in facts.cases if c.number_digits.endswith(digits)]
-    return matches[0] if len(matches) == 1 else None
+    for same in (lambda c: c.number_digits == digits, lambda c: c.number_digits.endswith(digits)):
+        if len(matches := [c for c in facts.cases if same(c)]) == 1:
+            return matches[0]
+    return None
 
 
 def _case_endings(facts: Facts) -> tuple[str, ...]:
     """How the payer can name each case: its last 4 digits, or as many more as it takes to tell
     apart two cases that end alike (MA-2024-118204 and MA-2023-558204: 118204 and 558204)."""
     numbers = [c.number_digits for c in facts.cases]
+    if len(set(numbers)) < len(numbers) or min(map(len, numbers), default=4) < 4:
+        # Digits cannot tell them apart (CS-1001 and PA-1001), or there are too few: the whole
+        # case numbers, which the payer can text back as written.
+        return tuple(c.case_number.upper() for c in facts.cases)
     longest = max((len(n) for n in numbers), default=4)
     width = 4
     while width < longest and len({n[-width:] for n in numbers}) < len(numbers):

@@ -51,6 +51,7 @@ class Intent(StrEnum):
     LANGUAGE = "language"
     STOP = "stop"
     START = "start"
+    THANKS = "thanks"
     UNKNOWN = "unknown"
     EMPTY = "empty"
 
@@ -65,6 +66,9 @@ class Command:
     digits: str | None = None
     language: Language | None = None
     text: str = ""
+    case_digits: str | None = None  # the case named, letters and digits: "case MA-0311" -> ma0311
+    full_balance: bool = False  # "pay all", "pay my full balance", "pagar todo"
+    mentions_pay: bool = False  # a YES that also says pay ("yes pay 250", "ok pay it")
 
 
 EN, ES = Language.EN, Language.ES
@@ -89,6 +93,7 @@ _add(Intent.START, EN, "subscribe", "resubscribe", "opt in", "optin", "start aga
 _add(Intent.START, ES, "comenzar", "inicio", "reanudar", "suscribir", "suscribirme")
 _add(Intent.PAY, EN, "pay", "payment", "pay now", "pay bill", "pay my bill", "make a payment")
 _add(Intent.PAY, ES, "pagar", "pago", "pagar ahora", "hacer un pago", "quiero pagar", "abonar")
+_add(Intent.PAY, ES, "pague", "paguen", "pagalo", "paguelo", "pagarlo")
 _add(Intent.YES, EN, "yes", "y", "ye", "yea", "yeah", "yep", "yup", "yes please", "confirm")
 _add(Intent.YES, EN, "sure")
 _add(Intent.YES, ES, "si", "confirmar", "confirmo", "claro", "dale", "de acuerdo", "si por favor")
@@ -112,6 +117,11 @@ _add(Intent.AGENT, ES, "alguien")
 _add(Intent.HELP, EN, "help", "info", "information", "what is this", "who is this")
 _add(Intent.HELP, ES, "ayuda", "informacion", "que es esto", "quien es")
 _add(Intent.MENU, None, "menu")
+# Thanks, alone or after an ok: never a YES to a payment.
+_add(Intent.THANKS, EN, "thanks", "thank you", "thx", "ty", "thanks so much", "thank you so much")
+_add(Intent.THANKS, EN, "ok thanks", "ok thank you", "okay thanks", "ok thx", "great thanks")
+_add(Intent.THANKS, ES, "gracias", "muchas gracias", "ok gracias", "mil gracias", "gracias senor")
+_add(Intent.THANKS, ES, "gracias senora")
 _add(Intent.MENU, EN, "options", "main menu")
 _add(Intent.MENU, ES, "opciones")
 # For LANGUAGE the language is the one asked for, not the one written in.
@@ -173,6 +183,41 @@ _PHRASES: tuple[tuple[Intent, Language | None, re.Pattern[str]], ...] = tuple(
         (Intent.LANGUAGE, EN, rf"{_DONT_SPEAK}\s+(?:spanish|espanol)"),
         (Intent.LANGUAGE, ES, r"spanish|espanol|castellano"),
         (Intent.LANGUAGE, EN, r"english|ingles"),
+        # Cannot pay: a person can help (a payment plan, a change of order), not a quote.
+        (
+            Intent.AGENT,
+            EN,
+            r"(?:cant|cannot|can not|couldnt|unable to|wont be able to|not able to)\s+"
+            r"(?:afford|pay|make (?:a |the |my |this )?payments?)"
+            r"|(?:dont|do not) have (?:the |any |enough )?money",
+        ),
+        (
+            Intent.AGENT,
+            ES,
+            r"no (?:puedo|podre|voy a poder|alcanzo a) (?:pagar|hacer (?:el|un) pago)"
+            r"|no tengo (?:el |suficiente )?(?:dinero|para pagar)",
+        ),
+        # Do not pay: a refusal, not a request to pay.
+        (
+            Intent.NO,
+            EN,
+            r"(?:dont|do not)\s+(?:want to\s+)?(?:pay|charge)|(?:cancel|stop) (?:the |my |this )?"
+            r"(?:payment|charge)",
+        ),
+        (
+            Intent.NO,
+            ES,
+            r"no (?:quiero )?(?:pagar|cobrar)|no (?:me )?(?:cobren|cobre)"
+            r"|cancelar (?:el |mi |este )?(?:pago|cobro)",
+        ),
+        # Paid already: the history shows whether it arrived.
+        (
+            Intent.HISTORY,
+            EN,
+            r"(?:already|just) (?:paid|made (?:a |the |my )?payment)"
+            r"|did (?:my|the) payment (?:go through|post|clear)|payment (?:go|went) through",
+        ),
+        (Intent.HISTORY, ES, r"ya (?:pague|hice (?:el|un|mi) pago|pagu[eé])|recibieron mi pago"),
         (
             Intent.AGENT,
             EN,
@@ -189,9 +234,15 @@ _PHRASES: tuple[tuple[Intent, Language | None, re.Pattern[str]], ...] = tuple(
         (
             Intent.BALANCE,
             EN,
-            r"how much|whats my balance|what is my balance|whats due|when is (?:my )?payment due",
+            r"how much|whats my balance|what is my balance|whats due|when is (?:my )?payment due"
+            r"|when (?:is|do i|should i|must i)\b.*\b(?:pay|payment|due)",
         ),
-        (Intent.BALANCE, ES, r"cuanto"),
+        (
+            Intent.BALANCE,
+            ES,
+            r"cuanto|cuando (?:vence|se vence|toca pagar|tengo que pagar|debo pagar|hay que pagar)"
+            r"|(?:proximo|siguiente) pago",
+        ),
         (
             Intent.HISTORY,
             EN,
@@ -212,7 +263,17 @@ _PHRASES: tuple[tuple[Intent, Language | None, re.Pattern[str]], ...] = tuple(
 )
 
 _WORD = re.compile(r"[a-z]+|[0-9]+(?:[.,][0-9]+)*")  # '1,250.00' stays one word
-_DIGITS = re.compile(r"(?:case|caso|#|\s)*([0-9][0-9 \-]*)[.!?\s]*")
+# "2", "4821", "case 4821", "#4821", or a whole case number with its letters ("MA-2023-550311").
+_DIGITS = re.compile(r"(?:case|caso|#|\s)*(?:[a-z]{1,4}-)?([0-9][0-9 \-]*)[.!?\s]*")
+# A case named inside a request ("pay 40 on case 0311", "saldo del caso 4821", "bal #4821").
+_CASE_REF = re.compile(
+    r"(?:\b(?:case|caso)\s*(?:number|numero|num|no|ending in|ending|que termina en|terminado en)?"
+    r"\s*#?|#)\s*((?:[a-z]{1,4}-)?[0-9][0-9\-]{2,}[0-9])\b"
+)
+_PAY_WORD = re.compile(r"\b(?:pay|payment|pagar|pago|pague|abonar)\b")
+_FULL_BALANCE = re.compile(
+    r"\b(?:all|everything|full|in full|entire|whole|total|todo|completo|total)\b"
+)
 _AMOUNT_FILLER = re.compile(r"\b(?:please|pls|por favor|dollars?|dolares|usd)\b|[!?]")
 _AMOUNT_ONLY = re.compile(r"-?\$?\s*-?[0-9.,]*[0-9][0-9.,]*")
 _AMOUNT_CHUNK = re.compile(r"[-$]*\.?[0-9][^\s]*")
@@ -349,12 +410,39 @@ def _command(
     if intent is Intent.LANGUAGE:
         return Command(intent, language=language, text=text)
     language = language or _guess_language(words)
+    mentions_pay = intent is Intent.YES and bool(_PAY_WORD.search(amount_from))
+    case_digits = None
+    if intent in _NAMES_A_CASE and (ref := _CASE_REF.search(amount_from)):
+        case_digits = ref[1].replace("-", "")
+        amount_from = amount_from[: ref.start()] + " " + amount_from[ref.end() :]
     # A YES that names an amount ("yes pay 100", "sí, 50") keeps it: the dialogue must not
     # charge a quote for another sum.
     if intent is not Intent.PAY and not (intent is Intent.YES and _HAS_DIGIT.search(amount_from)):
-        return Command(intent, language=language, text=text)
+        return Command(
+            intent, language=language, text=text, case_digits=case_digits, mentions_pay=mentions_pay
+        )
+    # The amount is the one after the word pay when there is one: "8204 pay 20" pays $20.
+    if (pay := _PAY_WORD.search(amount_from)) and _AMOUNT_CHUNK.search(amount_from, pay.end()):
+        amount_from = amount_from[pay.end() :]
     cents, error = _amount(amount_from)
-    return Command(intent, amount_cents=cents, amount_error=error, language=language, text=text)
+    return Command(
+        intent,
+        amount_cents=cents,
+        amount_error=error,
+        language=language,
+        text=text,
+        case_digits=case_digits,
+        full_balance=intent is Intent.PAY
+        and cents is None
+        and error is None
+        and bool(_FULL_BALANCE.search(amount_from)),
+        mentions_pay=mentions_pay,
+    )
+
+
+_NAMES_A_CASE = frozenset(
+    {Intent.PAY, Intent.YES, Intent.BALANCE, Intent.HISTORY, Intent.APPOINTMENT}
+)
 
 
 _HAS_DIGIT = re.compile(r"[0-9]")

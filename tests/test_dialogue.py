@@ -181,7 +181,9 @@ def test_an_acknowledgement_of_the_opt_out_does_not_re_subscribe(body):
 
 def test_help_is_answered_even_while_opted_out():
     outcome = send("HELP", facts(phone_status=PhoneStatus.OPTED_OUT))
-    assert keys(outcome) == ("help",) and outcome.actions == ()
+    # It says the number is unsubscribed and how to come back; no MENU, which would go unanswered.
+    assert keys(outcome) == ("help_opted_out",) and outcome.actions == ()
+    assert "MENU" not in text(outcome) and "Reply START" in text(outcome)
 
 
 # Double opt-in.
@@ -337,7 +339,7 @@ def test_a_number_on_no_case_that_opted_out_is_answered_help_and_can_opt_back_in
 
 def test_a_payer_on_a_case_who_opted_out_is_answered_help_and_welcomed_back():
     stopped = facts(phone_status=PhoneStatus.OPTED_OUT, cases=(), enrolled=True)
-    assert keys(send("HELP", stopped)) == ("help",)
+    assert keys(send("HELP", stopped)) == ("help_opted_out",)
     outcome = send("START", stopped)
     assert outcome.actions == (OptIn(),) and keys(outcome) == ("opted_in",)
 
@@ -349,7 +351,7 @@ def test_pay_quotes_the_amount_due_with_the_card_and_due_date_and_asks_yes_or_no
     outcome = send("PAY")
     assert text(outcome) == (
         "Pay $250.00 on case ending 4821 with your Visa card ending 1234? Due Dec 15. "
-        "Reply YES within 10 minutes to pay, or NO to cancel."
+        "Reply YES within 10 minutes to pay, or NO if you do not want to."
     )
     quote = outcome.state.quote
     assert outcome.state.stage is Stage.AWAITING_CONFIRMATION
@@ -420,7 +422,10 @@ def test_no_on_a_quote_cancels_it():
 
 def test_an_unreadable_reply_to_a_quote_repeats_the_question_and_keeps_the_quote():
     outcome = conversation("PAY", "hmm")
-    assert text(outcome) == "Reply YES to pay $250.00 with your card ending 1234, or NO to cancel."
+    assert (
+        text(outcome)
+        == "Reply YES to pay $250.00 with your card ending 1234, or NO if you do not want to."
+    )
     assert outcome.state.quote is not None
     assert isinstance(conversation("PAY", "hmm", "yes").actions[0], ChargeQuote)
 
@@ -816,6 +821,128 @@ def test_sending_another_case_number_switches_case():
 def test_a_quote_on_one_case_is_charged_to_that_case():
     outcome = conversation("BAL", "7730", "PAY 25", "YES", known=TWO_CASES)
     assert outcome.actions[0].case_id == 2
+
+
+def test_a_case_named_in_the_request_is_the_one_answered_whatever_was_chosen_before():
+    outcome = conversation("BAL", "4821", "pay $40 on case 7730", known=TWO_CASES)
+    assert (outcome.state.quote.case_id, outcome.state.quote.amount_cents) == (2, 4_000)
+    assert text(outcome).startswith("Pay $40.00 on case ending 7730")
+    # "case 4821 pay" quotes case 4821's amount due, never $4,821.00.
+    named_first = send("case 4821 pay", TWO_CASES)
+    assert (named_first.state.quote.case_id, named_first.state.quote.amount_cents) == (1, 25_000)
+
+
+def test_a_case_named_in_the_request_that_is_not_the_payers_is_refused_not_guessed():
+    outcome = send("pay 40 on case 9999")  # one case, 4821
+    assert text(outcome) == (
+        "None of your cases ends in 9999. Reply with the ending of one of them: 4821"
+    )
+    assert outcome.state.quote is None and outcome.actions == ()
+
+
+def test_cases_whose_digits_are_the_same_are_named_by_their_whole_numbers():
+    twins = facts(case(case_number="CS-1001"), case(case_id=2, case_number="PA-1001"))
+    question = text(send("BAL", twins))
+    assert question.endswith(": CS-1001 or PA-1001")
+    for answer in ("PA-1001", "pa 1001", "pa1001"):
+        outcome = conversation("BAL", answer, known=twins)
+        assert keys(outcome) == ("balance",) and outcome.state.case_id == 2, answer
+    named = send("pay 20 on case PA-1001", twins)
+    assert named.state.quote.case_id == 2
+    assert keys(conversation("BAL", "1001", known=twins)) == ("case_not_found",)
+
+
+def test_a_case_whose_digits_end_another_cases_is_named_by_all_its_digits():
+    nested = facts(case(case_number="CS-1001"), case(case_id=2, case_number="CS-21001"))
+    assert text(send("BAL", nested)).endswith(": 1001 or 21001")
+    assert conversation("BAL", "1001", known=nested).state.case_id == 1
+    assert conversation("BAL", "21001", known=nested).state.case_id == 2
+
+
+def test_a_case_number_with_too_few_digits_is_named_whole():
+    short = facts(case(case_number="CS-1"), case(case_id=2, case_number="SMITH"))
+    assert text(send("BAL", short)).endswith(": CS-1 or SMITH")
+    outcome = conversation("BAL", "smith", known=short)
+    assert outcome.state.case_id == 2 and text(outcome).startswith("Case ending SMITH:")
+
+
+def test_a_whole_case_number_with_its_letters_chooses_the_case():
+    outcome = conversation("BAL", "CS-2023-017730", known=TWO_CASES)
+    assert text(outcome).startswith("Case ending 7730: balance $400.00.")
+
+
+@pytest.mark.parametrize("body", ["no", "no thanks", "never mind? no", "nope"])
+def test_no_while_choosing_a_case_drops_the_request(body):
+    outcome = conversation("PAY", "no", known=TWO_CASES)
+    assert text(outcome) == "OK, nothing was done. Reply MENU for options."
+    assert outcome.state.stage is Stage.IDLE and outcome.actions == ()
+
+
+def test_thanks_while_choosing_a_case_asks_again():
+    assert keys(conversation("PAY", "thanks", known=TWO_CASES)) == ("choose_case",)
+
+
+def test_a_mistyped_case_ending_on_a_phone_with_several_cases_is_not_read_as_an_amount():
+    outcome = send("4822", TWO_CASES)
+    assert keys(outcome) == ("case_not_found",) and outcome.state.quote is None
+
+
+# Natural answers to a reminder or a quote.
+
+
+@pytest.mark.parametrize(
+    ("body", "amount"), [("yes pay", 25_000), ("ok pay it", 25_000), ("yes, pay 100", 10_000)]
+)
+def test_a_yes_that_says_pay_with_no_quote_waiting_quotes_a_payment(body, amount):
+    outcome = send(body)
+    assert outcome.state.quote is not None and outcome.state.quote.amount_cents == amount
+    assert outcome.actions == ()  # quoted, never charged without its own YES
+
+
+def test_a_yes_that_says_pay_reads_the_payments_like_pay_does():
+    assert needs_payments(State(), parse("yes pay 100"))
+    assert not needs_payments(State(), parse("yes"))
+
+
+@pytest.mark.parametrize(("body", "amount"), [("250", 25_000), ("50", 5_000), ("1250", 125_000)])
+def test_a_bare_number_that_is_no_menu_choice_is_an_amount_to_pay(body, amount):
+    outcome = send(body)
+    assert outcome.state.quote.amount_cents == amount
+
+
+@pytest.mark.parametrize("body", ["2", "0", "05"])
+def test_menu_numbers_stay_menu_choices(body):
+    assert send(body).state.quote is None
+
+
+def test_pay_all_quotes_the_whole_balance():
+    outcome = send("pay all")
+    assert outcome.state.quote.amount_cents == 125_000
+    assert text(outcome).startswith("Pay $1,250.00 on case ending 4821")
+
+
+def test_pay_all_over_the_per_payment_cap_says_what_is_allowed():
+    capped = facts(policy=replace(POLICY, per_payment_cap_cents=100_000))
+    outcome = send("pay my full balance", capped)
+    assert outcome.state.quote is None and "$1,000.00" in text(outcome)
+
+
+def test_pay_all_survives_the_case_question():
+    mid = conversation("pay all", known=TWO_CASES).state
+    assert State.from_dict(json.loads(json.dumps(mid.to_dict()))) == mid
+    outcome = conversation("pay all", "7730", known=TWO_CASES)
+    assert outcome.state.quote.amount_cents == 40_000
+
+
+@pytest.mark.parametrize("body", ["thanks", "Thank you!", "gracias"])
+def test_thanks_gets_a_short_answer_not_the_whole_menu(body):
+    assert keys(send(body)) == ("thanks",)
+
+
+def test_ok_thanks_to_a_quote_asks_again_and_charges_nothing():
+    outcome = conversation("PAY", "ok thanks")
+    assert keys(outcome) == ("confirm_prompt",) and outcome.actions == ()
+    assert outcome.state.quote is not None
 
 
 # State and facts.

@@ -11,7 +11,7 @@ from bot.parse import STOP_WORDS, Command, Intent, consents, parse
 PAY, YES, NO, BAL = Intent.PAY, Intent.YES, Intent.NO, Intent.BALANCE
 HIST, APPT, AGENT, HELP = Intent.HISTORY, Intent.APPOINTMENT, Intent.AGENT, Intent.HELP
 MENU, DIGITS, LANG, STOP = Intent.MENU, Intent.DIGITS, Intent.LANGUAGE, Intent.STOP
-START, UNKNOWN, EMPTY = Intent.START, Intent.UNKNOWN, Intent.EMPTY
+START, UNKNOWN, EMPTY, THANKS = Intent.START, Intent.UNKNOWN, Intent.EMPTY, Intent.THANKS
 
 # (body, intent, detail): detail is the amount in cents or the amount error for PAY, the digits
 # for DIGITS and the target language for LANGUAGE; None otherwise.
@@ -291,12 +291,46 @@ MESSAGES = [
     # Everything else.
     ("hi", UNKNOWN, None),
     ("Hola", UNKNOWN, None),
-    ("thank you", UNKNOWN, None),
-    ("gracias!", UNKNOWN, None),
+    ("thank you", THANKS, None),
+    ("gracias!", THANKS, None),
     ("👍", UNKNOWN, None),
     ("😀😀😀", UNKNOWN, None),
     ("who are you people", UNKNOWN, None),
     ("asdfgh", UNKNOWN, None),
+    # What payers really answer to a reminder or a quote (a reviewer's findings).
+    ("Thanks!", THANKS, None),
+    ("thank you so much", THANKS, None),
+    ("ok thanks", THANKS, None),  # never a YES to a payment
+    ("gracias", THANKS, None),
+    ("Muchas gracias 🙏", THANKS, None),
+    # An opt-out word first wins, whatever follows (the brief, and the FCC's list of words).
+    ("cancel the payment", STOP, None),
+    ("Cancelar el pago", STOP, None),
+    ("stop payment", STOP, None),
+    ("End of month I will pay", STOP, None),
+    # Further in, "cancel the payment" is about the payment.
+    ("I want to cancel the payment", NO, None),
+    ("quiero cancelar el pago", NO, None),
+    ("don't pay", NO, None),
+    ("I don't want to pay", NO, None),
+    ("no quiero pagar", NO, None),
+    ("I can't pay right now", AGENT, None),
+    ("cannot afford it this month", AGENT, None),
+    ("No puedo pagar este mes", AGENT, None),
+    ("no tengo dinero", AGENT, None),
+    ("I already paid", HIST, None),
+    ("did my payment go through?", HIST, None),
+    ("ya pagué", HIST, None),
+    ("pague 50", PAY, 5000),
+    ("Págalo", PAY, None),
+    ("¿Cuándo vence mi pago?", BAL, None),
+    ("cuando es mi proximo pago", BAL, None),
+    ("cuándo tengo que pagar?", BAL, None),
+    ("when do I have to pay", BAL, None),
+    ("8204 pay 20", PAY, 2000),  # the amount after the word pay
+    ("pay $40 on case 0311", PAY, 4000),  # the case is not the amount
+    ("case 1500 pay", PAY, None),
+    ("MA-2023-550311", DIGITS, "2023550311"),
     ("", EMPTY, None),
     ("   ", EMPTY, None),
     ("\n\t", EMPTY, None),
@@ -315,6 +349,48 @@ def expected(intent: Intent, detail) -> dict:
     elif intent is LANG:
         fields["language"] = detail
     return fields
+
+
+@pytest.mark.parametrize(
+    ("body", "case_digits"),
+    [
+        ("pay $40 on case 0311", "0311"),
+        ("case 1500 pay", "1500"),
+        ("saldo del caso 4821", "4821"),
+        ("BAL #4821", "4821"),
+        ("history case ending in 118204", "118204"),
+        ("pay 50 on case MA-2023-550311", "ma2023550311"),
+        ("pay 50", None),
+        ("pay $1,250", None),
+    ],
+)
+def test_a_case_named_in_a_request_is_kept_apart_from_the_amount(body, case_digits):
+    assert parse(body).case_digits == case_digits
+
+
+@pytest.mark.parametrize(
+    ("body", "full"),
+    [
+        ("pay all", True),
+        ("pay my full balance", True),
+        ("pay it all", True),
+        ("pay in full", True),
+        ("pagar todo el saldo", True),
+        ("pay", False),
+        ("pay all 50", False),  # an amount named wins
+    ],
+)
+def test_paying_the_whole_balance_is_understood(body, full):
+    assert parse(body).full_balance is full
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions_pay"),
+    [("yes pay", True), ("ok pay it", True), ("yes, pay 250", True), ("yes", False), ("si", False)],
+)
+def test_a_yes_that_says_pay_is_marked(body, mentions_pay):
+    command = parse(body)
+    assert command.intent is YES and command.mentions_pay is mentions_pay
 
 
 def test_the_table_is_large_and_covers_every_intent():

@@ -48,6 +48,12 @@ MESSAGES: dict[str, str] = {
         "Msg & data rates may apply. For help call {agency_phone}. "
         "Reply MENU for options, STOP to opt out."
     ),
+    "help_opted_out": (
+        "{agency}: You are unsubscribed and get no texts from us. Msg & data rates may apply. "
+        "For help call {agency_phone}. Reply START to get texts again."
+    ),
+    "thanks": "You're welcome. Reply MENU for options.",
+    "request_dropped": "OK, nothing was done. Reply MENU for options.",
     "menu": (
         "{agency}. Reply with a number:\n1 Pay\n2 Balance\n3 Payment history\n4 Appointments\n"
         "5 Talk to a person\n6 Español\n0 Help"
@@ -66,14 +72,16 @@ MESSAGES: dict[str, str] = {
     # Paying by text.
     "pay_quote": (
         "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
-        "Due {due_date}. Reply YES within {minutes} minutes to pay, or NO to cancel."
+        "Due {due_date}. Reply YES within {minutes} minutes to pay, or NO if you do not want to."
     ),
     "pay_quote_no_due": (
         "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
-        "Reply YES within {minutes} minutes to pay, or NO to cancel."
+        "Reply YES within {minutes} minutes to pay, or NO if you do not want to."
     ),
     "quote_expired": "Your last payment offer expired, so nothing was charged.",
-    "confirm_prompt": "Reply YES to pay {amount} with your card ending {last4}, or NO to cancel.",
+    "confirm_prompt": (
+        "Reply YES to pay {amount} with your card ending {last4}, or NO if you do not want to."
+    ),
     "pay_processing": (
         "Thank you. Your payment of {amount} is being processed. We'll text your receipt shortly."
     ),

@@ -50,6 +50,13 @@ MESSAGES: dict[str, str] = {
         "Pueden aplicarse tarifas de mensajes y datos. Para ayuda, llame al {agency_phone}. "
         "Responda MENU para ver opciones o STOP para darse de baja."
     ),
+    "help_opted_out": (
+        "{agency}: Se dio de baja y no recibe mensajes nuestros. Pueden aplicarse tarifas de "
+        "mensajes y datos. Para ayuda, llame al {agency_phone}. Responda START para volver a "
+        "recibirlos."
+    ),
+    "thanks": "De nada. Responda MENU para ver opciones.",
+    "request_dropped": "Listo, no hicimos nada. Responda MENU para ver opciones.",
     "menu": (
         "{agency}. Responda con:\n1 Pagar\n2 Saldo\n3 Historial de pagos\n4 Citas\n"
         "5 Hablar con una persona\n6 English\n0 Ayuda"
@@ -69,15 +76,16 @@ MESSAGES: dict[str, str] = {
     "pay_quote": (
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
         "{last4}? El pago vence el {due_date}. Responda SI para pagar (tiene {minutes} minutos) "
-        "o NO para cancelar."
+        "o NO si no desea pagar."
     ),
     "pay_quote_no_due": (
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
-        "{last4}? Responda SI para pagar (tiene {minutes} minutos) o NO para cancelar."
+        "{last4}? Responda SI para pagar (tiene {minutes} minutos) o NO si no desea pagar."
     ),
     "quote_expired": "El pago anterior ya no se puede confirmar y no le cobramos nada.",
     "confirm_prompt": (
-        "Responda SI para pagar {amount} con su tarjeta terminada en {last4} o NO para cancelar."
+        "Responda SI para pagar {amount} con su tarjeta terminada en {last4} o NO si no desea "
+        "pagar."
     ),
     "pay_processing": (
         "Gracias. Estamos procesando su pago de {amount}. "
