@@ -208,6 +208,11 @@ class OptOut:
 
 
 @dataclass(frozen=True)
+class DeclineInvitation:
+    """A phone active on one case said NO to the invitation for another: that one only ends."""
+
+
+@dataclass(frozen=True)
 class OptIn:
     """Record that the phone consented again (START or YES while opted out)."""
 
@@ -492,6 +497,10 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
     if facts.invited and (intent is Intent.START or (intent is Intent.YES and consents(command))):
         # Already texting about one case, invited for another: this YES answers the invitation.
         return _out(facts, state, _say(facts, "welcome"), actions=_accept(command))
+    if facts.invited and intent is Intent.NO:
+        # Already texting about one case, invited for another: this NO declines that one only.
+        reply = _say(facts, "invite_declined")
+        return _out(facts, state, reply, actions=(DeclineInvitation(),))
     if _pays(command):  # "yes, pay 250" with no quote waiting: a request to pay
         command = replace(command, intent=Intent.PAY)
         intent = command.intent

@@ -23,6 +23,7 @@ from bot.dialogue import (
     CardFacts,
     CaseFacts,
     ChargeQuote,
+    DeclineInvitation,
     Facts,
     Handoff,
     OptIn,
@@ -821,6 +822,8 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
         connection.execute(_PHONE_OPTED_IN, phone)
     elif isinstance(action, Activate):
         connection.execute(_ACTIVATE, phone)
+    elif isinstance(action, DeclineInvitation):
+        connection.execute(_DECLINE_INVITATION, phone)
     elif isinstance(action, SetLanguage):
         connection.execute(_SET_LANGUAGE, {**phone, "b_language": str(action.language)})
     elif isinstance(action, ChargeQuote):
@@ -954,6 +957,20 @@ _ACTIVATE = (
         updated_at=_NOW,
     )
 )
+_DECLINE_INVITATION = (
+    _E.update()
+    .where(
+        _E.c.phone == sa.bindparam("b_phone"),
+        _E.c.status == EnrollmentStatus.PENDING,
+        _E.c.invited_at.is_not(None),
+    )
+    .values(
+        status=EnrollmentStatus.OPTED_OUT,
+        opted_out_at=_NOW,
+        status_reason="declined the invitation by text",
+        updated_at=_NOW,
+    )
+)
 _SET_LANGUAGE = (
     _E.update()
     .where(_E.c.phone == sa.bindparam("b_phone"))
@@ -983,7 +1000,7 @@ _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 # Actions that change every enrollment of the number, whichever case is being discussed.
-_PHONE_WIDE = (OptOut, OptIn, Activate, SetLanguage)
+_PHONE_WIDE = (OptOut, OptIn, Activate, DeclineInvitation, SetLanguage)
 
 
 def _turn_case(outcome: dialogue.Outcome, enrollments: Sequence[Any]) -> int | None:

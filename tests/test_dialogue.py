@@ -16,6 +16,7 @@ from bot.dialogue import (
     CardFacts,
     CaseFacts,
     ChargeQuote,
+    DeclineInvitation,
     Facts,
     Handoff,
     OptIn,
@@ -212,6 +213,17 @@ def test_yes_from_a_phone_active_on_one_case_accepts_the_invitation_for_another(
     # A live quote comes first: YES pays it, the invitation waits.
     assert isinstance(conversation("PAY", "YES", known=invited).actions[0], ChargeQuote)
     assert send("ok", invited).actions == ()  # only a plain YES answers an invitation
+
+
+def test_no_from_a_phone_active_on_one_case_declines_only_the_invitation_for_another():
+    invited = facts(invited=True)
+    outcome = send("no", invited)
+    assert outcome.actions == (DeclineInvitation(),) and keys(outcome) == ("invite_declined",)
+    # A live quote comes first: NO drops the payment, the invitation waits.
+    quoted = conversation("PAY", "NO", known=invited)
+    assert quoted.actions == () and keys(quoted) == ("pay_cancelled",)
+    # Without an invitation, NO is only NO.
+    assert keys(send("no")) == ("nothing_to_confirm",)
 
 
 def test_yes_after_an_invitation_answers_it_even_with_an_old_payment_offer_kept():

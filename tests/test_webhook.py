@@ -331,6 +331,24 @@ def test_yes_from_a_payer_active_on_one_case_accepts_the_invitation_for_another(
     assert statuses == {payer[0].id: EnrollmentStatus.ACTIVE, other.id: EnrollmentStatus.ACTIVE}
 
 
+def test_no_from_a_payer_active_on_one_case_declines_the_invitation_for_another_only(
+    client, session, payer
+):
+    other = invited_to(session, "CS-007735")
+    waiting = invited_to(session, "CS-007736", invited=False)  # imported, not invited yet
+    (reply,) = replies(text(client, "no"))
+    assert "won't get texts about the new case" in reply
+    session.expire_all()
+    statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
+    assert statuses == {
+        payer[0].id: EnrollmentStatus.ACTIVE,
+        other.id: EnrollmentStatus.OPTED_OUT,
+        waiting.id: EnrollmentStatus.PENDING,
+    }
+    # The number itself did not opt out: BAL is still answered.
+    assert "balance" in replies(text(client, "BAL"))[0]
+
+
 def test_a_stray_yes_does_not_activate_a_case_whose_invitation_never_went(client, session, payer):
     other = invited_to(session, "CS-007732", invited=False)  # imported, not invited yet
     (reply,) = replies(text(client, "yes"))

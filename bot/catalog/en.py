@@ -30,6 +30,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Please reply YES to get payment and appointment texts, or STOP to opt out. "
         "Msg & data rates may apply."
     ),
+    "invite_declined": (
+        "{agency}: OK, you won't get texts about the new case. Texts about your other case "
+        "continue. Reply MENU for options."
+    ),
     "enroll_declined": (
         "{agency}: OK, you won't get texts from us. No more messages will be sent. "
         "Reply START if you change your mind."

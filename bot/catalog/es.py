@@ -33,6 +33,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Responda SI para recibir mensajes de pagos y citas, o STOP para darse de baja. "
         "Pueden aplicarse tarifas de mensajes y datos."
     ),
+    "invite_declined": (
+        "{agency}: Listo, no le enviaremos mensajes del caso nuevo. Los mensajes de su otro "
+        "caso siguen. Responda MENU para ver opciones."
+    ),
     "enroll_declined": (
         "{agency}: Listo, no le enviaremos mensajes. Responda START si cambia de idea."
     ),
