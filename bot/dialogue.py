@@ -419,7 +419,20 @@ def step(state: State, command: Command, facts: Facts) -> Outcome:
         # The quote stays (long expired) so a late YES quotes again rather than finding nothing.
         state = State(quote=state.quote)
     outcome = _route(state, command, facts)
+    if _written_in_spanish_to_english(command, facts) and outcome.language == facts.language:
+        # "hola, ¿cuánto debo?" from a payer enrolled in English is answered in Spanish. Only
+        # this way round: payers texting in Spanish often use YES, PAY and STOP as the
+        # reminders spell them. The language kept for reminders changes only with ESPAÑOL.
+        outcome = _evolve(outcome, language=Language.ES)
     return _evolve(outcome, state=_evolve(outcome.state, updated_at=facts.now))
+
+
+def _written_in_spanish_to_english(command: Command, facts: Facts) -> bool:
+    return (
+        command.intent is not Intent.LANGUAGE
+        and command.language == Language.ES
+        and facts.language == Language.EN
+    )
 
 
 def _route(state: State, command: Command, facts: Facts) -> Outcome:

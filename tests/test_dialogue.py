@@ -166,12 +166,22 @@ def test_an_opted_out_phone_gets_no_reply_and_nothing_done(body):
     assert outcome.replies == () and outcome.actions == ()
 
 
-@pytest.mark.parametrize("body", ["START", "unstop", "YES", "sí", "comenzar"])
-def test_start_or_yes_while_opted_out_opts_back_in_with_a_confirmation(body):
+@pytest.mark.parametrize(
+    ("body", "confirmation"),
+    [
+        ("START", "Reply HELP for help, STOP to opt out."),
+        ("unstop", "Reply HELP for help, STOP to opt out."),
+        ("YES", "Reply HELP for help, STOP to opt out."),
+        # Written in Spanish, answered in Spanish.
+        ("sí", "Responda AYUDA para obtener ayuda o STOP para darse de baja."),
+        ("comenzar", "Responda AYUDA para obtener ayuda o STOP para darse de baja."),
+    ],
+)
+def test_start_or_yes_while_opted_out_opts_back_in_with_a_confirmation(body, confirmation):
     outcome = send(body, facts(phone_status=PhoneStatus.OPTED_OUT))
     assert outcome.actions == (OptIn(),)
     assert keys(outcome) == ("opted_in",)
-    assert "Reply HELP for help, STOP to opt out." in text(outcome)
+    assert confirmation in text(outcome)
 
 
 @pytest.mark.parametrize("body", ["ok", "Ok thanks", "Ok gracias", "sure", "claro", "yeah"])
@@ -955,6 +965,21 @@ def test_ok_thanks_to_a_quote_asks_again_and_charges_nothing():
     outcome = conversation("PAY", "ok thanks")
     assert keys(outcome) == ("confirm_prompt",) and outcome.actions == ()
     assert outcome.state.quote is not None
+
+
+# Language.
+
+
+@pytest.mark.parametrize("body", ["hola, ¿cuánto debo?", "saldo", "quiero pagar 50", "ayuda"])
+def test_a_payer_enrolled_in_english_who_writes_spanish_is_answered_in_spanish(body):
+    outcome = send(body)  # enrolled in English
+    assert outcome.language == "es"
+    assert not any(isinstance(a, SetLanguage) for a in outcome.actions)  # reminders stay English
+
+
+@pytest.mark.parametrize("body", ["YES", "PAY", "STOP", "BAL", "ok"])
+def test_a_payer_enrolled_in_spanish_who_texts_an_english_keyword_stays_in_spanish(body):
+    assert send(body, facts(language="es")).language == "es"
 
 
 # State and facts.
