@@ -7,7 +7,7 @@ import io
 import json
 import math
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -201,15 +201,37 @@ class CaseDetail:
         return [p for p in self.payments if p.review_reason and p.reviewed_at is None]
 
 
-def case_zone(case: Case, default: str) -> str:
-    """The zone a case's times are shown and entered in: its own, else the agency's.
+def clock_phone(enrollments: Sequence[Enrollment]) -> str | None:
+    """The number whose clock a case's times are shown and entered by: its first active one
+    (reminders are planned by it), else the first enrolled; enrollments in id order."""
+    active = [e for e in enrollments if e.status == EnrollmentStatus.ACTIVE]
+    first = (active or list(enrollments))[:1]
+    return first[0].phone if first else None
 
-    Payers read times in their local zone, so staff quoting a time from the case page must see
-    the same clock; a mistyped zone on the case falls back rather than breaking the page.
+
+def case_zone(case: Case, default: str, phone: str | None) -> str:
+    """The zone a case's times are shown and entered in: the one the payer's texts use.
+
+    Payers read times in their local zone (the case's, else their number's, else the agency's),
+    so staff quoting a time from the case page must see the same clock; `phone` is the case's
+    clock_phone. A mistyped zone on the case falls back rather than breaking the page.
     """
-    from jobs.schedule import resolve_timezone
+    from bot.service import payer_zone
 
-    return resolve_timezone(case_tz=case.timezone, phone=None, default=default).key
+    return payer_zone(case.timezone, phone, default)
+
+
+def case_zones(*, session: Session, cases: Sequence[Case], default: str) -> dict[int, str]:
+    """case_zone of each case, by case id, with one query for their numbers."""
+    enrollments: dict[int, list[Enrollment]] = {case.id: [] for case in cases}
+    if enrollments:
+        for enrollment in session.exec(
+            select(Enrollment)
+            .where(Enrollment.case_id.in_(list(enrollments)))
+            .order_by(Enrollment.id)
+        ).all():
+            enrollments[enrollment.case_id].append(enrollment)
+    return {case.id: case_zone(case, default, clock_phone(enrollments[case.id])) for case in cases}
 
 
 def case_turns(case_id: int) -> sa.Subquery:

@@ -78,15 +78,14 @@ def local(
 
 
 def case_zone(case: Case) -> str:
-    """The zone a case's times are shown and entered in (its own, else the agency's)."""
-    return service.case_zone(case, _zone())
+    """The zone a case's times are shown and entered in: the one the payer's texts use."""
+    return service.case_zones(session=get_session(), cases=[case], default=_zone())[case.id]
 
 
 @bp.context_processor
 def _layout() -> dict:
     extra = {
         "local": local,
-        "case_zone": case_zone,
         "money": format_cents,
         "phone": format_phone,
         "agency_zone": _zone(),
@@ -332,6 +331,7 @@ def _render_case(case_id: int, status: int = 200, turns_page: int = 1, **overrid
     if detail is None:
         abort(404)
     page_forms = _case_forms(detail)
+    zone_phone = service.clock_phone(detail.enrollments)
     for name, form in overrides.items():
         if name in ("move_forms", "refund_forms"):
             page_forms[name].update(form)
@@ -343,6 +343,8 @@ def _render_case(case_id: int, status: int = 200, turns_page: int = 1, **overrid
             detail=detail,
             case=detail.case,
             refundable=service.refundable_cents,
+            zone=service.case_zone(detail.case, _zone(), zone_phone),
+            zone_phone=zone_phone,
             appointment_kinds=AppointmentKind,
             EnrollmentStatus=EnrollmentStatus,
             **page_forms,
@@ -363,7 +365,8 @@ def export_case(case_id: int):
     detail = service.case_detail(session=get_session(), case_id=case_id)
     if detail is None:
         abort(404)
-    rows = service.export_rows(session=get_session(), case_id=case_id, zone=case_zone(detail.case))
+    zone = service.case_zone(detail.case, _zone(), service.clock_phone(detail.enrollments))
+    rows = service.export_rows(session=get_session(), case_id=case_id, zone=zone)
     filename = f"case-{detail.case.case_number}-conversation.csv"
     return Response(
         stream_with_context(service.csv_text(rows)),
@@ -681,9 +684,12 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
 @bp.get("/handoffs")
 def handoffs():
     """Payers waiting for a person, oldest first."""
+    session = get_session()
+    rows = service.handoff_inbox(session=session)
     return render_template(
         "admin/handoffs.html",
-        rows=service.handoff_inbox(session=get_session()),
+        rows=rows,
+        zones=service.case_zones(session=session, cases=[r.case for r in rows], default=_zone()),
         close_form=forms.ButtonForm(prefix="close", formdata=None),
     )
 

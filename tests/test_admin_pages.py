@@ -541,6 +541,82 @@ def test_a_case_without_a_valid_time_zone_is_shown_in_the_agencys(
     assert "Jan 15, 2026 9:05 AM CST" in page.split('id="timeline"')[1]
 
 
+def test_a_case_without_a_zone_is_shown_and_entered_in_its_payers_zone(client, session, staff):
+    # The payer's texts (receipts, reminders, APPT) give times by the number's zone when the case
+    # names none: a 415 number reads Pacific time, so the page must too, not the agency's.
+    case = make_case(session, timezone=None)
+    make_enrollment(session, case, "+14155550134")
+    at = datetime(2026, 12, 1, 5, 46, tzinfo=UTC)  # Nov 30 9:46 PM in San Francisco
+    turn(session, case, "PAY 250", intent="pay", created_at=at)
+    session.add(
+        Payment(
+            case_id=case.id,
+            amount_cents=25_000,
+            idempotency_key="payer-zone",
+            status=PaymentStatus.SUCCEEDED,
+            created_at=at,
+            succeeded_at=at,
+        )
+    )
+    session.add(
+        Reminder(
+            case_id=case.id, kind=ReminderKind.DUE_SOON, cycle="2026-12", send_at=at, status="sent"
+        )
+    )
+    session.add(Appointment(case_id=case.id, starts_at=at))
+    session.add(Handoff(case_id=case.id, phone="+14155550134", created_at=at))
+    session.commit()
+
+    page = text_of(client.get(f"/admin/cases/{case.id}"))
+    assert "times in America/Los_Angeles (where (415) 555-0134 is" in page
+    for section in ("timeline", "payments", "reminders", "appointments"):
+        part = page.split(f'id="{section}"')[1].split("</section>")[0]
+        assert "Nov 30, 2026 9:46 PM PST" in part, section
+        assert "EST" not in part, section
+    assert "Date and time in the case's time zone, America/Los_Angeles." in page
+    inbox = text_of(client.get("/admin/handoffs"))
+    assert "asked Nov 30, 2026 9:46 PM PST" in inbox
+
+    day = (utcnow() + timedelta(days=10)).date()
+    added = post_form(
+        client,
+        f"/admin/cases/{case.id}/appointments",
+        {"kind": "court_hearing", "day": day.isoformat(), "time": "09:00"},
+        prefix="appt",
+    )
+    assert added.status_code == 302, text_of(added)
+    appointment = session.exec(select(Appointment).order_by(Appointment.id.desc())).first()
+    local = appointment.starts_at.astimezone(ZoneInfo("America/Los_Angeles"))
+    assert (local.date(), local.hour, local.minute) == (day, 9, 0)
+
+
+def test_a_case_is_shown_by_the_clock_of_its_first_active_number_as_reminders_are_planned(
+    chicago_agency, session
+):
+    from admin.service import case_zones
+
+    pending_first = make_case(session, timezone=None)
+    make_enrollment(session, pending_first, "+16175550134", status=EnrollmentStatus.PENDING)
+    make_enrollment(session, pending_first, "+14155550134")
+    only_pending = make_case(session, timezone=None)
+    make_enrollment(session, only_pending, "+13035550134", status=EnrollmentStatus.PENDING)
+    nobody = make_case(session, timezone=None)
+    own_zone = make_case(session, timezone="America/Phoenix")
+    make_enrollment(session, own_zone, "+14155550134")
+
+    zones = case_zones(
+        session=session,
+        cases=[pending_first, only_pending, nobody, own_zone],
+        default="America/Chicago",
+    )
+    assert zones == {
+        pending_first.id: "America/Los_Angeles",
+        only_pending.id: "America/Denver",
+        nobody.id: "America/Chicago",
+        own_zone.id: "America/Phoenix",
+    }
+
+
 def test_an_appointment_is_entered_in_the_cases_time_zone(client, session, staff):
     case = make_case(session, timezone="America/Denver")
     day = (utcnow() + timedelta(days=10)).date()
