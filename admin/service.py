@@ -51,6 +51,9 @@ PER_PAGE = 25
 TIMELINE_PAGE = 500
 """Turns per page of a case's conversation, newest page first; the CSV export has every one."""
 
+INBOX_PAGE = 100
+"""Waiting requests per page of the handoffs inbox, oldest first; later pages hold the newest."""
+
 IMPORT_TTL = timedelta(minutes=30)
 """How long an uploaded CSV waits in Redis for its preview to be confirmed."""
 
@@ -866,14 +869,40 @@ class InboxRow:
     request: ConversationTurn | None
 
 
-def handoff_inbox(*, session: Session, limit: int = 200) -> list[InboxRow]:
-    """Waiting AGENT requests, oldest first, with their case and the payer's message."""
-    rows = session.exec(
+@dataclass(frozen=True)
+class InboxPage:
+    rows: list[InboxRow]
+    total: int
+    page: int
+    pages: int
+    per_page: int
+
+    @property
+    def first(self) -> int:
+        """The position in the queue of this page's first row (1 for the oldest request)."""
+        return (self.page - 1) * self.per_page + 1 if self.rows else 0
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.rows) - 1 if self.rows else 0
+
+
+def handoff_inbox(*, session: Session, page: int = 1, per_page: int = INBOX_PAGE) -> InboxPage:
+    """Waiting AGENT requests, oldest first, a page at a time, with their case and the payer's
+    message; a page number out of range shows the nearest page."""
+    waiting = (
         select(Handoff, Case)
         .join(Case, Case.id == Handoff.case_id)
         .where(Handoff.status == HandoffStatus.WAITING)
-        .order_by(Handoff.created_at)
-        .limit(limit)
+    )
+    total = session.exec(select(sa.func.count()).select_from(waiting.subquery())).one()
+    pages = max(1, math.ceil(total / per_page))
+    page = min(max(page, 1), pages)
+    rows = session.exec(
+        # The id breaks ties, so no request falls between two pages or shows on both.
+        waiting.order_by(Handoff.created_at, Handoff.id)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     ).all()
     turn_ids = [h.turn_id for h, _ in rows if h.turn_id]
     turns = {}
@@ -884,7 +913,8 @@ def handoff_inbox(*, session: Session, limit: int = 200) -> list[InboxRow]:
                 select(ConversationTurn).where(ConversationTurn.id.in_(turn_ids))
             ).all()
         }
-    return [InboxRow(h, c, turns.get(h.turn_id)) for h, c in rows]
+    found = [InboxRow(h, c, turns.get(h.turn_id)) for h, c in rows]
+    return InboxPage(found, total, page, pages, per_page)
 
 
 def close_handoff(

@@ -683,13 +683,15 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
 
 @bp.get("/handoffs")
 def handoffs():
-    """Payers waiting for a person, oldest first."""
+    """Payers waiting for a person, oldest first, a page at a time."""
     session = get_session()
-    rows = service.handoff_inbox(session=session)
+    inbox = service.handoff_inbox(session=session, page=request.args.get("page", 1, type=int))
+    cases = [r.case for r in inbox.rows]
     return render_template(
         "admin/handoffs.html",
-        rows=rows,
-        zones=service.case_zones(session=session, cases=[r.case for r in rows], default=_zone()),
+        inbox=inbox,
+        rows=inbox.rows,
+        zones=service.case_zones(session=session, cases=cases, default=_zone()),
         close_form=forms.ButtonForm(prefix="close", formdata=None),
     )
 

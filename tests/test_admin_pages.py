@@ -962,6 +962,54 @@ def test_staff_close_a_handoff_without_texting_and_it_leaves_the_queue(app, clie
     assert "closed" in history and "by staff@agency.test" in history
 
 
+def test_every_waiting_request_is_reachable_from_the_inbox_the_newest_on_its_last_page(
+    client, session, staff
+):
+    case = make_case(session)
+    start = datetime(2026, 1, 15, 15, 0, tzinfo=UTC)
+    # Some asked in the same second: paging must neither skip nor repeat them.
+    handoffs = [
+        Handoff(case_id=case.id, phone="+16175550134", created_at=start + timedelta(minutes=n // 3))
+        for n in range(205)
+    ]
+    session.add_all(handoffs)
+    session.commit()
+    newest = max(handoffs, key=lambda h: (h.created_at, h.id))
+
+    first = text_of(client.get("/admin/handoffs"))
+    assert '<span class="badge" aria-label="205 waiting">' in first
+    assert "Showing requests 1–100 of the 205 waiting, oldest first" in first
+    assert "105 newer ones are on the next pages" in first
+    assert 'href="/admin/handoffs?page=3" id="newest-requests"' in first
+
+    close = re.compile(r'action="/admin/handoffs/(\d+)/close')
+    seen = []
+    for page in (1, 2, 3):
+        seen += [
+            int(found)
+            for found in close.findall(text_of(client.get(f"/admin/handoffs?page={page}")))
+        ]
+    assert sorted(seen) == sorted(h.id for h in handoffs)
+    last = text_of(client.get("/admin/handoffs?page=3"))
+    assert "Showing requests 201–205 of the 205 waiting" in last
+    assert f"/admin/handoffs/{newest.id}/close" in last
+    beyond = text_of(client.get("/admin/handoffs?page=99"))
+    assert "Page 3 of 3" in beyond and f"/admin/handoffs/{newest.id}/close" in beyond
+
+
+def test_closing_from_a_later_inbox_page_returns_to_that_page(client, session, staff):
+    from admin.service import INBOX_PAGE
+
+    case = make_case(session)
+    session.add_all(Handoff(case_id=case.id, phone="+16175550134") for _ in range(INBOX_PAGE + 1))
+    session.commit()
+    page = text_of(client.get("/admin/handoffs?page=2"))
+    (action,) = re.findall(r'action="(/admin/handoffs/\d+/close[^"]*)"', page)
+    assert action.endswith("?next=/admin/handoffs?page%3D2")
+    response = post_form(client, action.replace("&amp;", "&"), prefix="close")
+    assert response.headers["Location"] == "/admin/handoffs?page=2"
+
+
 def test_closing_from_the_case_page_returns_to_it(client, session, staff):
     case = make_case(session)
     handoff = waiting_on(session, case)
