@@ -118,7 +118,7 @@ def payments_per_day(
 def opt_outs_per_day(
     rows: Iterable[datetime], days: list[date], zone: str
 ) -> list[tuple[date, int]]:
-    """Opt-outs (opted_out_at) counted per local day."""
+    """Numbers that opted out (each one's opted_out_at) counted per local day."""
     tz = ZoneInfo(zone)
     counts: dict[date, int] = defaultdict(int)
     for opted_out_at in rows:

@@ -31,6 +31,7 @@ from models import (
     AppointmentStatus,
     CardOnFile,
     Case,
+    Conversation,
     ConversationTurn,
     Direction,
     Enrollment,
@@ -980,9 +981,17 @@ def dashboard(*, session: Session, zone: str, days: int = 14, now: datetime | No
             Payment.status == PaymentStatus.SUCCEEDED, Payment.succeeded_at >= start
         )
     ).all()
-    opted = session.exec(
-        select(Enrollment.opted_out_at).where(Enrollment.opted_out_at >= start)
-    ).all()
+    # Per number, not per enrollment: one STOP stops every case the number is on, and a number
+    # on no case keeps its STOP on its conversation row alone. Each counts once, on its latest.
+    stops = sa.union_all(
+        select(Enrollment.phone.label("phone"), Enrollment.opted_out_at.label("at")).where(
+            Enrollment.opted_out_at >= start
+        ),
+        select(Conversation.phone, Conversation.opted_out_at).where(
+            Conversation.opted_out_at >= start
+        ),
+    ).subquery()
+    opted = session.exec(select(sa.func.max(stops.c.at)).group_by(stops.c.phone)).all()
     reminders = session.exec(
         select(Reminder.case_id, Reminder.sent_at).where(
             Reminder.status == ReminderStatus.SENT, Reminder.sent_at >= start

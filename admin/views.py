@@ -221,9 +221,9 @@ def dashboard():
     )
     opt_out_chart = charts.bar_chart(
         chart_id="opt-outs",
-        title=f"Opt-outs per day, last {days} days",
+        title=f"Numbers that opted out per day, last {days} days",
         labels=labels,
-        series=[charts.Series("Opt-outs", [n for _, n in data.opt_outs], 2)],
+        series=[charts.Series("Numbers opted out", [n for _, n in data.opt_outs], 2)],
     )
     reply_chart = charts.bar_chart(
         chart_id="reply-rate",

@@ -1570,6 +1570,26 @@ def test_the_dashboard_draws_charts_from_what_happened(client, session, staff):
     assert "Send due reminders now" not in page  # staff may not
 
 
+def test_the_dashboard_counts_numbers_that_opted_out_not_their_enrollments(
+    app, client, session, staff
+):
+    for _ in range(3):
+        make_enrollment(session, make_case(session), "+16175550134")
+    payer_texts(app, client, "STOP")  # one payer, three cases
+    payer_texts(app, client, "STOP", phone="+16175550199")  # on no case
+    payer_texts(app, client, "STOP")  # again: still one number
+    session.expire_all()
+    assert (
+        len(session.exec(select(Enrollment).where(Enrollment.opted_out_at.is_not(None))).all()) == 3
+    )
+
+    page = text_of(client.get("/admin/"))
+    tiles = page.split('class="tiles"')[1].split("</ul>")[0]
+    assert '<span class="figure">2</span> numbers opted out' in tiles
+    assert "Each phone number counts once" in page
+    assert dashboard(session=session, zone="UTC", days=2).totals["opt_outs"] == 2
+
+
 def test_a_reminder_answered_by_a_text_about_no_one_case_counts_as_answered(app, client, session):
     reminded, other = make_case(session), make_case(session)
     for case in (reminded, other):
