@@ -35,6 +35,7 @@ from models import (
 )
 from tests.admin_helpers import post_form, reload, signed_in
 from tests.factories import STOPPED_AT, make_case, make_enrollment, make_stopped_enrollment
+from tests.sms_helpers import replies
 
 SCRIPT = "<script>alert('x')</script>"
 NEW_CASE = {
@@ -541,7 +542,7 @@ def test_a_case_without_a_valid_time_zone_is_shown_in_the_agencys(
     assert "Jan 15, 2026 9:05 AM CST" in page.split('id="timeline"')[1]
 
 
-def test_a_case_without_a_zone_is_shown_and_entered_in_its_payers_zone(client, session, staff):
+def test_a_case_without_a_zone_is_shown_and_entered_in_its_payers_zone(app, client, session, staff):
     # The payer's texts (receipts, reminders, APPT) give times by the number's zone when the case
     # names none: a 415 number reads Pacific time, so the page must too, not the agency's.
     case = make_case(session, timezone=None)
@@ -563,7 +564,7 @@ def test_a_case_without_a_zone_is_shown_and_entered_in_its_payers_zone(client, s
             case_id=case.id, kind=ReminderKind.DUE_SOON, cycle="2026-12", send_at=at, status="sent"
         )
     )
-    session.add(Appointment(case_id=case.id, starts_at=at))
+    session.add(Appointment(case_id=case.id, starts_at=at, status="canceled"))
     session.add(Handoff(case_id=case.id, phone="+14155550134", created_at=at))
     session.commit()
 
@@ -588,6 +589,8 @@ def test_a_case_without_a_zone_is_shown_and_entered_in_its_payers_zone(client, s
     appointment = session.exec(select(Appointment).order_by(Appointment.id.desc())).first()
     local = appointment.starts_at.astimezone(ZoneInfo("America/Los_Angeles"))
     assert (local.date(), local.hour, local.minute) == (day, 9, 0)
+    (answer,) = replies(payer_texts(app, client, "APPT", phone="+14155550134"))
+    assert f"{day:%b} {day.day} at 9:00 AM" in answer
 
 
 def test_a_case_is_shown_by_the_clock_of_its_first_active_number_as_reminders_are_planned(
