@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from redis import Redis
+from redis.exceptions import WatchError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -850,14 +851,30 @@ def stash_import(
 
 
 def take_import(*, redis: Redis, token: str, user_id: int) -> tuple[str, str]:
-    """The stashed upload (filename, text) for its uploader, removed so it applies once."""
-    raw = redis.getdel(_import_key(token))
-    if raw is None:
-        raise AdminError("That preview has expired or was already imported; upload the file again.")
-    payload = json.loads(raw)
-    if payload["user_id"] != user_id:
-        raise AdminError("That preview belongs to someone else; upload the file again.")
-    return payload["filename"], payload["text"]
+    """The stashed upload (filename, text) for its uploader, removed so it applies once.
+
+    Another user's attempt leaves it for its uploader: the owner is checked before the key
+    goes, and WATCH makes the check and the delete one step, so two confirms cannot both take it.
+    """
+    key = _import_key(token)
+    with redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    raise AdminError(
+                        "That preview has expired or was already imported; upload the file again."
+                    )
+                payload = json.loads(raw)
+                if payload["user_id"] != user_id:
+                    raise AdminError("That preview belongs to someone else; upload the file again.")
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+            except WatchError:
+                continue  # taken or put back meanwhile: look again
+            return payload["filename"], payload["text"]
 
 
 # --- Handoffs --------------------------------------------------------------------------------

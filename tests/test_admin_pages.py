@@ -1518,6 +1518,51 @@ def test_another_users_preview_cannot_be_confirmed(app, client, session, staff):
     assert count(session, Case) == 0
 
 
+def test_another_users_attempt_leaves_the_preview_for_its_uploader(app, client, session, staff):
+    preview = text_of(upload(client, (HEADER + "CS-9,Ana,,en,1,1,,\n").encode()))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
+    other = app.test_client()
+    signed_in(other, session, Role.ADMIN, "other@agency.test")
+    refused = post_form(other, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "belongs to someone else" in text_of(refused)
+
+    mine = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "1 new case(s)" in text_of(mine)
+    assert count(session, Case) == 1
+    again = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "expired or was already imported" in text_of(again)
+    assert count(session, Case) == 1
+
+
+def test_a_preview_taken_by_another_confirm_while_it_was_checked_is_not_taken_twice(app):
+    from admin.service import AdminError, stash_import, take_import
+
+    redis = app.extensions["redis"]
+    token = stash_import(redis=redis, text=HEADER, user_id=7, filename="cases.csv")
+
+    class OtherConfirmMeanwhile:
+        """Redis whose first read of the preview is followed by another confirm taking it."""
+
+        raced = False
+
+        def pipeline(self):
+            pipe = redis.pipeline()
+            read = pipe.get
+
+            def get(key):
+                raw = read(key)
+                if not self.raced:
+                    self.raced = True
+                    redis.delete(key)
+                return raw
+
+            pipe.get = get
+            return pipe
+
+    with pytest.raises(AdminError, match="expired or was already imported"):
+        take_import(redis=OtherConfirmMeanwhile(), token=token, user_id=7)
+
+
 # --- Escaping --------------------------------------------------------------------------------
 
 
