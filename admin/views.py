@@ -77,6 +77,14 @@ def local(
     return moment.astimezone(ZoneInfo(zone or _zone())).strftime(fmt)
 
 
+def balance(cents: int) -> str:
+    """A balance as staff read it on every page: what is owed, or a credit said as one.
+
+    '-$50.00' reads as owed, or as nothing; the payer's texts say "$50.00 in credit" too.
+    """
+    return f"{format_cents(-cents)} in credit" if cents < 0 else format_cents(cents)
+
+
 def case_zone(case: Case) -> str:
     """The zone a case's times are shown and entered in: the one the payer's texts use."""
     return service.case_zones(session=get_session(), cases=[case], default=_zone())[case.id]
@@ -87,6 +95,7 @@ def _layout() -> dict:
     extra = {
         "local": local,
         "money": format_cents,
+        "balance": balance,
         "phone": format_phone,
         "agency_zone": _zone(),
         "logout_form": forms.ButtonForm(prefix="logout", formdata=None),

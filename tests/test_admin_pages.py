@@ -470,6 +470,18 @@ def test_the_case_list_shows_only_the_last_four_digits_of_phones(client, session
     assert "…0134" in page and "617" not in page.split("<table")[1]
 
 
+def test_a_credit_reads_the_same_in_the_case_list_and_on_the_case_page(client, session, staff):
+    case = make_case(session, case_number="CR-1", balance_cents=-5_000)
+    owing = make_case(session, case_number="CR-2", balance_cents=125_000)
+    listed = text_of(client.get("/admin/cases?q=CR-")).split("<table")[1]
+    assert "<td>$50.00 in credit</td>" in listed and "-$50.00" not in listed
+    assert "<td>$1,250.00</td>" in listed
+    facts = text_of(client.get(f"/admin/cases/{case.id}")).split('class="facts"')[1]
+    assert "<dd>$50.00 in credit" in facts and "-$50.00" not in facts
+    facts = text_of(client.get(f"/admin/cases/{owing.id}")).split('class="facts"')[1]
+    assert "<dd>$1,250.00</dd>" in facts
+
+
 # --- Case page -------------------------------------------------------------------------------
 
 
