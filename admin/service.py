@@ -724,7 +724,10 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
-    # A payer's text starting with '=' would run as a formula when the file is opened.
+    # A cell starting with = + - @ (a payer's text '=HYPERLINK(...)', say) would run as a formula
+    # when the file is opened in a spreadsheet (CSV injection), so it gets a leading apostrophe.
+    # Every phone (+16175550134) starts with '+' and so reads '+16175550134 in the file: that is
+    # the guard, not a typo; strip the apostrophe before reading the column as numbers.
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 

@@ -1361,6 +1361,8 @@ def test_the_export_has_the_consent_record_and_every_turn(client, session, staff
     assert consent["text"] == "Consent wording v1" and consent["consent_version"] == "v1"
     inbound = next(row for row in rows if row["direction"] == "inbound")
     assert inbound["text"].startswith("'=")  # never a live formula in a spreadsheet
+    # A phone begins with '+', which a spreadsheet reads as a formula too: guarded the same way.
+    assert inbound["phone"] == "'+16175550134"
     assert rows[-1]["status"] == "delivered"
 
 
