@@ -7,18 +7,7 @@ and enqueues send jobs; `send_reminders` (the job) re-checks everything just bef
 Cycles: a due-cycle reminder's cycle is its due date (`2026-05-01`); an appointment reminder's is
 `appt:<appointment id>`. When a due date moves, the cycle's unsent rows move with it.
 
-Paid this cycle: the cycle due on D starts at local midnight after D minus one calendar month
-(the previous due date P) and the previous cycle likewise ends on P. Payments (those that
-succeeded, net of refunds, by when they were made) pay the oldest installment first: what the
-previous cycle's payments fell short of its installment is taken from this cycle's payments,
-and what they paid beyond it counts for this cycle. This cycle counts as paid when nothing is
-owed (balance or amount due at 0), or when what is left for it covers the amount due (the
-amount PAY would quote: the smaller of amount due and balance). So last month's installment
-paid two days late pays last month, and this month's reminders still go.
-The previous cycle is judged only if a phone on the case could pay by text through all of it
-(an active enrollment confirmed before it began): PayText cannot see an installment paid some
-other way before that, so until then every payment this cycle counts for this cycle. Cycles
-before the previous one are taken as settled.
+Paid this cycle: judged by billing.cycles, which says how.
 
 Never twice: dispatch claims rows atomically (status scheduled -> queued, `attempts` + 1, which
 is the claim's token); a job only works on rows whose status and token still match, moving them
@@ -53,13 +42,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
+from billing.cycles import (
+    amount_owed,
+    is_paid,
+    minus_one_month,
+    paid_in_cycles,
+)
 from bot import messages
 from bot.outbound import mark_failure, status_callback_url
 from bot.sms import Failure
 from db import session_scope
 from jobs import schedule
 from jobs.ratelimit import Pacer
-from jobs.schedule import QuietHours, Window
+from jobs.schedule import QuietHours, Window, local_midnight
 from models import (
     Appointment,
     AppointmentStatus,
@@ -283,11 +278,6 @@ def clamp_send_time(send_time: time, window: Window) -> time:
     return send_time
 
 
-def local_midnight(day: date, zone: ZoneInfo) -> datetime:
-    """The instant `day` begins in `zone`, in UTC."""
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
-
-
 def expires_at(
     kind: ReminderKind,
     *,
@@ -412,71 +402,6 @@ def effective_send_at(planned: Planned, *, now: datetime, reach: Reach) -> datet
     if at < now:
         at = reach.next_allowed(now)
     return at if at < planned.expires_at else None
-
-
-# --- paid this cycle (pure) --------------------------------------------------------------------
-
-
-def minus_one_month(day: date) -> date:
-    """The same day a month earlier, or that month's last day (Mar 31 -> Feb 28)."""
-    year, month = (day.year, day.month - 1) if day.month > 1 else (day.year - 1, 12)
-    following = date(year + (month == 12), month % 12 + 1, 1)
-    last = (following - timedelta(days=1)).day
-    return date(year, month, min(day.day, last))
-
-
-def cycle_start(due_date: date, zone: ZoneInfo) -> datetime:
-    """Where the cycle due on `due_date` begins: the day after the previous due date, local."""
-    return local_midnight(minus_one_month(due_date) + timedelta(days=1), zone)
-
-
-def previous_cycle_start(due_date: date, zone: ZoneInfo) -> datetime:
-    """Where the cycle before the one due on `due_date` begins."""
-    return cycle_start(minus_one_month(due_date), zone)
-
-
-def amount_owed(*, amount_due_cents: int, balance_cents: int) -> int:
-    """What a reminder asks for, the same amount PAY quotes: the installment, capped by balance."""
-    return max(0, min(amount_due_cents, balance_cents))
-
-
-def paid_toward_cycle(
-    *,
-    amount_due_cents: int,
-    balance_cents: int,
-    paid_in_cycle_cents: int,
-    paid_in_previous_cycle_cents: int | None,
-) -> int:
-    """What this cycle's payments leave for this cycle once the previous installment is paid.
-
-    None for the previous cycle means PayText could not see it: all of this cycle's payments
-    count for this cycle.
-    """
-    if paid_in_previous_cycle_cents is None:
-        return paid_in_cycle_cents
-    # The balance before either cycle's payments caps the previous installment, as it capped
-    # what PAY asked for then.
-    before = balance_cents + paid_in_cycle_cents + paid_in_previous_cycle_cents
-    previous = amount_owed(amount_due_cents=amount_due_cents, balance_cents=before)
-    return paid_in_previous_cycle_cents + paid_in_cycle_cents - previous
-
-
-def is_paid(
-    *,
-    amount_due_cents: int,
-    balance_cents: int,
-    paid_in_cycle_cents: int,
-    paid_in_previous_cycle_cents: int | None = None,
-) -> bool:
-    """Paid this cycle: nothing is owed, or what payments leave for this cycle covers it."""
-    owed = amount_owed(amount_due_cents=amount_due_cents, balance_cents=balance_cents)
-    left = paid_toward_cycle(
-        amount_due_cents=amount_due_cents,
-        balance_cents=balance_cents,
-        paid_in_cycle_cents=paid_in_cycle_cents,
-        paid_in_previous_cycle_cents=paid_in_previous_cycle_cents,
-    )
-    return owed <= 0 or left >= owed
 
 
 # --- texts (pure) ------------------------------------------------------------------------------
@@ -1486,16 +1411,16 @@ def _judge(
         )
         if now >= stale:
             return _Final(ReminderStatus.SKIPPED, "too_late")
-        start = cycle_start(due, reach.zone)
-        before = previous_cycle_start(due, reach.zone)
-        payments = context.payments.get(row.case_id, [])
-        paid_before = None
-        if context.texting_since[row.case_id] < before:
-            paid_before = sum(net for at, net in payments if before <= at < start)
+        paid_in_cycle, paid_before = paid_in_cycles(
+            context.payments.get(row.case_id, []),
+            due_date=due,
+            zone=reach.zone,
+            texting_since=context.texting_since[row.case_id],
+        )
         if is_paid(
             amount_due_cents=case.amount_due_cents,
             balance_cents=case.balance_cents,
-            paid_in_cycle_cents=sum(net for at, net in payments if at >= start),
+            paid_in_cycle_cents=paid_in_cycle,
             paid_in_previous_cycle_cents=paid_before,
         ):
             return _Final(ReminderStatus.SKIPPED, "paid")

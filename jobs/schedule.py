@@ -251,6 +251,11 @@ def resolve_timezone(
 # --- instants and wall clocks ------------------------------------------------------------------
 
 
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The instant `day` begins in `zone`, in UTC."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+
+
 def _aware_utc(at: datetime) -> datetime:
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"expected a timezone-aware datetime, got naive {at!r}")

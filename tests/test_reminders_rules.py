@@ -10,6 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from billing.cycles import (
+    amount_owed,
+    cycle_start,
+    is_paid,
+    minus_one_month,
+    paid_toward_cycle,
+    previous_cycle_start,
+)
 from bot.segments import segments
 from jobs import schedule
 from jobs.reminders import (
@@ -17,19 +25,13 @@ from jobs.reminders import (
     Planned,
     Reach,
     ReminderPolicy,
-    amount_owed,
     case_reach,
     clamp_send_time,
     common_window,
-    cycle_start,
     effective_send_at,
     expires_at,
-    is_paid,
-    minus_one_month,
-    paid_toward_cycle,
     phone_reach,
     plan_reminders,
-    previous_cycle_start,
     reminder_text,
     retry_delay,
 )
