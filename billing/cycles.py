@@ -14,6 +14,11 @@ The previous cycle is judged only if a phone on the case could pay by text throu
 (an active enrollment confirmed before it began): PayText cannot see an installment paid some
 other way before that, so until then every payment this cycle counts for this cycle. Cycles
 before the previous one are taken as settled.
+
+The payments that count are those that succeeded and those still in flight (billing.service
+IN_FLIGHT), which hold their share of the balance here as they do against the caps. An
+in-flight payment is not yet taken off Case.balance_cents: callers pass the balance with it
+taken off. What a cycle still asks for (`still_owed`) is what a reminder asks and PAY quotes.
 """
 
 from __future__ import annotations

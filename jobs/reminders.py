@@ -42,12 +42,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from billing.cycles import (
-    amount_owed,
-    is_paid,
-    minus_one_month,
-    paid_in_cycles,
-)
+from billing.cycles import minus_one_month, paid_in_cycles, paid_toward_cycle, still_owed
+from billing.service import COUNTED, IN_FLIGHT
 from bot import messages
 from bot.outbound import mark_failure, status_callback_url
 from bot.sms import Failure
@@ -66,7 +62,6 @@ from models import (
     Enrollment,
     EnrollmentStatus,
     Payment,
-    PaymentStatus,
     Reminder,
     ReminderKind,
     ReminderStatus,
@@ -1176,6 +1171,7 @@ class _Context:
     blocked_phones: set[str]
     cards: dict[int, str]
     payments: dict[int, list[tuple[datetime, int]]]
+    in_flight: dict[int, int]
     texting_since: dict[int, datetime]
     appointments: dict[int, Any]
     turns: dict[tuple[int, str], Any]
@@ -1313,20 +1309,27 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         default=None,
     )
     payments: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
+    in_flight: dict[int, int] = defaultdict(int)
     if earliest is not None:
         # The previous cycle's too. A day's margin covers every zone; each case's own cycle
         # starts are applied later.
         since = datetime.combine(earliest - timedelta(days=1), time(0), tzinfo=UTC)
-        for case_id, created_at, net in session.execute(
+        for case_id, created_at, status, amount, net in session.execute(
             sa.select(
-                Payment.case_id, Payment.created_at, Payment.amount_cents - Payment.refunded_cents
+                Payment.case_id,
+                Payment.created_at,
+                Payment.status,
+                Payment.amount_cents,
+                Payment.amount_cents - Payment.refunded_cents,
             ).where(
                 Payment.case_id.in_(case_ids),
-                Payment.status == PaymentStatus.SUCCEEDED,
+                Payment.status.in_(COUNTED),
                 Payment.created_at >= since,
             )
         ):
             payments[case_id].append((created_at, net))
+            if status in IN_FLIGHT:
+                in_flight[case_id] += amount
     appointment_ids = sorted({r.appointment_id for r in rows.values() if r.appointment_id})
     appointments = {
         appointment.id: appointment
@@ -1365,6 +1368,7 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         blocked_phones,
         cards,
         payments,
+        in_flight,
         texting_since,
         appointments,
         turns,
@@ -1411,22 +1415,28 @@ def _judge(
         )
         if now >= stale:
             return _Final(ReminderStatus.SKIPPED, "too_late")
+        # A payment still in flight counts as paid, as BAL and PAY count it; if it fails, the
+        # payer is told so, and the cycle's later reminders still go.
+        balance = case.balance_cents - context.in_flight.get(row.case_id, 0)
         paid_in_cycle, paid_before = paid_in_cycles(
             context.payments.get(row.case_id, []),
             due_date=due,
             zone=reach.zone,
             texting_since=context.texting_since[row.case_id],
         )
-        if is_paid(
+        left = paid_toward_cycle(
             amount_due_cents=case.amount_due_cents,
-            balance_cents=case.balance_cents,
+            balance_cents=balance,
             paid_in_cycle_cents=paid_in_cycle,
             paid_in_previous_cycle_cents=paid_before,
-        ):
-            return _Final(ReminderStatus.SKIPPED, "paid")
-        amount = amount_owed(
-            amount_due_cents=case.amount_due_cents, balance_cents=case.balance_cents
         )
+        amount = still_owed(
+            amount_due_cents=case.amount_due_cents,
+            balance_cents=balance,
+            paid_toward_cycle_cents=left,
+        )
+        if amount == 0:
+            return _Final(ReminderStatus.SKIPPED, "paid")
 
     tally = _Tally()
     texts: list[_Delivery] = []

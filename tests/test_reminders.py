@@ -103,15 +103,18 @@ def add_card(session, case, last4: str = "4242") -> None:
     session.commit()
 
 
-def pay(session, case, amount: int, *, at: datetime) -> None:
+def pay(
+    session, case, amount: int, *, at: datetime, status: PaymentStatus = PaymentStatus.SUCCEEDED
+) -> None:
+    """A payment made at `at`; one that succeeded is on the balance already, as billing puts it."""
     session.add(
         Payment(
             case_id=case.id,
             amount_cents=amount,
-            status=PaymentStatus.SUCCEEDED,
+            status=status,
             idempotency_key=f"test-{case.id}-{at.timestamp()}",
             created_at=at,
-            succeeded_at=at,
+            succeeded_at=at if status == PaymentStatus.SUCCEEDED else None,
         )
     )
     session.commit()
@@ -424,11 +427,38 @@ def test_last_months_installment_paid_on_time_leaves_this_months_payment_to_this
     assert list(sms) == []
 
 
-def test_a_partial_payment_does_not_count_as_paid(ctx, session, sms):
-    case = due_today_case(session)
+def test_a_partial_payment_does_not_count_as_paid_and_the_reminder_asks_for_the_rest(
+    ctx, session, sms
+):
+    case = due_today_case(session, balance_cents=90_000)
     pay(session, case, 10_000, at=utcnow() - timedelta(hours=2))
     dispatch_due()
     assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+    (reminder,) = sms
+    assert "Your payment of $150.00" in reminder.body
+
+
+@pytest.mark.parametrize(
+    "status", [PaymentStatus.PENDING, PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_ACTION]
+)
+def test_a_payment_still_in_flight_for_the_installment_skips_the_reminder_as_bal_says_paid(
+    ctx, session, sms, status
+):
+    # Not on the balance yet: billing takes it off when it succeeds.
+    case = due_today_case(session, balance_cents=100_000)
+    pay(session, case, 25_000, at=utcnow() - timedelta(hours=2), status=status)
+    dispatch_due()
+    reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (reminder.status, reminder.reason) == (ReminderStatus.SKIPPED, "paid")
+    assert list(sms) == []
+
+
+def test_a_failed_payment_does_not_count_as_paid(ctx, session, sms):
+    case = due_today_case(session)
+    pay(session, case, 25_000, at=utcnow() - timedelta(hours=2), status=PaymentStatus.FAILED)
+    dispatch_due()
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+    assert "Your payment of $250.00" in sms[0].body
 
 
 def test_a_closed_case_or_zero_balance_sends_nothing(ctx, session, sms):
