@@ -26,6 +26,10 @@ Rules worth knowing:
 - The chosen case and any half-finished request are forgotten after SESSION_IDLE of silence;
   a quote is kept, long expired, so a late YES quotes again.
 - Cases in Facts are the phone's active cases; the web layer leaves closed ones out.
+- BAL and PAY go by what the cycle due next still owes (CaseFacts.owed_cents, judged by
+  billing.cycles as reminders judge it): payments that succeeded or are in flight count. Once
+  it is covered, BAL says so and PAY asks how much to pay. A payment still in flight is named
+  in the quote, BAL and the ask, so paying again is a choice; it stays allowed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from billing.cycles import still_owed
 from billing.gateway import MINIMUM_CHARGE_CENTS
 from bot.messages import Language, Reply
 from bot.parse import Command, Intent, consents
@@ -149,6 +154,21 @@ class CaseFacts:
     recent_payments: tuple[PaymentFacts, ...] = ()
     next_appointment: AppointmentFacts | None = None
     month_paid_cents: int = 0
+    # What payments that succeeded or are in flight left toward the cycle due next_due_date
+    # (billing.cycles.paid_toward_cycle), and the payments in flight, which billing has not
+    # taken off balance_cents yet: their total and the newest of them.
+    cycle_paid_cents: int = 0
+    processing_cents: int = 0
+    processing: PaymentFacts | None = None
+
+    @property
+    def owed_cents(self) -> int:
+        """What the cycle due next still asks for: what PAY quotes and its reminders ask."""
+        return still_owed(
+            amount_due_cents=self.amount_due_cents,
+            balance_cents=self.balance_cents - self.processing_cents,
+            paid_toward_cycle_cents=self.cycle_paid_cents,
+        )
 
     @property
     def number_digits(self) -> str:
@@ -377,7 +397,6 @@ _WITHOUT_PAYMENTS = frozenset(
         Intent.START,
         Intent.HELP,
         Intent.LANGUAGE,
-        Intent.BALANCE,
         Intent.APPOINTMENT,
         Intent.AGENT,
         Intent.MENU,
@@ -391,11 +410,12 @@ _WITHOUT_PAYMENTS = frozenset(
 
 
 def needs_payments(state: State, command: Command) -> bool:
-    """Whether step() may read the cases' payments (HISTORY, the monthly cap) for this command.
+    """Whether step() may read the cases' payments (HISTORY, the monthly cap, what this cycle
+    still owes and what is in flight, for BAL and PAY) for this command.
 
-    When it says no, the web layer may leave recent_payments and month_paid_cents empty: most
-    texts (BAL, APPT, STOP, HELP) then cost one query less. A quote or a request waiting for a
-    case choice may lead anywhere, so they always load them.
+    When it says no, the web layer may leave the CaseFacts fields drawn from payments at their
+    defaults: APPT, STOP, HELP and the like then cost one query less. A quote or a request
+    waiting for a case choice may lead anywhere, so they always load them.
     """
     return (
         state.quote is not None
@@ -656,11 +676,23 @@ def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outco
     if command.amount_error is not None:
         return _out(facts, state, _say(facts, "amount_format"))
     amount = command.amount_cents
+    processing = _processing(case)
     if amount is None:
-        if case.amount_due_cents <= 0:
-            reply = _say(facts, "pay_ask_amount", case_last4=case.last4, balance=case.balance_cents)
+        owed = case.owed_cents
+        if owed <= 0:
+            # Nothing is asked this cycle (covered, or no installment): the payer says how much.
+            covered = case.amount_due_cents > 0 and case.next_due_date is not None
+            reply = _say(
+                facts,
+                "pay_covered" if covered else "pay_ask_amount",
+                case_last4=case.last4,
+                balance=case.balance_cents,
+                amount_due=case.amount_due_cents,
+                due_date=case.next_due_date,
+                processing=processing,
+            )
             return _out(facts, state, reply)
-        amount = min(case.amount_due_cents, case.balance_cents)
+        amount = owed
     if problem := _amount_problem(amount, case, facts):
         return _out(facts, state, problem)
     quote = Quote(
@@ -679,8 +711,18 @@ def _pay(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outco
         last4=case.card.last4,
         due_date=case.next_due_date,
         minutes=int(facts.policy.quote_ttl.total_seconds() // 60),
+        processing=processing,
     )
     return _out(facts, _evolve(state, quote=quote), reply)
+
+
+def _processing(case: CaseFacts) -> Reply | None:
+    """The note that a payment on the case has not gone through yet, if one has not."""
+    payment = case.processing
+    if payment is None:
+        return None
+    params = {"amount": payment.amount_cents, "date": payment.created_at, "tz": case.timezone}
+    return Reply("processing.payment", params)
 
 
 def _amount_problem(amount: int, case: CaseFacts, facts: Facts) -> Reply | None:
@@ -744,17 +786,21 @@ def _answer_quote(state: State, command: Command, facts: Facts) -> Outcome:
 def _balance(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
     if case.balance_cents <= 0:
         return _out(facts, state, _say(facts, "nothing_owed", case_last4=case.last4))
-    if case.amount_due_cents > 0 and case.next_due_date is not None:
-        reply = _say(
-            facts,
-            "balance",
-            case_last4=case.last4,
-            balance=case.balance_cents,
-            amount_due=case.amount_due_cents,
-            due_date=case.next_due_date,
-        )
-    else:
-        reply = _say(facts, "balance_no_due", case_last4=case.last4, balance=case.balance_cents)
+    params = {
+        "case_last4": case.last4,
+        "balance": case.balance_cents,
+        "processing": _processing(case),
+    }
+    if case.amount_due_cents <= 0 or case.next_due_date is None:
+        return _out(facts, state, _say(facts, "balance_no_due", **params))
+    owed = case.owed_cents
+    reply = _say(
+        facts,
+        "balance" if owed > 0 else "balance_covered",
+        amount_due=owed or case.amount_due_cents,
+        due_date=case.next_due_date,
+        **params,
+    )
     return _out(facts, state, reply)
 
 

@@ -41,6 +41,7 @@ class Kind(StrEnum):
     LIST = "list"  # sequence of str, joined with 'or'
     LINES = "lines"  # sequence of Reply (fragments), one per line
     CHOICE = "choice"  # a code; renders fragment '<name>.<code>', else '<name>.other'
+    NOTE = "note"  # a Reply (fragment) shown after a space, or None for nothing
 
 
 PLACEHOLDERS: dict[str, Kind] = {
@@ -65,6 +66,7 @@ PLACEHOLDERS: dict[str, Kind] = {
     "opens_at": Kind.WHEN,
     "payments": Kind.LINES,
     "per_month": Kind.COUNT,
+    "processing": Kind.NOTE,
     "reason": Kind.CHOICE,
     "remaining": Kind.MONEY,
     "text": Kind.TEXT,
@@ -150,6 +152,8 @@ def _format(name: str, value: Any, params: Mapping[str, Any], language: Language
         return _join_or([str(item) for item in value], language)
     if kind is Kind.LINES:
         return "\n".join(render_reply(line, language) for line in value)
+    if kind is Kind.NOTE:
+        return "" if value is None else " " + render_reply(value, language)
     if name == "brand":
         return BRANDS.get(str(value).lower(), str(value))
     if kind is Kind.CHOICE:

@@ -603,6 +603,110 @@ def test_balance_with_no_payment_scheduled_says_so():
     assert "No payment is scheduled right now." in text(outcome)
 
 
+# What this cycle still owes: payments that succeeded or are in flight count (billing.cycles).
+
+PAID_THIS_CYCLE = {"balance_cents": 100_000, "cycle_paid_cents": 25_000}
+IN_FLIGHT = PaymentFacts(datetime(2025, 12, 2, 17, 0, tzinfo=UTC), 25_000, "processing", "1234")
+# Paid by text yesterday, not through yet: billing lowers the balance only when it succeeds.
+PAYING = {"cycle_paid_cents": 25_000, "processing_cents": 25_000, "processing": IN_FLIGHT}
+
+
+def test_balance_once_this_cycle_is_paid_says_it_is_covered_with_the_new_balance():
+    assert text(send("BAL", facts(case(**PAID_THIS_CYCLE)))) == (
+        "Case ending 4821: balance $1,000.00. Your $250.00 payment due Dec 15 is covered. "
+        "To pay more, reply PAY and an amount."
+    )
+    assert text(send("saldo", facts(case(**PAID_THIS_CYCLE), language="es"))) == (
+        "Caso que termina en 4821: saldo $1,000.00. Ya tiene cubierto el pago de $250.00 que "
+        "vence el 15 de dic. Para abonar otro monto, responda PAGAR y el monto."
+    )
+
+
+def test_pay_once_this_cycle_is_paid_asks_how_much_instead_of_quoting_the_installment_again():
+    known = facts(case(**PAID_THIS_CYCLE))
+    outcome = send("PAY", known)
+    assert outcome.state.quote is None and outcome.actions == ()
+    assert text(outcome) == (
+        "Your $250.00 payment due Dec 15 on case ending 4821 is covered. Your balance is "
+        "$1,000.00. To pay more, reply PAY and an amount, like PAY 50."
+    )
+    assert send("PAY 100", known).state.quote.amount_cents == 10_000
+    assert isinstance(conversation("PAY 100", "YES", known=known).actions[0], ChargeQuote)
+
+
+def test_after_a_partial_payment_bal_and_pay_ask_for_the_rest_of_the_installment():
+    known = facts(case(balance_cents=115_000, cycle_paid_cents=10_000))
+    assert "Next payment: $150.00 due Dec 15." in text(send("BAL", known))
+    assert send("PAY", known).state.quote.amount_cents == 15_000
+
+
+def test_a_payment_still_in_flight_counts_and_bal_names_it():
+    assert text(send("BAL", facts(case(**PAYING)))) == (
+        "Case ending 4821: balance $1,250.00. Your $250.00 payment due Dec 15 is covered. "
+        "A payment of $250.00 from Dec 2 is still processing. To pay more, reply PAY and an "
+        "amount."
+    )
+
+
+def test_pay_while_a_payment_is_in_flight_says_so_and_paying_again_stays_allowed():
+    known = facts(case(**PAYING))
+    asked = send("PAY", known)
+    assert keys(asked) == ("pay_covered",) and asked.state.quote is None
+    assert "A payment of $250.00 from Dec 2 is still processing." in text(asked)
+    quoted = send("PAY 250", known)
+    assert text(quoted) == (
+        "Pay $250.00 on case ending 4821 with your Visa card ending 1234? Due Dec 15. "
+        "A payment of $250.00 from Dec 2 is still processing. "
+        "Reply YES within 10 minutes to pay, or NO to cancel."
+    )
+    paid_again = conversation("PAY 250", "YES", known=known)
+    assert [a.amount_cents for a in paid_again.actions if isinstance(a, ChargeQuote)] == [25_000]
+
+
+def test_a_payment_in_flight_for_part_of_the_installment_leaves_the_rest_quoted_with_a_warning():
+    partly = PaymentFacts(IN_FLIGHT.created_at, 10_000, "requires_action", "1234")
+    known = facts(case(cycle_paid_cents=10_000, processing_cents=10_000, processing=partly))
+    outcome = send("PAY", known)
+    assert outcome.state.quote.amount_cents == 15_000
+    assert "Pay $150.00" in text(outcome) and "$100.00 from Dec 2 is still processing" in text(
+        outcome
+    )
+    spanish = send("PAGAR", replace(known, language="es"))
+    assert "Un pago de $100.00 del 2 de dic. sigue en proceso." in text(spanish)
+
+
+@pytest.mark.parametrize("amount_due", [0, 5_000, 25_000])
+@pytest.mark.parametrize("balance", [0, 5_000, 20_000, 100_000])
+@pytest.mark.parametrize("this", [0, 5_000, 25_000, 40_000])
+@pytest.mark.parametrize("previous", [None, 0, 10_000, 25_000, 50_000])
+@pytest.mark.parametrize("in_flight", [0, 5_000])
+def test_bal_and_pay_call_the_cycle_paid_exactly_when_its_reminder_would(
+    amount_due, balance, this, previous, in_flight
+):
+    from billing.cycles import is_paid, paid_toward_cycle
+
+    after = balance - in_flight  # the rules take the balance with in-flight payments off
+    left = paid_toward_cycle(
+        amount_due_cents=amount_due,
+        balance_cents=after,
+        paid_in_cycle_cents=this,
+        paid_in_previous_cycle_cents=previous,
+    )
+    known = case(
+        amount_due_cents=amount_due,
+        balance_cents=balance,
+        cycle_paid_cents=left,
+        processing_cents=in_flight,
+    )
+    reminder_skipped = is_paid(
+        amount_due_cents=amount_due,
+        balance_cents=after,
+        paid_in_cycle_cents=this,
+        paid_in_previous_cycle_cents=previous,
+    )
+    assert (known.owed_cents == 0) == reminder_skipped
+
+
 def test_history_lists_the_last_three_payments_newest_first_in_local_dates():
     def paid(day, cents, status="succeeded"):
         return PaymentFacts(datetime(2025, 11, day, 20, tzinfo=UTC), cents, status, "1234")
@@ -1097,7 +1201,15 @@ def test_a_text_said_not_to_need_payments_is_answered_the_same_without_them():
     Every state, body, phone status and case count above, with payments that matter (history
     lines, a month near the cap), against the same facts without them.
     """
-    second = replace(SECOND, recent_payments=PAID[:1], month_paid_cents=999_000)
+    paid = {"cycle_paid_cents": 25_000, "processing_cents": 5_000, "processing": PAID[2]}
+    second = replace(SECOND, recent_payments=PAID[:1], month_paid_cents=999_000, **paid)
+    without = {
+        "recent_payments": (),
+        "month_paid_cents": 0,
+        "cycle_paid_cents": 0,
+        "processing_cents": 0,
+        "processing": None,
+    }
     answered_without = 0
     for state, body, status, month_paid, two_cases in itertools.product(
         STATES, BODIES, PhoneStatus, [0, 999_000], [False, True]
@@ -1105,24 +1217,21 @@ def test_a_text_said_not_to_need_payments_is_answered_the_same_without_them():
         command = parse(body)
         if needs_payments(state, command):
             continue
-        first = case(recent_payments=PAID, month_paid_cents=month_paid)
+        first = case(recent_payments=PAID, month_paid_cents=month_paid, **paid)
         known = facts(*((first, second) if two_cases else (first,)), phone_status=status)
-        bare = replace(
-            known,
-            cases=tuple(replace(c, recent_payments=(), month_paid_cents=0) for c in known.cases),
-        )
+        bare = replace(known, cases=tuple(replace(c, **without) for c in known.cases))
         assert step(state, command, bare) == step(state, command, known), (state, body, status)
         answered_without += 1
     assert answered_without > 500  # BAL, APPT, HELP, STOP... from every quiet state
 
 
-@pytest.mark.parametrize("body", ["BAL", "APPT", "AGENT", "HELP", "STOP", "MENU", "ESPAÑOL"])
+@pytest.mark.parametrize("body", ["APPT", "AGENT", "HELP", "STOP", "MENU", "ESPAÑOL"])
 def test_the_common_requests_are_answered_without_reading_payments(body):
     assert not needs_payments(State(), parse(body))
 
 
-@pytest.mark.parametrize("body", ["PAY", "PAY 50", "HISTORY", "1", "3", "4821"])
-def test_payments_history_and_menu_choices_read_payments(body):
+@pytest.mark.parametrize("body", ["PAY", "PAY 50", "BAL", "HISTORY", "1", "2", "3", "4821"])
+def test_payments_balance_history_and_menu_choices_read_payments(body):
     assert needs_payments(State(), parse(body))
 
 

@@ -49,6 +49,9 @@ LONGEST = {
     "url": "https://pay.example-agency.gov/c/8f3k2q9zx7w4m1n6p5r0t2v8y01",
     "video_link": "https://zoom.us/j/98765432101?pwd=Q2x3ZkR0aE5vT1lWbXc4ZzZabc",
     "tz": LA,
+    "processing": Reply(
+        "processing.payment", {"amount": 1_234_567, "date": LATE_EVENING, "tz": LA}
+    ),
     "payments": tuple(
         Reply(
             "history.refunded",
@@ -138,6 +141,7 @@ def test_dates_are_written_the_way_each_language_writes_them():
         "balance": 5000,
         "amount_due": 2500,
         "due_date": date(2025, 12, 1),
+        "processing": None,
     }
     assert "due Dec 1." in render("balance", params, "en")
     assert "vence el 1 de dic. Responda" in render("balance", params, "es")
@@ -303,3 +307,17 @@ def test_a_balance_in_credit_is_said_as_a_credit_within_two_segments(key, langua
         and "$12,345.67 " + ("in credit" if language == "en" else "a su favor") in text
     )
     assert segments(text) <= 2 and encoding(text) is Encoding.GSM7
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_a_payment_still_processing_is_said_in_its_own_sentence_or_not_at_all(language):
+    params = {**LONGEST, "amount": 25_000, "amount_due": 25_000, "due_date": date(2025, 12, 11)}
+    note = Reply("processing.payment", {"amount": 25_000, "date": LATE_EVENING, "tz": LA})
+    said = render("pay_quote", {**params, "processing": note}, language)
+    unsaid = render("pay_quote", {**params, "processing": None}, language)
+    if language == "en":
+        assert "Due Dec 11. A payment of $250.00 from Sep 30 is still processing. Reply YES" in said
+        assert "Due Dec 11. Reply YES" in unsaid
+    else:
+        assert "11 de dic. Un pago de $250.00 del 30 de sept. sigue en proceso. Responda" in said
+        assert "11 de dic. Responda" in unsaid

@@ -74,13 +74,15 @@ MESSAGES: dict[str, str] = {
     # A balance below zero, in a receipt or a refund: the payer paid more than was owed.
     "balance.credit": "{amount} in credit",
     # Paying by text.
+    # {processing}: a payment not through yet, said wherever paying again may be a mistake.
+    "processing.payment": "A payment of {amount} from {date} is still processing.",
     "pay_quote": (
         "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
-        "Due {due_date}. Reply YES within {minutes} minutes to pay, or NO if you do not want to."
+        "Due {due_date}.{processing} Reply YES within {minutes} minutes to pay, or NO if you do not want to."
     ),
     "pay_quote_no_due": (
-        "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
-        "Reply YES within {minutes} minutes to pay, or NO if you do not want to."
+        "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}?"
+        "{processing} Reply YES within {minutes} minutes to pay, or NO if you do not want to."
     ),
     "quote_expired": "Your last payment offer expired, so nothing was charged.",
     "confirm_prompt": (
@@ -97,8 +99,12 @@ MESSAGES: dict[str, str] = {
     ),
     "nothing_owed": "Case ending {case_last4} has no balance. Nothing is owed right now.",
     "pay_ask_amount": (
-        "No payment is due right now on case ending {case_last4}. Your balance is {balance}. "
-        "To pay toward it, reply PAY and an amount, like PAY 50."
+        "No payment is due right now on case ending {case_last4}. Your balance is {balance}."
+        "{processing} To pay toward it, reply PAY and an amount, like PAY 50."
+    ),
+    "pay_covered": (
+        "Your {amount_due} payment due {due_date} on case ending {case_last4} is covered. "
+        "Your balance is {balance}.{processing} To pay more, reply PAY and an amount, like PAY 50."
     ),
     "amount_format": (
         "Please reply PAY and an amount in dollars and cents, like PAY 50 or PAY 125.50."
@@ -131,12 +137,16 @@ MESSAGES: dict[str, str] = {
     "card_saved": "{agency}: Your card ending {last4} is saved. Reply PAY to make a payment.",
     # Case information.
     "balance": (
-        "Case ending {case_last4}: balance {balance}. Next payment: {amount_due} due {due_date}. "
-        "Reply PAY to pay."
+        "Case ending {case_last4}: balance {balance}. Next payment: {amount_due} due {due_date}."
+        "{processing} Reply PAY to pay."
+    ),
+    "balance_covered": (
+        "Case ending {case_last4}: balance {balance}. Your {amount_due} payment due {due_date} "
+        "is covered.{processing} To pay more, reply PAY and an amount."
     ),
     "balance_no_due": (
-        "Case ending {case_last4}: balance {balance}. No payment is scheduled right now. "
-        "Reply PAY and an amount to pay."
+        "Case ending {case_last4}: balance {balance}.{processing} No payment is scheduled right "
+        "now. Reply PAY and an amount to pay."
     ),
     "history": "Recent payments on case ending {case_last4}:\n{payments}",
     "history_none": "No payments yet on case ending {case_last4}.",

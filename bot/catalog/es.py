@@ -77,14 +77,16 @@ MESSAGES: dict[str, str] = {
     # A balance below zero, in a receipt or a refund: the payer paid more than was owed.
     "balance.credit": "{amount} a su favor",
     # Paying by text.
+    # {processing}: a payment not through yet, said wherever paying again may be a mistake.
+    "processing.payment": "Un pago de {amount} del {date} sigue en proceso.",
     "pay_quote": (
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
-        "{last4}? El pago vence el {due_date}. Responda SI para pagar (tiene {minutes} minutos) "
-        "o NO si no desea pagar."
+        "{last4}? El pago vence el {due_date}.{processing} Responda SI para pagar "
+        "(tiene {minutes} minutos) o NO si no desea pagar."
     ),
     "pay_quote_no_due": (
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
-        "{last4}? Responda SI para pagar (tiene {minutes} minutos) o NO si no desea pagar."
+        "{last4}?{processing} Responda SI para pagar (tiene {minutes} minutos) o NO si no desea pagar."
     ),
     "quote_expired": "El pago anterior ya no se puede confirmar y no le cobramos nada.",
     "confirm_prompt": (
@@ -106,7 +108,13 @@ MESSAGES: dict[str, str] = {
     ),
     "pay_ask_amount": (
         "No tiene pagos programados por ahora en el caso que termina en {case_last4}. "
-        "Su saldo es {balance}. Para abonar, responda PAGAR y el monto, por ejemplo PAGAR 50."
+        "Su saldo es {balance}.{processing} Para abonar, responda PAGAR y el monto, "
+        "por ejemplo PAGAR 50."
+    ),
+    "pay_covered": (
+        "Ya tiene cubierto el pago de {amount_due} que vence el {due_date} del caso que termina "
+        "en {case_last4}. Su saldo es {balance}.{processing} Para abonar otro monto, responda "
+        "PAGAR y el monto, por ejemplo PAGAR 50."
     ),
     "amount_format": (
         "Responda PAGAR y el monto, por ejemplo PAGAR 50 o PAGAR 125.50 (hasta 2 decimales)."
@@ -144,11 +152,16 @@ MESSAGES: dict[str, str] = {
     # Case information.
     "balance": (
         "Caso que termina en {case_last4}: saldo {balance}. Siguiente pago: {amount_due}, "
-        "vence el {due_date}. Responda PAGAR para pagar."
+        "vence el {due_date}.{processing} Responda PAGAR para pagar."
+    ),
+    "balance_covered": (
+        "Caso que termina en {case_last4}: saldo {balance}. Ya tiene cubierto el pago de "
+        "{amount_due} que vence el {due_date}.{processing} Para abonar otro monto, responda "
+        "PAGAR y el monto."
     ),
     "balance_no_due": (
-        "Caso que termina en {case_last4}: saldo {balance}. No tiene pagos programados por "
-        "ahora. Responda PAGAR y un monto para pagar."
+        "Caso que termina en {case_last4}: saldo {balance}.{processing} No tiene pagos "
+        "programados por ahora. Responda PAGAR y un monto para pagar."
     ),
     "history": "Pagos recientes del caso que termina en {case_last4}:\n{payments}",
     "history_none": "No hay pagos registrados en el caso que termina en {case_last4}.",
