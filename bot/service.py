@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
+from billing.cycles import minus_one_month, paid_in_cycles, paid_toward_cycle
 from bot import dialogue, messages
 from bot.dialogue import (
     Activate,
@@ -246,7 +247,7 @@ def handle_inbound(
     # PostgreSQL one round trip (db.run_together).
     reads = [_lock_statement(connection, phone, now), (_PHONE_ROWS, {"b_phone": phone, "now": now})]
     if dialogue.needs_payments(State(), parse(message.body)):
-        reads.append((_PAYMENTS, _payments_params(phone, now)))
+        reads.append((_PAYMENTS, _payments_params(phone, now - _PAYMENTS_REACH)))
     results = run_together(connection, reads)
     plan = plan_inbound(
         connection=connection,
@@ -274,8 +275,12 @@ def plan_inbound(
     """
     before = State.from_dict(conversation.state if conversation else {})
     command = parse(message.body)
-    if payment_rows is None and dialogue.needs_payments(before, command):
-        payment_rows = _PAYMENTS.execute(connection, _payments_params(message.phone, now))
+    if dialogue.needs_payments(before, command):
+        since = _payments_since(enrollments, now)
+        # Read here unless read with the lock (PostgreSQL) far enough back: a case long overdue
+        # needs its payments from further back than the usual read.
+        if payment_rows is None or since < now - _PAYMENTS_REACH:
+            payment_rows = _PAYMENTS.execute(connection, _payments_params(message.phone, since))
     facts = Facts(
         now=now,
         language=_language(conversation, enrollments),
@@ -684,8 +689,23 @@ _RANKED_PAYMENTS = (
     .where(_P.c.status != PaymentStatus.FAILED, _P.c.status != PaymentStatus.CANCELED)
     .subquery()
 )
+_E3 = _E.alias("texting")
+# When the case's earliest active enrollment was confirmed: from then on a phone could pay by
+# text, so billing.cycles judges the previous cycle too (as reminders do, across all phones).
+_TEXTING_SINCE = (
+    sa.select(
+        sa.type_coerce(
+            sa.func.min(sa.func.coalesce(_E3.c.confirmed_at, _E3.c.created_at)),
+            _E3.c.created_at.type,
+        )
+    )
+    .where(_E3.c.case_id == _RANKED_PAYMENTS.c.case_id, _E3.c.status == EnrollmentStatus.ACTIVE)
+    .correlate(_RANKED_PAYMENTS)
+    .scalar_subquery()
+    .label("texting_since")
+)
 _PAYMENTS = Prepared(
-    sa.select(_RANKED_PAYMENTS)
+    sa.select(_RANKED_PAYMENTS, _TEXTING_SINCE)
     .where(
         sa.or_(
             _RANKED_PAYMENTS.c.rank <= dialogue.HISTORY_SIZE,
@@ -731,7 +751,8 @@ def case_facts(
 ) -> tuple[CaseFacts, ...]:
     """What the dialogue may know about each open case the phone is active on, payments too."""
     phone = rows[0].phone if rows else ""
-    payment_rows = _PAYMENTS.execute(connection, _payments_params(phone, now)) if rows else []
+    since = _payments_since(rows, now)
+    payment_rows = _PAYMENTS.execute(connection, _payments_params(phone, since)) if rows else []
     return facts_of_cases(rows, now=now, payment_rows=payment_rows)
 
 
@@ -742,7 +763,7 @@ def facts_of_cases(
 
     Without payment rows (None) the cases come without payments (dialogue.needs_payments).
     """
-    from billing.service import COUNTED, month_start
+    from billing.service import COUNTED, IN_FLIGHT, month_start
 
     active = [r for r in rows if r.status == EnrollmentStatus.ACTIVE and r.case_open]
     if not active:
@@ -754,6 +775,10 @@ def facts_of_cases(
     local = {r.case_id: payer_zone(r.timezone, r.phone, default_zone) for r in active}
     recent: dict[int, list[PaymentFacts]] = {}
     month_paid = dict.fromkeys(zones, 0)
+    counted: dict[int, list[tuple[datetime, int]]] = {case_id: [] for case_id in zones}
+    in_flight = dict.fromkeys(zones, 0)
+    newest_in_flight: dict[int, PaymentFacts] = {}
+    texting_since: dict[int, datetime | None] = {}
     if payment_rows:
         months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
         for row in payment_rows:
@@ -761,12 +786,30 @@ def facts_of_cases(
                 continue
             created = row.created_at
             created = created if created.tzinfo else created.replace(tzinfo=UTC)
+            payment = PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
             if row.rank <= dialogue.HISTORY_SIZE:
-                recent.setdefault(row.case_id, []).append(
-                    PaymentFacts(created, row.amount_cents, str(row.status), row.last4 or "")
-                )
-            if created >= months[row.case_id] and row.status in COUNTED:
-                month_paid[row.case_id] += row.amount_cents - row.refunded_cents
+                recent.setdefault(row.case_id, []).append(payment)
+            if row.status not in COUNTED:
+                continue
+            net = row.amount_cents - row.refunded_cents
+            if created >= months[row.case_id]:
+                month_paid[row.case_id] += net
+            counted[row.case_id].append((created, net))
+            texting_since[row.case_id] = row.texting_since
+            if row.status in IN_FLIGHT:
+                in_flight[row.case_id] += row.amount_cents
+                # Rows come newest first within a case.
+                newest_in_flight.setdefault(row.case_id, payment)
+    cycle_paid = {
+        row.case_id: _paid_toward_cycle(
+            row,
+            payments=counted[row.case_id],
+            in_flight_cents=in_flight[row.case_id],
+            zone=local[row.case_id],
+            texting_since=texting_since.get(row.case_id),
+        )
+        for row in active
+    }
     return tuple(
         CaseFacts(
             case_id=row.case_id,
@@ -788,8 +831,34 @@ def facts_of_cases(
                 else None
             ),
             month_paid_cents=month_paid[row.case_id],
+            cycle_paid_cents=cycle_paid[row.case_id],
+            processing_cents=in_flight[row.case_id],
+            processing=newest_in_flight.get(row.case_id),
         )
         for row in sorted(active, key=lambda r: r.case_id)
+    )
+
+
+def _paid_toward_cycle(
+    row: Any,
+    *,
+    payments: Sequence[tuple[datetime, int]],
+    in_flight_cents: int,
+    zone: str,
+    texting_since: datetime | None,
+) -> int:
+    """What the case's payments left toward the cycle due next, judged as its reminders judge it
+    (billing.cycles); 0 for a case with no installment due or no payments."""
+    if not payments or row.next_due_date is None or row.amount_due_cents <= 0:
+        return 0
+    paid_in_cycle, paid_before = paid_in_cycles(
+        payments, due_date=row.next_due_date, zone=ZoneInfo(zone), texting_since=texting_since
+    )
+    return paid_toward_cycle(
+        amount_due_cents=row.amount_due_cents,
+        balance_cents=row.balance_cents - in_flight_cents,
+        paid_in_cycle_cents=paid_in_cycle,
+        paid_in_previous_cycle_cents=paid_before,
     )
 
 
@@ -799,17 +868,30 @@ def payer_zone(case_tz: str | None, phone: str | None, default: str) -> str:
     return resolve_timezone(case_tz=case_tz, phone=phone, default=default).key
 
 
-_MONTH_AND_MORE = timedelta(days=32)
+_PAYMENTS_REACH = timedelta(days=100)
+"""How far back payments are read when the cases are not known yet (with the first read): this
+month's for the cap, and the current and previous cycles of a case due within a month or a
+month overdue. A case due further back has its payments read again (_payments_since)."""
 
 
-def _payments_params(phone: str, now: datetime) -> dict:
-    """The phone's latest payments and everything since before any zone's month began.
+def _payments_params(phone: str, since: datetime) -> dict:
+    """The phone's latest payments and everything since `since`.
 
-    One query for both: history, and this month's total for the cap (counted per case zone in
-    facts_of_cases). Not knowing the cases' zones yet, it reaches back a little further than
-    any month, so it can go with the first read.
+    One query for all: history, this month's total for the cap (counted per case zone in
+    facts_of_cases) and what each case's current and previous cycles were paid.
     """
-    return {"b_phone": phone, "since": now - _MONTH_AND_MORE}
+    return {"b_phone": phone, "since": since}
+
+
+def _payments_since(rows: Sequence[Any], now: datetime) -> datetime:
+    """From when the phone's payments are needed: _PAYMENTS_REACH, or further back for a case
+    whose previous cycle began before that (a day's margin covers every zone)."""
+    since = now - _PAYMENTS_REACH
+    for row in rows:
+        if row.next_due_date is not None:
+            begins = minus_one_month(minus_one_month(row.next_due_date)) - timedelta(days=1)
+            since = min(since, datetime.combine(begins, time(0), tzinfo=UTC))
+    return since
 
 
 def _carry_out(action, *, session, message, enrollments, inbound, params, handled, now):

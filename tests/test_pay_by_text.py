@@ -1,10 +1,15 @@
 """End to end through the webhook, on the sandbox: PAY -> quote -> YES -> receipt."""
 
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
 import pytest
 from sqlmodel import select
 
 from billing.cards import attach_test_card
-from models import Case, ConversationTurn, Payment, PaymentStatus
+from billing.cycles import minus_one_month
+from bot.catalog.en import format_date
+from models import Case, ConversationTurn, Payment, PaymentStatus, utcnow
 from tests.factories import make_case, make_enrollment
 from tests.sms_helpers import inbound_params, post_signed, replies
 
@@ -113,3 +118,133 @@ def test_a_balance_at_the_smallest_charge_can_still_be_paid_off(client, session,
     assert "being processed" in processing.lower()
     session.expire_all()
     assert session.get(Case, payer.id).balance_cents == 0
+
+
+def local_date(case, moment) -> str:
+    """A date as the payer's texts write it, in the case's zone."""
+    return format_date(moment.astimezone(ZoneInfo(case.timezone)).date())
+
+
+def test_once_this_cycle_is_paid_bal_says_it_is_covered_and_pay_asks_how_much(
+    app, client, session, payer
+):
+    """The reviewer's sequence: PAY, YES, receipt, then BAL and PAY."""
+    due = format_date(payer.next_due_date)
+    text(client, "PAY")
+    text(client, "YES")
+    assert "New balance: $750.00" in app.extensions["sms"].sent[-1].body
+    (balance,) = text(client, "BAL")
+    assert balance == (
+        f"Case ending 4821: balance $750.00. Your $250.00 payment due {due} is covered. "
+        "To pay more, reply PAY and an amount."
+    )
+    (asked,) = text(client, "PAY")
+    assert asked == (
+        f"Your $250.00 payment due {due} on case ending 4821 is covered. Your balance is "
+        "$750.00. To pay more, reply PAY and an amount, like PAY 50."
+    )
+    (nothing,) = text(client, "YES")  # no quote was made: nothing to confirm, nothing charged
+    assert "no payment waiting" in nothing.lower()
+    session.expire_all()
+    assert len(session.exec(select(Payment)).all()) == 1
+    # Paying ahead is still a PAY and an amount away.
+    (extra,) = text(client, "PAY 100")
+    assert extra.startswith("Pay $100.00 on case ending 4821")
+    assert "processing" not in extra
+
+
+@pytest.fixture
+def needs_approval(app, session):
+    """A case whose card's bank asks the payer to approve each payment (3-D Secure)."""
+    case = make_case(
+        session, case_number="CS-007730", amount_due_cents=25_000, balance_cents=100_000
+    )
+    make_enrollment(session, case, "+16175550177")
+    with app.app_context():
+        attach_test_card(
+            session=session,
+            gateway=app.extensions["payments"],
+            case=case,
+            number="4000002760003184",
+            exp_month=12,
+            exp_year=2030,
+        )
+        session.commit()
+    return case
+
+
+def test_a_payment_waiting_for_approval_is_named_before_a_second_one_which_stays_allowed(
+    client, session, needs_approval
+):
+    phone = "+16175550177"
+    due = format_date(needs_approval.next_due_date)
+    text(client, "PAY", phone)
+    text(client, "YES", phone)
+    session.expire_all()
+    first = session.exec(select(Payment)).one()
+    assert first.status == PaymentStatus.REQUIRES_ACTION
+    made = local_date(needs_approval, first.created_at)
+    waiting = f"A payment of $250.00 from {made} is still processing."
+    # Not through yet: the balance is unchanged, but the installment is no longer asked for.
+    (balance,) = text(client, "BAL", phone)
+    assert balance == (
+        f"Case ending 7730: balance $1,000.00. Your $250.00 payment due {due} is covered. "
+        f"{waiting} To pay more, reply PAY and an amount."
+    )
+    (asked,) = text(client, "PAY", phone)
+    assert "is covered" in asked and waiting in asked
+    (quote,) = text(client, "PAY 250", phone)
+    assert quote.startswith("Pay $250.00 on case ending 7730") and waiting in quote
+    (processing,) = text(client, "YES", phone)
+    assert "being processed" in processing.lower()
+    session.expire_all()
+    payments = session.exec(select(Payment).order_by(Payment.id)).all()
+    assert [(p.amount_cents, p.status) for p in payments] == [
+        (25_000, PaymentStatus.REQUIRES_ACTION),
+        (25_000, PaymentStatus.REQUIRES_ACTION),
+    ]
+
+
+def paid_on(session, case, amount: int, at, status=PaymentStatus.SUCCEEDED) -> None:
+    """A payment by text made at `at` (the balance is set by the test)."""
+    session.add(
+        Payment(
+            case_id=case.id,
+            amount_cents=amount,
+            status=status,
+            idempotency_key=f"paid-{case.id}-{at.isoformat()}",
+            created_at=at,
+            succeeded_at=at,
+        )
+    )
+    session.commit()
+
+
+def texting_case(session, *, due, balance: int, phone: str = "+16175550190"):
+    """A case whose payer has paid by text for months, owing $250.00 a cycle."""
+    case = make_case(session, next_due_date=due, balance_cents=balance, amount_due_cents=25_000)
+    make_enrollment(session, case, phone, confirmed_at=utcnow() - timedelta(days=400))
+    return case
+
+
+def test_last_cycles_installment_paid_late_leaves_this_cycles_to_pay_as_reminders_judge_it(
+    client, session
+):
+    due = utcnow().date() + timedelta(days=10)
+    case = texting_case(session, due=due, balance=75_000)
+    late = datetime.combine(minus_one_month(due) + timedelta(days=2), time(12), tzinfo=UTC)
+    paid_on(session, case, 25_000, late)
+    (balance,) = text(client, "BAL", "+16175550190")
+    assert f"Next payment: $250.00 due {format_date(due)}." in balance
+
+
+def test_a_case_long_overdue_has_its_cycle_read_from_as_far_back_as_it_began(client, session):
+    due = utcnow().date() - timedelta(days=80)  # its cycle began some 110 days ago
+    case = texting_case(session, due=due, balance=50_000)
+    began = datetime.combine(minus_one_month(due) + timedelta(days=2), time(12), tzinfo=UTC)
+    paid_on(session, case, 25_000, began - timedelta(days=30))  # the cycle before
+    paid_on(session, case, 25_000, began)
+    for days in (1, 2, 3):  # newer, but taken back by the bank: they pay nothing
+        paid_on(session, case, 5_000, utcnow() - timedelta(days=days), PaymentStatus.DISPUTE_LOST)
+    (balance,) = text(client, "BAL", "+16175550190")
+    assert f"Your $250.00 payment due {format_date(due)} is covered." in balance
