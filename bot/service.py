@@ -212,8 +212,8 @@ def _answer_inbound(engine: sa.Engine, message: Inbound, now: datetime | None) -
         if connection.dialect.name == "sqlite":
             now = now or utcnow()
             # Plain SELECTs: SQLite starts no transaction for them, so nothing is held here.
-            conversation, enrollments = read_phone(
-                connection=connection, phone=message.phone, now=now
+            conversation, enrollments, payment_rows = read_phone(
+                connection=connection, phone=message.phone, now=now, body=message.body
             )
             plan = plan_inbound(
                 connection=connection,
@@ -221,6 +221,7 @@ def _answer_inbound(engine: sa.Engine, message: Inbound, now: datetime | None) -
                 conversation=conversation,
                 enrollments=enrollments,
                 now=now,
+                payment_rows=payment_rows,
             )
             # Bound here, so the values are converted (JSON, datetimes) before the lock is taken.
             writes = writes_of(plan, connection.dialect)
@@ -245,9 +246,7 @@ def handle_inbound(
     phone = message.phone
     # The lock, the phone's rows and, when the request may use them, its payments: on
     # PostgreSQL one round trip (db.run_together).
-    reads = [_lock_statement(connection, phone, now), (_PHONE_ROWS, {"b_phone": phone, "now": now})]
-    if dialogue.needs_payments(State(), parse(message.body)):
-        reads.append((_PAYMENTS, _payments_params(phone, now - _PAYMENTS_REACH)))
+    reads = [_lock_statement(connection, phone, now), *_phone_reads(phone, now, message.body)]
     results = run_together(connection, reads)
     plan = plan_inbound(
         connection=connection,
@@ -716,12 +715,21 @@ _PAYMENTS = Prepared(
 )
 
 
+def _phone_reads(phone: str, now: datetime, body: str) -> list[tuple[Prepared, dict]]:
+    """The phone's rows and, when a text with this body may use them, its payments."""
+    reads = [(_PHONE_ROWS, {"b_phone": phone, "now": now})]
+    if dialogue.needs_payments(State(), parse(body)):
+        reads.append((_PAYMENTS, _payments_params(phone, now - _PAYMENTS_REACH)))
+    return reads
+
+
 def read_phone(
-    *, connection: sa.Connection, phone: str, now: datetime
-) -> tuple[ConversationRow | None, list[Any]]:
-    """The phone's conversation, and its enrollments, oldest first, each with its case, card and
-    next appointment. Without a lock: the caller decides what a change since means."""
-    rows = _PHONE_ROWS.execute(connection, {"b_phone": phone, "now": now})
+    *, connection: sa.Connection, phone: str, now: datetime, body: str = ""
+) -> tuple[ConversationRow | None, list[Any], list[Any] | None]:
+    """The phone's conversation; its enrollments, oldest first, each with its case, card and
+    next appointment; and its payments if a text with this body may use them, else None.
+    Without a lock: the caller decides what a change since means."""
+    rows, *payments = run_together(connection, _phone_reads(phone, now, body))
     first = rows[0]  # the sender row is always there
     conversation = (
         None
@@ -734,7 +742,7 @@ def read_phone(
             first.conversation_opted_out_at,
         )
     )
-    return conversation, _enrollment_rows(rows)
+    return conversation, _enrollment_rows(rows), payments[0] if payments else None
 
 
 def _enrollment_rows(rows: Sequence[Any]) -> list[Any]:
