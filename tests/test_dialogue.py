@@ -657,7 +657,7 @@ def test_pay_while_a_payment_is_in_flight_says_so_and_paying_again_stays_allowed
     assert text(quoted) == (
         "Pay $250.00 on case ending 4821 with your Visa card ending 1234? Due Dec 15. "
         "A payment of $250.00 from Dec 2 is still processing. "
-        "Reply YES within 10 minutes to pay, or NO to cancel."
+        "Reply YES within 10 minutes to pay, or NO if you do not want to."
     )
     paid_again = conversation("PAY 250", "YES", known=known)
     assert [a.amount_cents for a in paid_again.actions if isinstance(a, ChargeQuote)] == [25_000]

@@ -78,7 +78,8 @@ MESSAGES: dict[str, str] = {
     "processing.payment": "A payment of {amount} from {date} is still processing.",
     "pay_quote": (
         "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}? "
-        "Due {due_date}.{processing} Reply YES within {minutes} minutes to pay, or NO if you do not want to."
+        "Due {due_date}.{processing} Reply YES within {minutes} minutes to pay, "
+        "or NO if you do not want to."
     ),
     "pay_quote_no_due": (
         "Pay {amount} on case ending {case_last4} with your {brand} card ending {last4}?"

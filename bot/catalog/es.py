@@ -86,7 +86,8 @@ MESSAGES: dict[str, str] = {
     ),
     "pay_quote_no_due": (
         "¿Pagar {amount} al caso que termina en {case_last4} con su {brand} terminada en "
-        "{last4}?{processing} Responda SI para pagar (tiene {minutes} minutos) o NO si no desea pagar."
+        "{last4}?{processing} Responda SI para pagar (tiene {minutes} minutos) "
+        "o NO si no desea pagar."
     ),
     "quote_expired": "El pago anterior ya no se puede confirmar y no le cobramos nada.",
     "confirm_prompt": (
