@@ -43,7 +43,7 @@ from billing.gateway import (
 from bot.dialogue import ChargeQuote, case_ending
 from bot.messages import Reply, render_reply
 from bot.outbound import may_text, queue_text
-from jobs.schedule import resolve_timezone
+from jobs.schedule import case_zone, resolve_timezone
 from models import (
     CardOnFile,
     Case,
@@ -307,10 +307,8 @@ def month_paid_cents(
         case = session.get(Case, case_id)
         if case is None:
             return 0
-        zone = _zone(case)
-    else:
-        zone = ZoneInfo(timezone)
-    start = month_start(now, zone)
+        timezone = case.timezone
+    start = month_start(now, case_zone(timezone, current_app.config["DEFAULT_TIMEZONE"]))
     return int(session.execute(_MONTH_PAID, {"case_id": case_id, "start": start}).scalar_one())
 
 
@@ -1396,10 +1394,6 @@ def _card_last4(session: Session, payment: Payment, result: ChargeResult | None)
     if card is not None:
         return card.last4
     return (result.card_last4 if result else None) or "----"
-
-
-def _zone(case: Case) -> ZoneInfo:
-    return ZoneInfo(case.timezone or current_app.config["DEFAULT_TIMEZONE"])
 
 
 def case_last4(case: Case) -> str:

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import current_app
@@ -41,7 +40,7 @@ from bot.redact import link_tokens_masked
 from db import Bound, Prepared, bind_together, run_bound, run_together
 from db import kept_connection as db_kept_connection
 from db import writer as db_writer
-from jobs.schedule import parse_business_hours, resolve_timezone
+from jobs.schedule import case_zone, parse_business_hours, resolve_timezone
 from models import (
     Appointment,
     AppointmentStatus,
@@ -779,7 +778,7 @@ def facts_of_cases(
     default_zone = current_app.config["DEFAULT_TIMEZONE"]
     # The month a cap counts is the case's (as billing counts it); times are shown where the
     # payer is, as reminders show them: the case's zone, else the number's, else the default.
-    zones = {r.case_id: r.timezone or default_zone for r in active}
+    zones = {r.case_id: r.timezone for r in active}
     local = {r.case_id: payer_zone(r.timezone, r.phone, default_zone) for r in active}
     recent: dict[int, list[PaymentFacts]] = {}
     month_paid = dict.fromkeys(zones, 0)
@@ -788,7 +787,10 @@ def facts_of_cases(
     newest_in_flight: dict[int, PaymentFacts] = {}
     texting_since: dict[int, datetime | None] = {}
     if payment_rows:
-        months = {case_id: month_start(now, ZoneInfo(name)) for case_id, name in zones.items()}
+        months = {
+            case_id: month_start(now, case_zone(name, default_zone))
+            for case_id, name in zones.items()
+        }
         for row in payment_rows:
             if row.case_id not in zones:  # a closed case: no facts
                 continue

@@ -7,8 +7,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from jobs.schedule import zone_named
 from money import MAX_AMOUNT_CENTS, AmountError, format_cents, parse_dollars
 from phones import PhoneError, normalize_phone
 
@@ -191,8 +191,8 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
     zone = fields["timezone"] or None
     if zone is not None:
         try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
+            zone_named(zone)
+        except ValueError:
             reasons.append(f"timezone {zone!r} is not an IANA time zone like America/New_York")
 
     if reasons:

@@ -6,6 +6,7 @@ are local wall-clock values in the zone passed alongside. Windows are half-open,
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from itertools import pairwise
 from types import MappingProxyType
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 import phonenumbers
 from phonenumbers import geocoder
@@ -209,10 +210,30 @@ def resolve_state(*, case_state: str | None, phone: str | None) -> str | None:
     return state_for_phone(phone)
 
 
+@functools.cache
+def zone_names() -> frozenset[str]:
+    """The IANA zone names a case or a setting may name: Area/Location ones, and UTC.
+
+    ZoneInfo alone is no check: it opens whatever file the name points at, so 'America' (a
+    directory) raises IsADirectoryError, and the tz database's special files load as zones:
+    EST and MST (fixed offsets that never change to daylight time), Factory, and localtime or
+    posixrules (whatever this machine is set to). Cached: listing the zones walks their files.
+    """
+    return frozenset(name for name in available_timezones() if "/" in name or name == "UTC")
+
+
+def zone_named(name: str | None) -> ZoneInfo:
+    """The IANA zone called `name`, like 'America/New_York'; ValueError if there is none."""
+    key = (name or "").strip()
+    if key not in zone_names():
+        raise ValueError(f"{name!r} is not an IANA time zone like America/New_York")
+    return ZoneInfo(key)
+
+
 def _zone(name: str | None) -> ZoneInfo | None:
     try:
-        return ZoneInfo(name.strip()) if name and name.strip() else None
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return zone_named(name) if name and name.strip() else None
+    except ValueError:
         # A mistyped zone on a case must not stop its reminders; the next source decides.
         return None
 
@@ -238,7 +259,7 @@ def resolve_timezones(
     if zone is not None:
         return (zone,)
     zones = tuple(found for name in _zone_names_for_phone(phone) if (found := _zone(name)))
-    return zones or (ZoneInfo(default),)
+    return zones or (zone_named(default),)
 
 
 def resolve_timezone(
@@ -246,6 +267,11 @@ def resolve_timezone(
 ) -> ZoneInfo:
     """The case's zone if valid, else the phone number's first zone, else `default`."""
     return resolve_timezones(case_tz=case_tz, phone=phone, default=default)[0]
+
+
+def case_zone(case_tz: str | None, default: str = DEFAULT_TIMEZONE) -> ZoneInfo:
+    """The zone of a case's own calendar (its cap's month, its page): its own, else `default`."""
+    return _zone(case_tz) or zone_named(default)
 
 
 # --- instants and wall clocks ------------------------------------------------------------------

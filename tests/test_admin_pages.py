@@ -1468,6 +1468,13 @@ def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session
     assert count(session, Case) == 0
 
 
+def test_an_upload_naming_a_folder_of_zones_is_refused_at_the_preview(client, session, staff):
+    response = upload(client, (HEADER + "CS-1,Ana,,en,1,1,,America\n").encode())
+    assert response.status_code == 400
+    assert "line 2: timezone &#39;America&#39; is not an IANA time zone" in text_of(response)
+    assert count(session, Case) == 0
+
+
 def test_an_amount_too_large_for_the_database_is_refused_at_the_preview(client, session, staff):
     response = upload(client, (HEADER + "CS-1,Ana,,en,99999999999999999999.00,1,,\n").encode())
     assert response.status_code == 400

@@ -201,6 +201,21 @@ def test_month_paid_counts_this_months_payments_net_of_refunds(app, session, pay
         assert service.month_paid_cents(session=session, case_id=case.id, now=utcnow()) == 22_500
 
 
+def test_a_case_whose_stored_zone_is_no_zone_counts_its_month_in_the_agencys(app, session, payer):
+    """Its page already falls back to the agency's zone; a YES to a quote raised instead."""
+    case, _, card = payer
+    case.timezone = "America"  # a folder of zone files, stored before imports checked zones
+    session.add(case)
+    session.commit()
+    charged(app, session, case, card, 20_000)
+    with app.app_context():
+        assert service.month_paid_cents(session=session, case_id=case.id, now=utcnow()) == 20_000
+        created = service.payment_for_quote(
+            session=session, quote=quote_for(case, card, 5_000), authorized_turn_id=None
+        )
+    assert created.amount_cents == 5_000
+
+
 # -- charge outcomes --------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 import io
 from datetime import date
 
+import pytest
 from sqlmodel import select
 
 from cases.importer import read_cases
@@ -57,6 +58,37 @@ def test_every_bad_row_is_reported_with_its_line_and_nothing_is_kept():
     assert "two decimals" in lines[8] and "Mars/Base" in lines[8]
     assert "payer_name is empty" in lines[10] and "balance is empty" in lines[10]
     assert str(plan.errors[0]).startswith("line 2: ")
+
+
+NOT_ZONES = ["America", "America/NewYork", "Factory", "localtime", "posixrules", "EST", "utc"]
+
+
+@pytest.mark.parametrize("zone", NOT_ZONES)
+def test_a_timezone_that_is_not_an_iana_zone_is_refused_with_its_line(zone):
+    """'America' is a folder of zone files; EST, Factory and localtime load but are no place."""
+    plan = read(HEADER + f"CS-1,Ana,,en,1,1,,{zone}\n")
+    assert plan.rows == []
+    assert [str(error) for error in plan.errors] == [
+        f"line 2: timezone {zone!r} is not an IANA time zone like America/New_York"
+    ]
+
+
+@pytest.mark.parametrize(
+    "zone", ["America/Chicago", "America/Indiana/Indianapolis", "Pacific/Honolulu", "UTC"]
+)
+def test_real_time_zones_are_accepted(zone):
+    assert read(HEADER + f"CS-1,Ana,,en,1,1,,{zone}\n").rows[0].timezone == zone
+
+
+def test_the_import_command_refuses_a_folder_of_zones_without_a_traceback(
+    runner, session, tmp_path
+):
+    result = runner.invoke(
+        args=["cases", "import", write(tmp_path, GOOD + "CS-4,Bo,,en,1,1,,America\n")]
+    )
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "line 5: timezone 'America' is not an IANA time zone" in result.output
+    assert session.exec(select(Case)).all() == []
 
 
 def test_a_due_date_outside_2000_to_2099_is_refused_with_its_line():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 from hypothesis import given, settings
@@ -33,6 +33,8 @@ from jobs.schedule import (
     resolve_timezone,
     resolve_timezones,
     state_for_phone,
+    zone_named,
+    zone_names,
 )
 
 BOSTON = ZoneInfo("America/New_York")
@@ -322,7 +324,11 @@ def test_without_a_case_zone_the_phone_numbers_zone_is_used(phone, zone):
 
 
 @pytest.mark.parametrize(
-    "case_tz", ["Mars/Olympus", "", "   ", "utc", "../etc/passwd", "/etc/localtime", "x" * 5000]
+    "case_tz",
+    [
+        *("Mars/Olympus", "", "   ", "utc", "../etc/passwd", "/etc/localtime", "x" * 5000),
+        *("America", "Factory", "localtime", "posixrules", "EST"),
+    ],
 )
 def test_an_unusable_case_zone_falls_back_to_the_phone_and_never_raises(case_tz):
     assert resolve_timezone(case_tz=case_tz, phone="+12135551234") == LOS_ANGELES
@@ -336,8 +342,24 @@ def test_numbers_without_a_known_place_fall_back_to_the_default_zone(phone):
     assert resolve_timezone(case_tz=None, phone=phone) == BOSTON
 
 
+@pytest.mark.parametrize("name", ["America", "Factory", "localtime", "posixrules", "EST", "GB"])
+def test_only_area_slash_place_zones_and_utc_are_zones(name):
+    """ZoneInfo opens any file: a folder raises IsADirectoryError, EST never has summer time."""
+    with pytest.raises(ValueError, match=f"{name!r} is not an IANA time zone"):
+        zone_named(name)
+    assert zone_named(" America/Chicago ") == CHICAGO and zone_named("UTC").key == "UTC"
+
+
+def test_every_zone_phonenumbers_maps_a_number_to_is_a_zone():
+    """Else a payer's zone from their number would be dropped as a typo."""
+    from phonenumbers import timezone as phone_timezone
+
+    mapped = {zone for zones in phone_timezone.TIMEZONE_DATA.values() for zone in zones}
+    assert sorted(mapped - zone_names() - {phone_timezone.UNKNOWN_TIMEZONE}) == []
+
+
 def test_a_misconfigured_default_zone_fails_loudly():
-    with pytest.raises(ZoneInfoNotFoundError):
+    with pytest.raises(ValueError, match="'Eastern' is not an IANA time zone"):
         resolve_timezone(case_tz=None, phone=None, default="Eastern")
 
 
