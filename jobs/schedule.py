@@ -134,6 +134,9 @@ def parse_windows(setting: str) -> dict[str, Window]:
         state = state.strip().upper()
         if not sep or not re.fullmatch(r"[A-Z]{2}", state):
             raise ValueError(f"{entry!r} should look like FL=08:00-20:00")
+        if state not in _STATE_CODES | _TERRITORIES:
+            # A typo (FA for FL) would otherwise leave that state on the wider default window.
+            raise ValueError(f"{state} in {entry!r} is not a US state or territory code")
         if state in windows:
             raise ValueError(f"{state} appears more than once in {setting!r}")
         windows[state] = parse_window(text)

@@ -470,6 +470,7 @@ def test_state_windows_setting_parses_into_a_mapping():
     [
         ("FL:08:00-20:00", "should look like FL=08:00-20:00"),
         ("Florida=08:00-20:00", "should look like FL=08:00-20:00"),
+        ("FA=08:00-20:00", "FA in 'FA=08:00-20:00' is not a US state or territory code"),
         ("FL=8am-8pm", "not a time range"),
         ("FL=20:00-08:00", "must start before it ends"),
         ("FL=08:00-24:00", "outside 00:00-23:59"),
