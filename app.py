@@ -33,6 +33,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.from_mapping(test_config)
         given.update(test_config)
+    # Every setting parsed now, as the code will parse it: a bad one stops the process here.
+    app.config.from_mapping(settings.check(app.config))
     os.makedirs(app.instance_path, exist_ok=True)
     if not given.get("REDIS_URL"):
         _use_embedded_redis(app)
@@ -54,7 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def _configure_logging(app: Flask) -> None:
-    level = getattr(logging, str(app.config["LOG_LEVEL"]).upper(), logging.INFO)
+    level = logging.getLevelNamesMapping()[app.config["LOG_LEVEL"]]
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(level)
@@ -118,9 +120,7 @@ def _trust_proxies(app: Flask) -> None:
     member out. Only the address changes: webhook signatures are checked against
     PUBLIC_BASE_URL, whatever host or scheme the proxy forwards.
     """
-    hops = int(app.config["TRUSTED_PROXIES"])
-    if hops < 0:
-        raise SettingsError(f"TRUSTED_PROXIES must be 0 or more, got {hops}")
+    hops = app.config["TRUSTED_PROXIES"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0, x_host=0, x_port=0)
 

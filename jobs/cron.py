@@ -16,8 +16,8 @@ import settings
 from billing.jobs import resume_payments
 from jobs.tasks import dispatch_reminders, plan_reminders
 
-_config = {**settings.defaults(), **settings.from_environ()}
-_every = int(_config["REMINDER_DISPATCH_SECONDS"])
+# Checked as the web app and the worker check them: a bad setting stops this process too.
+_every = settings.load()["REMINDER_DISPATCH_SECONDS"]
 
 cron.register(
     dispatch_reminders,

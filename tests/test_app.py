@@ -4,7 +4,7 @@ import os
 import pytest
 
 from app import create_app
-from settings import SettingsError, from_environ
+from settings import SettingsError, from_environ, load
 
 
 def test_healthz_reports_database_and_redis_reachable(client):
@@ -152,10 +152,13 @@ def test_the_procfile_web_process_uses_the_redacting_access_log():
 
 
 def test_settings_come_from_the_environment_with_types():
-    found = from_environ({"AGENCY_NAME": " Demo ", "SMS_RATE_PER_SECOND": "50", "JOBS_TOKEN": ""})
-    assert found == {"AGENCY_NAME": "Demo", "SMS_RATE_PER_SECOND": 50}
+    environ = {"AGENCY_NAME": " Demo ", "SMS_RATE_PER_SECOND": "50", "JOBS_TOKEN": ""}
+    assert from_environ(environ) == {"AGENCY_NAME": "Demo", "SMS_RATE_PER_SECOND": "50"}
+    loaded = load(environ)
+    assert (loaded["AGENCY_NAME"], loaded["SMS_RATE_PER_SECOND"]) == ("Demo", 50)
+    assert loaded["JOBS_TOKEN"] is None
     with pytest.raises(SettingsError, match="SMS_RATE_PER_SECOND"):
-        from_environ({"SMS_RATE_PER_SECOND": "fast"})
+        load({"SMS_RATE_PER_SECOND": "fast"})
 
 
 def test_env_example_documents_every_setting():
