@@ -40,7 +40,7 @@ from bot.redact import link_tokens_masked
 from db import Bound, Prepared, bind_together, run_bound, run_together
 from db import kept_connection as db_kept_connection
 from db import writer as db_writer
-from jobs.schedule import case_zone, parse_business_hours, resolve_timezone
+from jobs.schedule import case_zone, parse_business_hours, resolve_timezone, zone_named
 from models import (
     Appointment,
     AppointmentStatus,
@@ -862,7 +862,7 @@ def _paid_toward_cycle(
     if not payments or row.next_due_date is None or row.amount_due_cents <= 0:
         return 0
     paid_in_cycle, paid_before = paid_in_cycles(
-        payments, due_date=row.next_due_date, zone=ZoneInfo(zone), texting_since=texting_since
+        payments, due_date=row.next_due_date, zone=zone_named(zone), texting_since=texting_since
     )
     return paid_toward_cycle(
         amount_due_cents=row.amount_due_cents,
