@@ -6,6 +6,7 @@ import re
 import secrets
 from datetime import UTC, date, datetime
 
+from flask import current_app
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
@@ -28,7 +29,7 @@ from bot.segments import Encoding, encoding, segments
 from cases.importer import CASE_NUMBER, EARLIEST_DATE, LATEST_DATE, MAX_NAME
 from models import AppointmentKind, Language, Role
 from money import MAX_AMOUNT_CENTS, AmountError, format_cents, parse_dollars
-from phones import PhoneError, normalize_phone
+from phones import NotTextableError, PhoneError, own_numbers, textable_phone
 
 MAX_SMS_SEGMENTS = 2
 
@@ -143,7 +144,11 @@ class EnrollForm(StaffForm):
 
     def validate_phone(self, field) -> None:
         try:
-            self.phone_e164 = normalize_phone(field.data)
+            self.phone_e164 = textable_phone(field.data, own=own_numbers(current_app.config))
+        except NotTextableError as exc:
+            raise ValidationError(
+                f"{exc}. Enter the payer's mobile number, like (617) 555-0134."
+            ) from exc
         except PhoneError as exc:
             raise ValidationError(
                 "Enter a valid mobile number, like (617) 555-0134 or +1 617 555 0134."

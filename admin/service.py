@@ -821,9 +821,11 @@ def decode_upload(data: bytes) -> str:
         raise AdminError(f"The file is {not_utf8(data, exc)}.", field="file") from exc
 
 
-def plan_import(text: str) -> ImportPlan:
+def plan_import(text: str, *, config: Mapping[str, Any]) -> ImportPlan:
     """Check every line with the same rules as `flask cases import`."""
-    return read_cases(io.StringIO(text, newline=""))
+    from phones import own_numbers
+
+    return read_cases(io.StringIO(text, newline=""), own=own_numbers(config))
 
 
 def existing_case_numbers(*, session: Session, plan: ImportPlan) -> set[str]:

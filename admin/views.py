@@ -751,7 +751,7 @@ def import_cases():
     except AdminError as exc:
         form.file.errors = [*form.file.errors, str(exc)]
         return render_template("admin/import.html", form=form), 400
-    plan = service.plan_import(text)
+    plan = service.plan_import(text, config=current_app.config)
     filename = (upload.filename or "cases.csv")[-100:]
     if not plan.ok:
         return render_template(
@@ -792,7 +792,7 @@ def import_confirm():
     except AdminError as exc:
         flash(str(exc), "error")
         return redirect(url_for("admin.import_cases"))
-    plan = service.plan_import(text)
+    plan = service.plan_import(text, config=current_app.config)
     if not plan.ok:  # cannot happen for a stashed plan, but never write a bad file
         flash("The file no longer passes the checks; upload it again.", "error")
         return redirect(url_for("admin.import_cases"))

@@ -16,7 +16,7 @@ from cases import service
 from cases.importer import not_utf8, read_cases
 from db import session_scope
 from models import EnrollmentSource, Role
-from phones import PhoneError, format_phone, normalize_phone
+from phones import PhoneError, format_phone, own_numbers, textable_phone
 
 cases_cli = AppGroup("cases", help="Case data commands.")
 admin_cli = AppGroup("admin", help="Staff account commands.")
@@ -40,7 +40,7 @@ def import_command(file: Path) -> None:
 
     Columns: case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone
     (dollars like 125.00 up to 10,000,000.00, dates YYYY-MM-DD from 2000 to 2099 with
-    next_due_date empty when there is none, phones in any common US format).
+    next_due_date empty when there is none, mobile phones in any common US format).
     Existing cases are updated; an empty language or timezone cell keeps the stored value.
     """
     data = file.read_bytes()
@@ -48,7 +48,7 @@ def import_command(file: Path) -> None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise click.ClickException(f"{file} is {not_utf8(data, exc)}") from exc
-    plan = read_cases(io.StringIO(text, newline=""))
+    plan = read_cases(io.StringIO(text, newline=""), own=own_numbers(current_app.config))
     if not plan.ok:
         for error in plan.errors:
             click.echo(str(error), err=True)
@@ -109,7 +109,7 @@ def enroll_command(
     if not case_number or not phone:
         raise click.UsageError("give CASE_NUMBER and PHONE, or --invite-pending")
     try:
-        e164 = normalize_phone(phone)
+        e164 = textable_phone(phone, own=own_numbers(current_app.config))
     except PhoneError as exc:
         raise click.ClickException(str(exc)) from exc
     with session_scope() as session:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 
 from jobs.schedule import zone_named
 from money import MAX_AMOUNT_CENTS, AmountError, format_cents, parse_dollars
-from phones import PhoneError, normalize_phone
+from phones import NotTextableError, PhoneError, textable_phone
 
 COLUMNS = (
     "case_number",
@@ -86,8 +86,11 @@ def not_utf8(data: bytes, error: UnicodeDecodeError) -> str:
     )
 
 
-def read_cases(lines: Iterable[str]) -> ImportPlan:
-    """Check every row of a cases CSV and return the rows or every error with its line."""
+def read_cases(lines: Iterable[str], *, own: Collection[str] = ()) -> ImportPlan:
+    """Check every row of a cases CSV and return the rows or every error with its line.
+
+    `own` holds the agency's own numbers (E.164), which no row may enroll.
+    """
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -110,7 +113,7 @@ def read_cases(lines: Iterable[str]) -> ImportPlan:
             if not any(cell.strip() for cell in record):
                 continue  # blank lines are not rows
             fields = {c: (record[i].strip() if i < len(record) else "") for c, i in index.items()}
-            row, reasons = _check(line, fields)
+            row, reasons = _check(line, fields, own)
             if row is not None:
                 first = seen.get(row.case_number.upper())
                 if first is not None:
@@ -132,7 +135,9 @@ def _numbered(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
         yield reader.line_num, record
 
 
-def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]]:
+def _check(
+    line: int, fields: dict[str, str], own: Collection[str]
+) -> tuple[CaseRow | None, list[str]]:
     reasons: list[str] = []
     for column in REQUIRED:
         if not fields[column]:
@@ -149,7 +154,9 @@ def _check(line: int, fields: dict[str, str]) -> tuple[CaseRow | None, list[str]
     phone = None
     if fields["phone"]:
         try:
-            phone = normalize_phone(fields["phone"])
+            phone = textable_phone(fields["phone"], own=own)
+        except NotTextableError as exc:
+            reasons.append(f"phone {exc}")
         except PhoneError:
             reasons.append(f"phone {fields['phone']!r} is not a valid phone number")
 

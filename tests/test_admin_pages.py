@@ -225,6 +225,10 @@ def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_sta
     [
         ("phone", "555-1234", "Enter a valid mobile number"),
         ("phone", "not a phone", "Enter a valid mobile number"),
+        ("phone", "+44 20 7946 0958", "+44 20 7946 0958 is not a North American (+1) number"),
+        ("phone", "+52 55 1234 5678", "texts go to +1 mobile numbers only"),
+        ("phone", "888-555-0134", "(888) 555-0134 is a toll-free number, which cannot receive"),
+        ("phone", "800-555-0134", "(800) 555-0134 is the agency&#39;s own number"),
         ("amount_due", "-25.00", "Amount due cannot be negative."),
         ("balance", "-1", "Balance cannot be negative."),
         ("balance", "12.345", "Balance has more than two decimals."),
@@ -1421,6 +1425,16 @@ def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, s
     again = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
     assert "expired or was already imported" in text_of(again)
     assert count(session, Case) == 2
+
+
+def test_an_upload_naming_a_number_that_cannot_take_texts_is_refused_saying_why(
+    client, session, staff
+):
+    body = (HEADER + "CS-1,Ana,6175550134,es,1,1,,\n" + "CS-2,Bo,800-555-0134,en,1,1,,\n").encode()
+    page = text_of(upload(client, body))
+    assert "line 3: phone (800) 555-0134 is the agency&#39;s own number" in page
+    assert 'name="token"' not in page
+    assert count(session, Case) == 0
 
 
 def test_an_imported_number_that_texted_stop_while_on_no_case_is_enrolled_opted_out(

@@ -56,6 +56,35 @@ def test_enroll_refuses_bad_input_with_a_clear_error(runner, session):
     assert enrollments(session) == []
 
 
+def test_enroll_refuses_numbers_that_cannot_take_texts_saying_why(app, runner, session):
+    make_case(session, case_number="CS-1")
+    refusals = {
+        "+44 20 7946 0958": "is not a North American (+1) number",
+        "+52 55 1234 5678": "is not a North American (+1) number",
+        "800-555-0134": "is the agency's own number",  # AGENCY_PHONE
+        "888-555-0134": "is a toll-free number, which cannot receive these texts",
+    }
+    for phone, why in refusals.items():
+        result = runner.invoke(args=["enroll", "CS-1", phone])
+        assert result.exit_code != 0 and why in result.output, (phone, result.output)
+    assert enrollments(session) == []
+    assert not app.extensions["sms"].sent
+
+
+def test_the_import_command_refuses_numbers_that_cannot_take_texts(runner, session, tmp_path):
+    path = tmp_path / "cases.csv"
+    path.write_text(
+        "case_number,payer_name,phone,language,amount_due,balance,next_due_date,timezone\n"
+        "CS-000002,Ana Rivera,(617) 555-0134,en,10.00,100.00,,\n"
+        "CS-000003,Bo Lee,800-555-0134,en,10.00,100.00,,\n"
+    )
+    result = runner.invoke(args=["cases", "import", str(path)])
+    assert result.exit_code != 0
+    assert "line 3: phone (800) 555-0134 is the agency's own number" in result.output
+    assert "nothing was imported" in result.output
+    assert enrollments(session) == []
+
+
 def test_create_user_asks_for_the_password_and_stores_only_a_hash(runner, session):
     password = "correct horse battery"
     result = runner.invoke(

@@ -231,3 +231,21 @@ def test_a_file_that_is_not_utf8_is_refused(runner, session, tmp_path):
     assert "not UTF-8" in result.output
     assert "line 2" in result.output and "CSV UTF-8 (Comma delimited)" in result.output
     assert session.exec(select(Case)).all() == []
+
+
+def test_numbers_that_cannot_take_texts_are_refused_by_the_import_saying_why():
+    text = (
+        HEADER
+        + "CS-1,Ana,+44 20 7946 0958,en,10.00,10.00,,\n"
+        + "CS-2,Bo,+52 55 1234 5678,en,10.00,10.00,,\n"
+        + "CS-3,Cy,800-555-0134,en,10.00,10.00,,\n"
+        + "CS-4,Di,(617) 555-0100,en,10.00,10.00,,\n"
+        + "CS-5,Ed,(617) 555-0134,en,10.00,10.00,,\n"
+    )
+    plan = read_cases(io.StringIO(text, newline=""), own={"+16175550100"})
+    assert plan.rows == []
+    lines = {error.line: error.reason for error in plan.errors}
+    assert sorted(lines) == [2, 3, 4, 5]
+    assert "not a North American (+1) number" in lines[2] and "(+1)" in lines[3]
+    assert "toll-free number, which cannot receive these texts" in lines[4]
+    assert lines[5] == "phone (617) 555-0100 is the agency's own number"

@@ -149,6 +149,17 @@ def test_numbers_not_enrolled_get_a_generic_reply_that_reveals_nothing(client, s
     assert inbound.case_id is None and inbound.phone == "+13125550188"
 
 
+@pytest.mark.parametrize("phone", ["+442079460958", "+18885550134"])
+def test_texts_from_numbers_that_cannot_be_enrolled_are_still_answered_and_logged(
+    client, session, payer, phone
+):
+    (reply,) = replies(text(client, "BAL", phone=phone))
+    assert "800-555-0134" in reply and "4821" not in reply
+    inbound, outbound = turns(session)
+    assert (inbound.phone, inbound.direction, inbound.body) == (phone, "inbound", "BAL")
+    assert (outbound.phone, outbound.direction) == (phone, "outbound")
+
+
 def test_stop_opts_out_every_case_cancels_reminders_and_confirms_once(client, session, payer):
     case, _ = payer
     other = make_case(session, case_number="CS-009999")
