@@ -182,6 +182,9 @@ class Enrollment(SQLModel, table=True):
     status_reason: str | None = Field(default=None, sa_type=sa.String(200))
     consented_at: datetime | None = _when()
     invited_at: datetime | None = _when()
+    # An invitation asked for during the payer's quiet hours waits for their window to open;
+    # the periodic dispatch sends it then (bot.outbound.send_held_invites).
+    invite_at: datetime | None = _when(index=True)
     confirmed_at: datetime | None = _when()
     opted_out_at: datetime | None = _when()
     created_at: datetime = _created()
