@@ -92,7 +92,7 @@ a case page whose case names no valid zone; a case page otherwise shows the case
 """
 
 QUIET_HOURS = "08:00-21:00"
-"""The local window in which texts may be sent."""
+"""The local window in which texts may be sent (reminders, and opt-in invitations alike)."""
 
 QUIET_HOURS_BY_STATE = "FL=08:00-20:00,OK=08:00-20:00"
 """Stricter windows per US state (state telemarketing rules), as STATE=HH:MM-HH:MM pairs."""
@@ -107,7 +107,7 @@ SMS_RATE_PER_SECOND = 30
 """Messages per second the sender may take, shared by all workers (Twilio queues the rest)."""
 
 REMINDER_DISPATCH_SECONDS = 60
-"""How often `rq cron` runs the reminder dispatch (seconds)."""
+"""How often `rq cron` runs the reminder dispatch, which sends held invitations too (seconds)."""
 
 MAX_PAYMENT = "5000.00"
 """Largest single payment by text, in dollars."""

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from admin import dashboard as figures
 from admin.users import end_sessions
 from bot import messages
-from bot.outbound import Sent, may_text, send_invite, send_text
+from bot.outbound import Held, Sent, invite, may_text, send_text
 from cases import service as cases
 from cases.importer import ImportPlan, not_utf8, read_cases
 from models import (
@@ -363,7 +363,8 @@ class Enrolled:
     enrollment: Enrollment
     outcome: cases.EnrollOutcome
     case_created: bool
-    invite: Sent | None
+    invite: Sent | Held | None
+    """The invitation sent now, or held for the payer's quiet hours; None if none went now."""
     opted_out_at: datetime | None = None
     """When the number last opted out, if it did (then it stays opted out: OPTED_OUT)."""
 
@@ -392,6 +393,8 @@ def enroll_number(
     now: datetime | None = None,
 ) -> Enrolled:
     """Enroll a number (creating the case if asked) and text the double opt-in; caller commits.
+
+    The opt-in text goes now inside the payer's texting window, else it is held until it opens.
 
     Raises AdminError, having written nothing, when the case is missing, or exists with other
     details than the new case given. When a submission made at the same moment (a
@@ -482,14 +485,12 @@ def _enroll_number(
         # A STOP is the payer's revocation of consent; staff cannot override it.
         stopped = cases.opt_outs(session=session, phones=[phone])
         return Enrolled(case, enrollment, outcome, created, None, stopped.get(phone))
-    invite = None
-    # An imported number never invited gets its invitation now; one invited already does not.
-    uninvited = enrollment.status == EnrollmentStatus.PENDING and enrollment.invited_at is None
-    if uninvited and may_text(session=session, phone=phone):
-        invite = send_invite(session=session, enrollment=enrollment, case_number=case.case_number)
+    # An imported number never invited gets its invitation (now, or when the payer's quiet hours
+    # end); one invited already does not.
+    invitation = invite(session=session, enrollment=enrollment, case=case, now=now)
     if outcome != cases.EnrollOutcome.ALREADY_ACTIVE:
         replan(session=session, case_id=case.id)
-    return Enrolled(case, enrollment, outcome, created, invite)
+    return Enrolled(case, enrollment, outcome, created, invitation)
 
 
 # --- Texts from staff ------------------------------------------------------------------------

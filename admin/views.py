@@ -36,6 +36,7 @@ from admin.auth import (
 )
 from admin.service import AdminError
 from admin.users import UserError, create_user, end_sessions
+from bot.outbound import Held
 from db import get_session
 from models import AdminUser, AppointmentKind, Case, EnrollmentStatus, Role, utcnow
 from money import format_cents
@@ -275,7 +276,8 @@ def dispatch_reminders():
     flash(
         f"Due reminders dispatched: {summary.due} due, {summary.enqueued} queued to send, "
         f"{summary.deferred} deferred to allowed hours, "
-        f"{sum(summary.skipped.values())} skipped{f' ({skipped})' if skipped else ''}.",
+        f"{sum(summary.skipped.values())} skipped{f' ({skipped})' if skipped else ''}; "
+        f"{summary.invites_due} opt-in invitation(s) held for quiet hours due, queued to send.",
         "success",
     )
     return redirect(url_for("admin.dashboard"))
@@ -678,6 +680,12 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
             f"{first} No opt-in text was sent: the number opted out of texts or cannot "
             "receive them.",
             "error",
+        )
+    if isinstance(enrolled.invite, Held):
+        return (
+            f"{first} The opt-in text will be sent at {enrolled.invite.when()}, when the "
+            "payer's quiet hours end.",
+            "info",
         )
     if enrolled.invite.result.ok:
         return f"{first} The opt-in text was sent.", "success"

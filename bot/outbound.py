@@ -1,7 +1,8 @@
 """Outbound texts: send through the configured gateway and log every one as a turn on its case.
 
 A turn keeps the text with its card and approval links masked (bot.redact): the real links go
-to the payer's phone only.
+to the payer's phone only. An opt-in invitation asked for in the payer's quiet hours is held
+until their window opens (invite, send_held_invites).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import current_app
@@ -22,6 +24,7 @@ from bot.redact import link_tokens_masked
 from bot.sms import Failure, SendResult
 from db import after_commit, session_scope
 from models import (
+    Case,
     Conversation,
     ConversationTurn,
     Direction,
@@ -278,10 +281,114 @@ def mark_failure(
         session.add(enrollment)
 
 
-def send_invite(*, session: Session, enrollment: Enrollment, case_number: str) -> Sent:
-    """Text the double opt-in invitation now; the enrollment stays pending until YES."""
+# --- opt-in invitations ----------------------------------------------------------------------
+
+HELD_INVITES_PER_JOB = 500
+"""Held invitations one job sends, one at a time; any more are left for the next dispatch."""
+
+INVITE_RETRY_AFTER = timedelta(minutes=5)
+"""A held invitation Twilio refused for now (a 429, say) is tried again this much later."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """An invitation asked for in the payer's quiet hours: it goes at `at`, as their window opens.
+
+    `zone` is the payer's clock (as reminders judge it); `asked_at`, when it was asked for.
+    """
+
+    at: datetime
+    zone: ZoneInfo
+    asked_at: datetime
+
+    def when(self) -> str:
+        """'8:00 AM EST' on the payer's clock, with the day when it is not theirs today."""
+        local = self.at.astimezone(self.zone)
+        shown = f"{local:%-I:%M %p %Z}"
+        if local.date() != self.asked_at.astimezone(self.zone).date():
+            shown += f" on {local:%b %-d}"
+        return shown
+
+
+def _reach(*, case_tz: str | None, phone: str):
+    """The payer's clocks and window, judged as reminders judge them."""
+    from jobs.reminders import current_policy, phone_reach
+
+    return phone_reach(case_tz=case_tz, phone=phone, policy=current_policy())
+
+
+def invite(
+    *,
+    session: Session,
+    enrollment: Enrollment,
+    case: Case,
+    now: datetime | None = None,
+    commit_claim: bool = False,
+) -> Sent | Held | None:
+    """Text the double opt-in invitation now if the payer's window is open, else hold it.
+
+    A held invitation waits in `invite_at` for the window to open in the payer's zone, and the
+    reminder dispatch sends it then (send_held_invites). None when it is not to go: it went (or
+    may have) already, the enrollment is not pending, or the number opted out.
+    """
+    now = now or utcnow()
+    if enrollment.status != EnrollmentStatus.PENDING or enrollment.invited_at is not None:
+        return None
+    if not may_text(session=session, phone=enrollment.phone):
+        enrollment.invite_at = None
+        session.add(enrollment)
+        return None
+    reach = _reach(case_tz=case.timezone, phone=enrollment.phone)
+    if not reach.allows(now):
+        enrollment.invite_at = reach.next_allowed(now)
+        enrollment.updated_at = now
+        session.add(enrollment)
+        session.flush()
+        return Held(enrollment.invite_at, reach.zone, now)
+    return send_invite(
+        session=session,
+        enrollment=enrollment,
+        case_number=case.case_number,
+        now=now,
+        commit_claim=commit_claim,
+    )
+
+
+def send_invite(
+    *,
+    session: Session,
+    enrollment: Enrollment,
+    case_number: str,
+    now: datetime | None = None,
+    commit_claim: bool = False,
+) -> Sent | None:
+    """Text the double opt-in invitation now, once; the enrollment stays pending until YES.
+
+    The enrollment is claimed first (invited_at set while still empty), so two senders at once
+    (the form sent twice, a dispatch beside `flask enroll --invite-pending`) send it once: None
+    for the one that finds it claimed. With `commit_claim` the claim is committed before the
+    text goes, so no retry can send it again. A text the gateway refused is released, to be sent
+    again later; one that may have gone counts as sent: inviting twice costs the payer a text.
+    Quiet hours are the caller's to judge (invite).
+    """
     from bot.service import policy
 
+    now = now or utcnow()
+    claimed = session.execute(
+        sa.update(Enrollment)
+        .where(
+            Enrollment.id == enrollment.id,
+            Enrollment.status == EnrollmentStatus.PENDING,
+            Enrollment.invited_at.is_(None),
+        )
+        .values(invited_at=now, invite_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.refresh(enrollment)
+    if not claimed:
+        return None
+    if commit_claim:
+        session.commit()
     config = current_app.config
     body = messages.render(
         "optin_invite",
@@ -300,9 +407,8 @@ def send_invite(*, session: Session, enrollment: Enrollment, case_number: str) -
         enrollment_id=enrollment.id,
         intent="optin_invite",
     )
-    if sent.result.ok or sent.result.outcome_unknown:
-        # An invitation that may have gone counts as sent: inviting twice costs the payer a text.
-        enrollment.invited_at = utcnow()
+    if not (sent.result.ok or sent.result.outcome_unknown):
+        enrollment.invited_at = None
         session.add(enrollment)
     return sent
 
@@ -315,31 +421,87 @@ class Invitations:
     failed: int = 0
     opted_out: int = 0
     """Not texted: the number opted out (on any case) or cannot receive texts."""
+    held: tuple[Held, ...] = ()
+    """Asked for in the payer's quiet hours: each goes when the payer's window opens."""
 
 
-def invite_pending(limit: int | None = None) -> Invitations:
-    """Text the double opt-in invitation to pending, uninvited enrollments that may be texted."""
+def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> Invitations:
+    """Invite pending, uninvited enrollments that may be texted: now, or when their window opens."""
     from cases.service import pending_uninvited
-    from models import Case
 
+    now = now or utcnow()
     sent = failed = opted_out = 0
+    held: list[Held] = []
     with session_scope() as session:
         for enrollment in pending_uninvited(session=session, limit=limit):
             # An import or a re-enrollment never undoes a STOP; checked at the last moment.
             if not may_text(session=session, phone=enrollment.phone):
                 opted_out += 1
                 continue
-            case_number = session.get(Case, enrollment.case_id).case_number
-            result = send_invite(
-                session=session, enrollment=enrollment, case_number=case_number
-            ).result
-            # One Twilio did not answer may have gone: counted as sent, and never sent again.
-            if result.ok or result.outcome_unknown:
-                sent += 1
-            else:
-                failed += 1
+            case = session.get(Case, enrollment.case_id)
+            outcome = invite(
+                session=session, enrollment=enrollment, case=case, now=now, commit_claim=True
+            )
+            if isinstance(outcome, Held):
+                held.append(outcome)
+            elif outcome is not None:
+                # One Twilio did not answer may have gone: counted as sent, never sent again.
+                if outcome.result.ok or outcome.result.outcome_unknown:
+                    sent += 1
+                else:
+                    failed += 1
             session.commit()
-    return Invitations(sent, failed, opted_out)
+    return Invitations(sent, failed, opted_out, tuple(held))
+
+
+def held_invites_due(*, session: Session, now: datetime) -> int:
+    """How many held invitations are due by `now` (the reminder dispatch sends them)."""
+    query = sa.select(sa.func.count()).select_from(Enrollment).where(*_held_due(now))
+    return session.execute(query).scalar_one()
+
+
+def _held_due(now: datetime) -> tuple:
+    return (
+        Enrollment.status == EnrollmentStatus.PENDING,
+        Enrollment.invited_at.is_(None),
+        Enrollment.invite_at <= now,
+    )
+
+
+def send_held_invites(*, now: datetime | None = None, limit: int = HELD_INVITES_PER_JOB) -> int:
+    """Send the invitations held for quiet hours whose window has opened; returns how many went.
+
+    Each is reloaded and judged again just before it goes: one whose number opted out since, or
+    whose enrollment is no longer pending or is gone, is dropped; one whose window closed again
+    (the dispatch ran late) waits for the next opening. Safe to run twice, or twice at once.
+    """
+    now = now or utcnow()
+    with session_scope() as session:
+        due = session.exec(
+            select(Enrollment.id)
+            .where(*_held_due(now))
+            .order_by(Enrollment.invite_at, Enrollment.id)
+            .limit(limit)
+        ).all()
+    went = 0
+    for enrollment_id in due:
+        with session_scope() as session:
+            enrollment = session.get(Enrollment, enrollment_id)
+            if enrollment is None or enrollment.invite_at is None or enrollment.invite_at > now:
+                continue
+            case = session.get(Case, enrollment.case_id)
+            outcome = invite(
+                session=session, enrollment=enrollment, case=case, now=now, commit_claim=True
+            )
+            if not isinstance(outcome, Sent):
+                continue
+            if outcome.result.ok or outcome.result.outcome_unknown:
+                went += 1
+            elif outcome.result.retryable:
+                reach = _reach(case_tz=case.timezone, phone=enrollment.phone)
+                enrollment.invite_at = reach.next_allowed(now + INVITE_RETRY_AFTER)
+                session.add(enrollment)
+    return went
 
 
 def _masked(phone: str) -> str:

@@ -1012,6 +1012,8 @@ _OPT_OUT = (
         status=EnrollmentStatus.OPTED_OUT,
         opted_out_at=_NOW,
         status_reason="opted out by text",
+        # An invitation held for quiet hours is not sent after a STOP.
+        invite_at=None,
         updated_at=_NOW,
     )
 )

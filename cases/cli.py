@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -81,7 +82,9 @@ def import_command(file: Path) -> None:
 @click.option("--lang", type=click.Choice(["en", "es"]), help="Language of the texts.")
 @click.option("--confirmed", is_flag=True, help="Consent was captured elsewhere: active at once.")
 @click.option(
-    "--invite-pending", is_flag=True, help="Text the opt-in to uninvited pending numbers."
+    "--invite-pending",
+    is_flag=True,
+    help="Text the opt-in to uninvited pending numbers (in quiet hours, when they end).",
 )
 def enroll_command(
     case_number: str | None,
@@ -98,6 +101,13 @@ def enroll_command(
 
         done = send_invites()
         click.echo(f"Invited {done.sent} pending number(s); {done.failed} could not be texted.")
+        if done.held:
+            times = Counter(held.when() for held in done.held)
+            shown = ", ".join(f"{n} at {when}" for when, n in sorted(times.items()))
+            click.echo(
+                f"{len(done.held)} held for the payers' quiet hours, to be sent when each "
+                f"payer's texting window opens: {shown}."
+            )
         if done.opted_out:
             click.echo(
                 f"{done.opted_out} not invited: the number opted out of texts (or cannot "

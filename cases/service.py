@@ -267,6 +267,7 @@ def enroll(
     else:
         enrollment.status = EnrollmentStatus.PENDING
         enrollment.invited_at = None
+        enrollment.invite_at = None
         outcome = EnrollOutcome.CREATED_PENDING
     session.add(enrollment)
     session.flush()

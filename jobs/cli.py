@@ -63,7 +63,8 @@ def plan_command() -> None:
 @reminders_cli.command("dispatch")
 @click.option("--dry-run", is_flag=True, help="Report what is due without sending anything.")
 def dispatch_command(dry_run: bool) -> None:
-    """Send the reminders that are due now (the cron job does this every minute)."""
+    """Send the reminders that are due now, and invitations held for quiet hours (the cron job
+    does this every minute)."""
     with _progress("Dispatching reminders") as progress:
         summary = reminders.dispatch_due(dry_run=dry_run, progress=progress)
     verb = "Would enqueue" if dry_run else "Enqueued"
@@ -78,5 +79,6 @@ def dispatch_command(dry_run: bool) -> None:
         f"Due: {summary.due:,}. {verb}: {summary.enqueued:,} in {summary.jobs:,} job(s). "
         f"Recovered from lost jobs: {summary.recovered:,}. {sent} "
         f"Deferred (quiet hours): {summary.deferred:,}. "
-        f"Skipped: {_reasons(summary.skipped)}."
+        f"Skipped: {_reasons(summary.skipped)}. "
+        f"Opt-in invitations held for quiet hours, now due: {summary.invites_due:,}."
     )

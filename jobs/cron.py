@@ -1,11 +1,11 @@
 """`rq cron` configuration: `rq cron --url "$REDIS_URL" jobs/cron.py` (the Procfile's `cron`).
 
-Dispatch runs every REMINDER_DISPATCH_SECONDS (60 by default), planning every hour, and every
-5 minutes payments whose charge job was lost are queued again, payments still waiting for bank
-approval when their approval link expired are canceled, and payment texts a crash left unsent
-are sent. Two cron processes at once
-do no harm: dispatch claims each row once, planning is idempotent, and a charge is keyed by its
-payment.
+Dispatch runs every REMINDER_DISPATCH_SECONDS (60 by default), and queues with the reminders
+the opt-in invitations held for payers' quiet hours whose window has opened; planning runs
+every hour, and every 5 minutes payments whose charge job was lost are queued again, payments
+still waiting for bank approval when their approval link expired are canceled, and payment
+texts a crash left unsent are sent. Two cron processes at once do no harm: dispatch claims
+each row once, planning is idempotent, and a charge is keyed by its payment.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from sqlmodel import Session
 from billing.cycles import minus_one_month, paid_in_cycles, paid_toward_cycle, still_owed
 from billing.service import COUNTED, IN_FLIGHT
 from bot import messages
-from bot.outbound import mark_failure, status_callback_url
+from bot.outbound import held_invites_due, mark_failure, status_callback_url
 from bot.sms import Failure
 from db import session_scope
 from jobs import schedule
@@ -846,6 +846,8 @@ class DispatchSummary:
     skipped: Counter = field(default_factory=Counter)
     dry_run: bool = False
     inline: bool = False
+    invites_due: int = 0
+    """Opt-in invitations held for quiet hours whose window has opened (a job sends them)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for JSON and job results."""
@@ -859,6 +861,7 @@ class DispatchSummary:
             "skipped": dict(self.skipped),
             "dry_run": self.dry_run,
             "inline": self.inline,
+            "invites_due": self.invites_due,
         }
 
 
@@ -868,10 +871,13 @@ def dispatch_due(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> DispatchSummary:
-    """Claim the reminders due by `now`, check them and enqueue send jobs in batches.
+    """Claim the reminders due by `now`, check them and enqueue send jobs in batches; enqueue
+    a job for the opt-in invitations held for quiet hours whose window has opened.
 
-    Safe to run twice or from two schedulers at once: a row is claimed by exactly one run.
+    Safe to run twice or from two schedulers at once: a row is claimed by exactly one run, and
+    each invitation by exactly one send.
     """
+    clock = now  # a time given is passed on; else the invitation job reads its own clock
     now = now or utcnow()
     policy = current_policy()
     queue = current_app.extensions["queues"][SMS_QUEUE]
@@ -907,7 +913,27 @@ def dispatch_due(
                 progress(min(done, total), total)
     if summary.inline and dispatched:
         _count_outcomes(dispatched, summary)
+    with session_scope() as session:
+        summary.invites_due = held_invites_due(session=session, now=now)
+    if summary.invites_due and not dry_run:
+        _enqueue_held_invites(queue, now, clock)
     return summary
+
+
+def _enqueue_held_invites(queue, now: datetime, clock: datetime | None) -> None:
+    """One job sends the invitations held for quiet hours; each is claimed, so a second is idle.
+
+    It judges quiet hours again by its own clock when it runs (`clock` given, by that one).
+    """
+    queue.enqueue(
+        "jobs.tasks.send_held_invites",
+        clock,
+        job_id=f"invites_{now:%Y%m%dT%H%M%S}",
+        job_timeout=SEND_JOB_TIMEOUT,
+        result_ttl=0,
+        failure_ttl=7 * 24 * 3600,
+        description="send opt-in invitations held for quiet hours",
+    )
 
 
 def _recover_stale(session: Session, now: datetime, *, dry_run: bool) -> int:

@@ -1,7 +1,8 @@
-"""RQ jobs for reminders: thin wrappers that run the service in the worker's app context."""
+"""RQ jobs for reminders and held invitations: thin wrappers run in the worker's app context."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from jobs import reminders
@@ -24,3 +25,11 @@ def dispatch_reminders() -> dict[str, Any]:
 def plan_reminders() -> dict[str, Any]:
     """Plan every enrolled case's reminders (run by `rq cron` every hour)."""
     return reminders.plan_all().as_dict()
+
+
+@job
+def send_held_invites(now: datetime | None = None) -> int:
+    """Send the opt-in invitations held for quiet hours whose window has opened by `now`."""
+    from bot import outbound
+
+    return outbound.send_held_invites(now=now)

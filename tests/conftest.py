@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, time
 
 import pytest
 import redis
@@ -139,3 +140,16 @@ def session(app) -> Iterator[Session]:
     """A database session for arranging and checking state."""
     with Session(db.engine(app), expire_on_commit=False) as s:
         yield s
+
+
+@pytest.fixture
+def daytime(monkeypatch) -> datetime:
+    """Opt-in invitations asked for at noon in New York today: inside every US texting window.
+
+    They are held in the payer's quiet hours, so a test that expects one sent at once pins the
+    clocks that decide (the enroll form's and the invitations') to a time no zone calls night.
+    """
+    noon = datetime.combine(datetime.now(UTC).date(), time(17, 0), tzinfo=UTC)
+    for module in ("bot.outbound", "admin.service"):
+        monkeypatch.setattr(f"{module}.utcnow", lambda: noon)
+    return noon

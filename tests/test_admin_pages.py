@@ -86,7 +86,7 @@ def turn(session, case, body, direction=Direction.INBOUND, **fields) -> Conversa
 
 
 def test_enrolling_a_number_on_a_new_case_sends_the_double_opt_in_and_stays_pending(
-    app, client, session, staff
+    app, client, session, staff, daytime
 ):
     response = post_form(client, "/admin/enroll", NEW_CASE)
     assert response.status_code == 302
@@ -111,7 +111,7 @@ def test_enrolling_a_number_on_a_new_case_sends_the_double_opt_in_and_stays_pend
     assert "(617) 555-0134" in page and "pending" in page and "The opt-in text was sent" in page
 
 
-def test_enrolling_on_an_existing_case_needs_no_case_details(app, client, session, staff):
+def test_enrolling_on_an_existing_case_needs_no_case_details(app, client, session, staff, daytime):
     case = make_case(session, case_number="CS-777001")
     response = post_form(
         client,
@@ -173,7 +173,7 @@ def test_enrolling_again_a_number_that_opted_out_keeps_its_stop_and_texts_nothin
 
 
 def test_a_number_that_texted_stop_while_on_no_case_is_enrolled_opted_out_until_start(
-    app, client, session, staff
+    app, client, session, staff, daytime
 ):
     assert "unsubscribed" in text_of(payer_texts(app, client, "STOP"))
     case = make_case(session, case_number="CS-777006")
@@ -312,7 +312,7 @@ def test_new_case_details_for_an_existing_case_are_refused_not_ignored(app, clie
 
 
 def test_a_double_clicked_new_case_is_created_once_and_the_second_submit_says_so(
-    app, client, session, staff, monkeypatch
+    app, client, session, staff, monkeypatch, daytime
 ):
     from cases import service as cases
 
@@ -336,7 +336,7 @@ def test_a_double_clicked_new_case_is_created_once_and_the_second_submit_says_so
 
 
 def test_two_submissions_at_once_create_one_case_and_send_one_text(
-    app, client, session, staff, monkeypatch
+    app, client, session, staff, monkeypatch, daytime
 ):
     import threading
     import time
@@ -373,7 +373,7 @@ def test_two_submissions_at_once_create_one_case_and_send_one_text(
     assert len(texts(app)) == 1
 
 
-def test_the_same_new_case_submitted_again_is_not_refused(app, client, session, staff):
+def test_the_same_new_case_submitted_again_is_not_refused(app, client, session, staff, daytime):
     assert post_form(client, "/admin/enroll", NEW_CASE).status_code == 302
     again = post_form(client, "/admin/enroll", NEW_CASE, follow_redirects=True)
     assert "already enrolled on this case" in text_of(again)

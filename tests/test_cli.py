@@ -141,7 +141,7 @@ def test_seed_demo_adds_cases_cards_and_appointments_once(runner, session):
     assert len(session.exec(select(Case)).all()) == len(cases)
 
 
-def test_invite_pending_texts_each_uninvited_pending_number_once(app, runner, session):
+def test_invite_pending_texts_each_uninvited_pending_number_once(app, runner, session, daytime):
     from tests.factories import make_enrollment
 
     case = make_case(session, case_number="CS-004821", language="es")
@@ -164,7 +164,7 @@ def test_invite_pending_texts_each_uninvited_pending_number_once(app, runner, se
 
 
 def test_an_imported_number_that_opted_out_elsewhere_is_never_invited(
-    app, runner, session, tmp_path
+    app, runner, session, tmp_path, daytime
 ):
     first = make_stopped_enrollment(session, make_case(session, case_number="CS-000001"))
     path = tmp_path / "cases.csv"

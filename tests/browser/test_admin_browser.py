@@ -153,7 +153,7 @@ def seed_history(session) -> None:
 
 
 def test_staff_enroll_a_number_and_see_it_go_active_when_the_payer_says_yes(
-    live_server, browser, session
+    live_server, browser, session, daytime
 ):
     make_user(session, "staff@agency.test", Role.ADMIN)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

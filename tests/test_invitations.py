@@ -1,0 +1,267 @@
+"""Opt-in invitations go only inside the payer's texting window: asked for in quiet hours, they
+are held and sent by the reminder dispatch when the window opens in the payer's zone."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import select
+
+from admin.service import enroll_number
+from bot.outbound import Held, Sent, invite_pending, send_held_invites
+from jobs.reminders import dispatch_due
+from models import ConversationTurn, Enrollment, EnrollmentStatus, Role
+from tests.admin_helpers import post_form, reload, signed_in
+from tests.factories import make_case, make_enrollment
+from tests.sms_helpers import inbound_params, post_signed
+
+# Tuesday 1 December 2026, 05:48 UTC: 00:48 in New York and 23:48 (Monday) in Chicago.
+NIGHT = datetime(2026, 12, 1, 5, 48, tzinfo=UTC)
+NY_OPENS = datetime(2026, 12, 1, 13, 0, tzinfo=UTC)  # 8:00 AM EST
+CHICAGO_OPENS = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)  # 8:00 AM CST
+NOON_NY = datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The time the enroll form and the invitations read; a test moves it."""
+
+    def __init__(self, at: datetime):
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    now = Clock(NIGHT)
+    for module in ("bot.outbound", "admin.service"):
+        monkeypatch.setattr(f"{module}.utcnow", now)
+    return now
+
+
+def sent_to(app) -> list[str]:
+    return [sms.to for sms in app.extensions["sms"].sent]
+
+
+def pending(session, case, phone):
+    return make_enrollment(session, case, phone, status=EnrollmentStatus.PENDING)
+
+
+def invitations(session) -> list[ConversationTurn]:
+    session.expire_all()
+    query = select(ConversationTurn).where(ConversationTurn.intent == "optin_invite")
+    return list(session.exec(query).all())
+
+
+def payer_texts(app, body: str, phone: str) -> None:
+    """An inbound text, signed as the console backend signs the simulator's."""
+    token = hashlib.sha256(f"console:{app.config['SECRET_KEY']}".encode()).hexdigest()
+    response = post_signed(app.test_client(), "/sms/inbound", inbound_params(body, phone), token)
+    assert response.status_code == 200
+
+
+def test_an_invitation_asked_for_inside_the_window_is_sent_at_once(app, session, clock):
+    clock.at = NOON_NY
+    make_case(session, case_number="CS-000501", timezone="America/Chicago")
+    with app.app_context():
+        enrolled = enroll_number(
+            session=session,
+            config=app.config,
+            case_number="CS-000501",
+            new_case=None,
+            phone="+16175550134",
+            language="en",
+        )
+        session.commit()
+    assert isinstance(enrolled.invite, Sent) and enrolled.invite.result.ok
+    assert sent_to(app) == ["+16175550134"]
+    row = reload(session, Enrollment, enrolled.enrollment.id)
+    assert (row.invited_at, row.invite_at) == (NOON_NY, None)
+
+
+def test_invite_pending_in_quiet_hours_holds_each_until_its_payers_window_opens(
+    app, runner, session, clock
+):
+    chicago = pending(session, make_case(session, timezone="America/Chicago"), "+16175550134")
+    # No zone on the case: the 617 area code's, New York.
+    boston = [
+        pending(session, make_case(session, timezone=None), phone)
+        for phone in ("+16175550135", "+16175550136")
+    ]
+    result = runner.invoke(args=["enroll", "--invite-pending"])
+    assert result.exit_code == 0, result.output
+    assert "Invited 0 pending number(s); 0 could not be texted." in result.output
+    assert (
+        "3 held for the payers' quiet hours, to be sent when each payer's texting window opens: "
+        "1 at 8:00 AM CST on Dec 1, 2 at 8:00 AM EST." in result.output
+    )
+    assert sent_to(app) == [] and invitations(session) == []
+    assert reload(session, Enrollment, chicago.id).invite_at == CHICAGO_OPENS
+    assert {reload(session, Enrollment, e.id).invite_at for e in boston} == {NY_OPENS}
+
+    with app.app_context():
+        assert dispatch_due(now=NY_OPENS - timedelta(minutes=1)).invites_due == 0
+        assert sent_to(app) == []
+        assert dispatch_due(now=NY_OPENS).invites_due == 2
+        assert sorted(sent_to(app)) == ["+16175550135", "+16175550136"]
+        assert dispatch_due(now=CHICAGO_OPENS).invites_due == 1
+    assert sorted(sent_to(app)) == ["+16175550134", "+16175550135", "+16175550136"]
+    for enrollment in (chicago, *boston):
+        row = reload(session, Enrollment, enrollment.id)
+        assert row.invited_at is not None and row.invite_at is None
+        assert row.status == EnrollmentStatus.PENDING  # until the payer's YES
+    assert len(invitations(session)) == 3
+
+
+def test_the_enroll_form_in_quiet_hours_says_when_the_opt_in_text_will_go(
+    app, client, session, clock
+):
+    signed_in(client, session, Role.STAFF)
+    clock.at = datetime(2026, 12, 1, 5, 46, tzinfo=UTC)  # 00:46 EST
+    make_case(session, case_number="CS-000502", timezone=None)
+    response = post_form(
+        client,
+        "/admin/enroll",
+        {"case_number": "CS-000502", "phone": "617-555-0134", "language": "en", "consent": "y"},
+        follow_redirects=True,
+    )
+    page = response.get_data(as_text=True)
+    assert "The opt-in text will be sent at 8:00 AM EST, when the payer&#39;s quiet hours end" in (
+        page
+    )
+    assert "The opt-in text was sent" not in page
+    assert "Opt-in text held (quiet hours)" in page and "Dec 1, 2026 8:00 AM EST" in page
+    assert sent_to(app) == []
+
+    with app.app_context():
+        dispatch_due(now=NY_OPENS)
+    assert sent_to(app) == ["+16175550134"]
+    (turn,) = invitations(session)
+    assert turn.case_id is not None and turn.enrollment_id is not None
+
+
+def test_a_payer_in_another_zone_is_told_the_day_too(app, session, clock):
+    clock.at = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)  # 22:00 Monday in Chicago
+    make_case(session, case_number="CS-000503", timezone="America/Chicago")
+    with app.app_context():
+        enrolled = enroll_number(
+            session=session,
+            config=app.config,
+            case_number="CS-000503",
+            new_case=None,
+            phone="+16175550134",
+            language="en",
+        )
+    assert isinstance(enrolled.invite, Held)
+    assert enrolled.invite.at == CHICAGO_OPENS
+    assert enrolled.invite.when() == "8:00 AM CST on Dec 1"
+    assert sent_to(app) == []
+
+
+def test_stop_texted_before_the_window_opens_cancels_the_held_invitation(
+    app, runner, session, clock
+):
+    enrollment = pending(session, make_case(session), "+16175550134")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    assert reload(session, Enrollment, enrollment.id).invite_at == NY_OPENS
+
+    payer_texts(app, "STOP", "+16175550134")
+    row = reload(session, Enrollment, enrollment.id)
+    assert (row.status, row.invite_at) == (EnrollmentStatus.OPTED_OUT, None)
+    with app.app_context():
+        assert send_held_invites(now=NY_OPENS) == 0
+        dispatch_due(now=NY_OPENS)
+    assert invitations(session) == []
+    assert sent_to(app) == []  # the STOP was confirmed in the webhook's reply
+
+
+def test_a_number_on_no_case_that_opts_out_while_held_is_not_invited(app, runner, session, clock):
+    enrollment = pending(session, make_case(session), "+16175550134")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    # The STOP was kept on the number alone (as a STOP texted while on no case is).
+    from bot.service import record_opt_out
+
+    record_opt_out(connection=session.connection(), phone="+16175550134", now=NIGHT)
+    session.commit()
+    with app.app_context():
+        assert send_held_invites(now=NY_OPENS) == 0
+    assert sent_to(app) == []
+    assert reload(session, Enrollment, enrollment.id).invite_at is None
+
+
+def test_a_held_invitation_whose_enrollment_was_removed_is_not_sent(app, runner, session, clock):
+    enrollment = pending(session, make_case(session), "+16175550134")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    session.delete(reload(session, Enrollment, enrollment.id))
+    session.commit()
+    with app.app_context():
+        assert dispatch_due(now=NY_OPENS).invites_due == 0
+        assert send_held_invites(now=NY_OPENS) == 0
+    assert sent_to(app) == []
+
+
+def test_a_held_invitation_goes_once_however_often_it_is_asked_for_and_dispatched(
+    app, runner, session, clock
+):
+    enrollment = pending(session, make_case(session), "+16175550134")
+    for _ in range(2):
+        result = runner.invoke(args=["enroll", "--invite-pending"])
+        assert "1 held for the payers' quiet hours" in result.output
+    clock.at = NY_OPENS
+    with app.app_context():
+        assert send_held_invites(now=NY_OPENS) == 1
+        assert send_held_invites(now=NY_OPENS) == 0
+        assert dispatch_due(now=NY_OPENS).invites_due == 0
+    again = runner.invoke(args=["enroll", "--invite-pending"])
+    assert "Invited 0 pending number(s)" in again.output and "held" not in again.output
+    assert sent_to(app) == ["+16175550134"]
+    assert len(invitations(session)) == 1
+    assert reload(session, Enrollment, enrollment.id).invited_at == NY_OPENS
+
+
+def test_a_held_invitation_asked_for_again_in_the_window_goes_now_and_not_again(
+    app, runner, session, clock
+):
+    pending(session, make_case(session), "+16175550134")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    clock.at = NOON_NY
+    assert (
+        "Invited 1 pending number(s)" in runner.invoke(args=["enroll", "--invite-pending"]).output
+    )
+    with app.app_context():
+        assert send_held_invites(now=NOON_NY) == 0
+    assert sent_to(app) == ["+16175550134"]
+
+
+def test_a_dispatch_that_runs_late_into_the_night_holds_the_invitation_again(
+    app, runner, session, clock
+):
+    enrollment = pending(session, make_case(session), "+16175550134")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    late = datetime(2026, 12, 2, 2, 30, tzinfo=UTC)  # 21:30 EST: the window closed again
+    with app.app_context():
+        assert send_held_invites(now=late) == 0
+    assert sent_to(app) == []
+    assert reload(session, Enrollment, enrollment.id).invite_at == NY_OPENS + timedelta(days=1)
+
+
+def test_a_dry_run_dispatch_counts_held_invitations_and_sends_none(app, runner, session, clock):
+    pending(session, make_case(session), "+16175550134")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    with app.app_context():
+        assert dispatch_due(now=NY_OPENS, dry_run=True).invites_due == 1
+    assert sent_to(app) == []
+
+
+def test_invite_pending_still_skips_numbers_that_opted_out(app, session, clock):
+    from tests.factories import make_stopped_enrollment
+
+    make_stopped_enrollment(session, make_case(session))
+    pending(session, make_case(session), "+16175550134")
+    with app.app_context():
+        done = invite_pending()
+    assert (done.opted_out, done.held, done.sent) == (1, (), 0)
+    assert sent_to(app) == []
