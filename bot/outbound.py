@@ -32,6 +32,7 @@ from models import (
     EnrollmentStatus,
     utcnow,
 )
+from phones import NotTextableError, own_numbers, textable_phone
 
 log = logging.getLogger(__name__)
 
@@ -329,13 +330,24 @@ def invite(
 
     A held invitation waits in `invite_at` for the window to open in the payer's zone, and the
     reminder dispatch sends it then (send_held_invites). None when it is not to go: it went (or
-    may have) already, the enrollment is not pending, or the number opted out.
+    may have) already, the enrollment is not pending, or the number opted out; a number that
+    cannot take these texts (phones.textable_phone) is marked undeliverable, saying why.
     """
     now = now or utcnow()
     if enrollment.status != EnrollmentStatus.PENDING or enrollment.invited_at is not None:
         return None
     if not may_text(session=session, phone=enrollment.phone):
         enrollment.invite_at = None
+        session.add(enrollment)
+        return None
+    try:
+        # Enrolled before the form, the command and the import refused such numbers.
+        textable_phone(enrollment.phone, own=own_numbers(current_app.config))
+    except NotTextableError as refused:
+        enrollment.status = EnrollmentStatus.UNDELIVERABLE
+        enrollment.status_reason = f"{refused}; no opt-in text was sent"[:200]
+        enrollment.invite_at = None
+        enrollment.updated_at = now
         session.add(enrollment)
         return None
     reach = _reach(case_tz=case.timezone, phone=enrollment.phone)
@@ -444,6 +456,8 @@ def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> 
             )
             if isinstance(outcome, Held):
                 held.append(outcome)
+            elif outcome is None and enrollment.status == EnrollmentStatus.UNDELIVERABLE:
+                opted_out += 1
             elif outcome is not None:
                 # One Twilio did not answer may have gone: counted as sent, never sent again.
                 if outcome.result.ok or outcome.result.outcome_unknown:

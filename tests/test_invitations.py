@@ -265,3 +265,20 @@ def test_invite_pending_still_skips_numbers_that_opted_out(app, session, clock):
         done = invite_pending()
     assert (done.opted_out, done.held, done.sent) == (1, (), 0)
     assert sent_to(app) == []
+
+
+def test_numbers_enrolled_before_the_rule_that_cannot_take_texts_are_not_invited(
+    app, runner, session, daytime
+):
+    uk, own = (
+        pending(session, make_case(session), phone) for phone in ("+442079460958", "+18005550134")
+    )
+    fine = pending(session, make_case(session), "+16175550134")
+    result = runner.invoke(args=["enroll", "--invite-pending"])
+    assert "Invited 1 pending number(s)" in result.output
+    assert "2 not invited: the number opted out of texts (or cannot receive them)" in result.output
+    assert sent_to(app) == [fine.phone]
+    for enrollment, why in ((uk, "not a North American (+1) number"), (own, "agency's own")):
+        row = reload(session, Enrollment, enrollment.id)
+        assert row.status == EnrollmentStatus.UNDELIVERABLE and row.invited_at is None
+        assert why in row.status_reason and "no opt-in text was sent" in row.status_reason
