@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 import redis
@@ -144,12 +144,18 @@ def session(app) -> Iterator[Session]:
 
 @pytest.fixture
 def daytime(monkeypatch) -> datetime:
-    """Opt-in invitations asked for at noon in New York today: inside every US texting window.
+    """Opt-in invitations asked for at noon in New York (17:00 UTC), the latest such moment
+    before now: inside the texting window of the test numbers' zones.
 
     They are held in the payer's quiet hours, so a test that expects one sent at once pins the
     clocks that decide (the enroll form's and the invitations') to a time no zone calls night.
+    It is in the past, so what the payer texts next (on the real clock) comes after it, as
+    on a case page read in order.
     """
-    noon = datetime.combine(datetime.now(UTC).date(), time(17, 0), tzinfo=UTC)
+    now = datetime.now(UTC)
+    noon = datetime.combine(now.date(), time(17, 0), tzinfo=UTC)
+    if noon > now:
+        noon -= timedelta(days=1)
     for module in ("bot.outbound", "admin.service"):
         monkeypatch.setattr(f"{module}.utcnow", lambda: noon)
     return noon
