@@ -45,7 +45,7 @@ from zoneinfo import ZoneInfo
 from billing.cycles import still_owed
 from billing.gateway import MINIMUM_CHARGE_CENTS
 from bot.messages import Language, Reply
-from bot.parse import Command, Intent, consents
+from bot.parse import Command, Intent, consents, declines
 from jobs.schedule import BusinessHours, is_open, next_opening, parse_business_hours
 from models import EnrollmentStatus
 
@@ -428,9 +428,7 @@ def needs_payments(state: State, command: Command) -> bool:
 def _pays(command: Command) -> bool:
     """A YES that asks for a payment itself ("yes pay 250", "ok pay it"): with no quote waiting
     it is a PAY."""
-    return command.intent is Intent.YES and (
-        command.mentions_pay or command.amount_cents is not None or command.amount_error is not None
-    )
+    return command.intent is Intent.YES and command.mentions_pay
 
 
 def step(state: State, command: Command, facts: Facts) -> Outcome:
@@ -484,7 +482,7 @@ def _pending(state: State, command: Command, facts: Facts) -> Outcome:
     intent = command.intent
     if intent in (Intent.YES, Intent.START):
         return _out(facts, State(), _say(facts, "welcome"), actions=_accept(command))
-    if intent is Intent.NO:
+    if declines(command):
         return _out(facts, State(), _say(facts, "enroll_declined"), actions=(OptOut(),))
     if intent is Intent.HELP:
         return _out(facts, state, _say(facts, "help"))
@@ -530,7 +528,7 @@ def _active(state: State, command: Command, facts: Facts) -> Outcome:
     if facts.invited and (intent is Intent.START or (intent is Intent.YES and consents(command))):
         # Already texting about one case, invited for another: this YES answers the invitation.
         return _out(facts, state, _say(facts, "welcome"), actions=_accept(command))
-    if facts.invited and intent is Intent.NO:
+    if facts.invited and declines(command):
         # Already texting about one case, invited for another: this NO declines that one only.
         reply = _say(facts, "invite_declined")
         return _out(facts, state, reply, actions=(DeclineInvitation(),))
@@ -576,7 +574,7 @@ def _menu_choice(command: Command) -> Command:
     to pay $250.00" and the payer answered "250". One with a leading zero stays a menu request.
     """
     digits = command.digits or ""
-    if len(digits) > 1 and not digits.startswith("0"):
+    if len(digits) > 1 and not digits.startswith("0") and command.text == digits:
         return Command(Intent.PAY, amount_cents=int(digits) * 100, text=command.text)
     return Command(_MENU.get(digits, Intent.MENU), text=command.text)
 
@@ -616,8 +614,9 @@ def _for_case(state: State, command: Command, facts: Facts) -> Outcome:
     if case is None:
         return _ask_case(_evolve(state, pending=command), facts)
     state = _evolve(state, case_id=case.case_id, pending=None)
-    if command.full_balance:  # "pay all": the whole balance, as caps allow
-        command = replace(command, amount_cents=max(case.balance_cents, 0), full_balance=False)
+    if command.full_balance:  # "pay all": the whole balance, less what is in flight; caps apply
+        rest = case.balance_cents - case.processing_cents
+        command = replace(command, amount_cents=rest if rest > 0 else None, full_balance=False)
     return _CASE_HANDLERS[command.intent](state, command, case, facts)
 
 
@@ -764,6 +763,12 @@ def _answer_quote(state: State, command: Command, facts: Facts) -> Outcome:
         reply = _say(facts, "confirm_prompt", amount=quote.amount_cents, last4=quote.last4)
         return _out(facts, state, reply)
     state = _evolve(state, quote=None)
+    if command.case_digits is not None:
+        named_case = _named_case(case_digits(command.case_digits), facts, command.case_digits)
+        if named_case is None or named_case.case_id != quote.case_id:
+            # "yes case 7730" on a quote for 4821: a request about that case, never this charge.
+            asked = replace(command, intent=Intent.PAY, amount_error=command.amount_error)
+            return _for_case(state, asked, facts)
     case = facts.case(quote.case_id)
     if case is None:
         return _out(facts, state, _say(facts, "nothing_to_confirm"))

@@ -93,7 +93,9 @@ _add(Intent.START, EN, "subscribe", "resubscribe", "opt in", "optin", "start aga
 _add(Intent.START, ES, "comenzar", "inicio", "reanudar", "suscribir", "suscribirme")
 _add(Intent.PAY, EN, "pay", "payment", "pay now", "pay bill", "pay my bill", "make a payment")
 _add(Intent.PAY, ES, "pagar", "pago", "pagar ahora", "hacer un pago", "quiero pagar", "abonar")
-_add(Intent.PAY, ES, "pague", "paguen", "pagalo", "paguelo", "pagarlo")
+# "pague" is also "pagué" (I paid) with its accent dropped: the history answers both safely.
+_add(Intent.PAY, ES, "paguen", "pagalo", "paguelo", "pagarlo")
+_add(Intent.HISTORY, ES, "pague", "pagado", "ya pague", "ya pagado", "ya esta pagado")
 _add(Intent.YES, EN, "yes", "y", "ye", "yea", "yeah", "yep", "yup", "yes please", "confirm")
 _add(Intent.YES, EN, "sure")
 _add(Intent.YES, ES, "si", "confirmar", "confirmo", "claro", "dale", "de acuerdo", "si por favor")
@@ -171,6 +173,16 @@ _REVOKE = re.compile(
     r")\b"
 )
 _NEGATIONS = {"cant", "cannot", "couldnt", "wont", "dont", "didnt", "not", "never"}
+# Opt-out words that revoke consent after an acknowledgement ("ok alto", "gracias, BASTA");
+# END is left out ("ok the end"?), and STOP has a rule of its own.
+_OPT_OUT_ANYWHERE = frozenset({
+    "stopall", "unsubscribe", "cancel", "quit", "revoke", "optout",
+    "alto", "parar", "pare", "basta", "cancelar", "detener",
+})  # fmt: skip
+_COURTESY = frozenset({
+    "ok", "okay", "k", "yes", "y", "si", "thanks", "thank", "you", "ty", "gracias", "please",
+    "pls", "por", "favor", "ya", "now", "ahora", "all", "todo", "me",
+})  # fmt: skip
 _PLACE_WORDS = {"by", "in", "at", "over", "to", "for", "there", "here", "on"}
 
 _DONT_SPEAK = r"(?:dont|do not|cant|no)\s+(?:speak|read|understand|hablo|entiendo|leo)"
@@ -271,8 +283,14 @@ _CASE_REF = re.compile(
     r"\s*#?|#)\s*((?:[a-z]{1,4}-)?[0-9][0-9\-]{2,}[0-9])\b"
 )
 _PAY_WORD = re.compile(r"\b(?:pay|payment|pagar|pago|pague|abonar)\b")
+# "pay all", "pay my full balance", "pagar todo el saldo": the words after PAY, and nothing
+# else ("pay the full amount due" is the amount due).
 _FULL_BALANCE = re.compile(
-    r"\b(?:all|everything|full|in full|entire|whole|total|todo|completo|total)\b"
+    r"\s*(?:it |them |off |for )?(?:all|everything|in full|it off"
+    r"|(?:my |the |this )?(?:full|entire|whole|total) balance|(?:my |the )?balance in full"
+    r"|todo|todo el saldo|el saldo completo|el total|el total del saldo|la deuda completa"
+    r"|el saldo total|mi saldo completo|todo lo que debo)"
+    r"(?:\s+(?:please|pls|now|ahora|por favor))?[\s.!]*"
 )
 _AMOUNT_FILLER = re.compile(r"\b(?:please|pls|por favor|dollars?|dolares|usd)\b|[!?]")
 _AMOUNT_ONLY = re.compile(r"-?\$?\s*-?[0-9.,]*[0-9][0-9.,]*")
@@ -287,6 +305,7 @@ _SPANISH = frozenset({
     "mensajes", "manden", "envien", "escriban", "nada", "hoy", "dinero",
     # The Spanish opt-out words: a stranger's ALTO is confirmed in Spanish.
     "alto", "parar", "pare", "basta", "cancelar", "detener",
+    "dejen", "deje", "escribirme", "molesten", "llamen", "numero", "equivocado", "baja",
 })  # fmt: skip
 _ENGLISH = frozenset({
     "hello", "hi", "hey", "thanks", "thank", "you", "want", "need", "how", "much", "when",
@@ -326,8 +345,13 @@ def _parse(body: str) -> Command:
     first = _keyword(words[0], fuzzy=alone)
     phrase = _phrase(text)
     if first is not None:
+        if first[0] is Intent.THANKS and phrase:  # "thanks, how much do I owe?"
+            return _command(*phrase, words, text, amount_from=folded)
         if first[0] in (Intent.YES, Intent.NO) and phrase and phrase[0] is not Intent.PAY:
             return _command(*phrase, words, text)
+        if first[0] is Intent.YES and (hedge := _hedged_yes(words)):
+            # "ok thank you", "ok wait", "ok no thanks": never a YES to a payment.
+            return Command(hedge, language=_guess_language(words), text=text)
         return _command(*first, words, text, amount_from=folded)
     if phrase is not None:
         return _command(*phrase, words, text, amount_from=folded)
@@ -341,6 +365,27 @@ def _parse(body: str) -> Command:
 
 
 _parse_short = functools.lru_cache(maxsize=4096)(_parse)
+
+_THANKS_WORDS = frozenset({"thanks", "thank", "thx", "ty", "tnx", "gracias"})
+# Words that make a YES no plain yes: a refusal, a delay or a doubt ("ok no problem" is asked
+# again too: one more text is a small price for never charging on a maybe).
+_HEDGES = frozenset({
+    "no", "not", "nope", "nah", "dont", "cant", "cannot", "never", "nunca", "wait", "later",
+    "hold", "maybe", "espera", "espere", "esperen", "luego", "despues", "tal", "quizas",
+    "todavia", "aun", "cancel", "cancelar",
+})  # fmt: skip
+
+
+def _hedged_yes(words: tuple[str, ...]) -> Intent | None:
+    """What a message starting with a YES word is when the rest takes the yes back: UNKNOWN (the
+    question is asked again) for a refusal or a delay, THANKS for a thank-you; None when it is a
+    plain yes ("yes please", "yes pay 100", "si claro")."""
+    rest = set(words[1:])
+    if rest & _HEDGES:
+        return Intent.UNKNOWN
+    if rest & _THANKS_WORDS and not _PAY_WORD.search(" ".join(words)):
+        return Intent.THANKS
+    return None
 
 
 def _fold(body: str) -> str:
@@ -361,6 +406,12 @@ def _opts_out(words: tuple[str, ...], text: str) -> bool:
         return True
     if _REVOKE.search(text):
         return True
+    if len(words) <= 4 and any(_squeeze(w) in _OPT_OUT_ANYWHERE for w in words):
+        # "ok alto", "gracias, BASTA", "yes cancel": an opt-out word with only courtesy around it
+        # ("el pago es muy alto" is about a high payment).
+        others = [w for w in words if _squeeze(w) not in _OPT_OUT_ANYWHERE]
+        if all(w in _COURTESY for w in others):
+            return True
     for i, word in enumerate(words):
         if _squeeze(word) != "stop" or (i != len(words) - 1 and len(words) > 4):
             continue
@@ -435,9 +486,14 @@ def _command(
         full_balance=intent is Intent.PAY
         and cents is None
         and error is None
-        and bool(_FULL_BALANCE.search(amount_from)),
+        and _pays_whole_balance(amount_from),
         mentions_pay=mentions_pay,
     )
+
+
+def _pays_whole_balance(text: str) -> bool:
+    pay = _PAY_WORD.search(text)
+    return pay is not None and _FULL_BALANCE.fullmatch(text, pay.end()) is not None
 
 
 _NAMES_A_CASE = frozenset(
@@ -450,6 +506,16 @@ _HAS_DIGIT = re.compile(r"[0-9]")
 # Consent given again after STOP must be a plain yes: "ok" or "sure" may only acknowledge the
 # opt-out confirmation. YES, Y and SI, as CTIA's opt-in keywords go, or START/UNSTOP.
 _CONSENT_WORDS = frozenset({"yes", "y", "si", "confirm", "confirmar", "confirmo"})
+
+
+_DECLINE_WORDS = frozenset({"no", "n", "nope", "nah"})
+
+
+def declines(command: Command) -> bool:
+    """Whether the message is a plain no ("no", "no thanks", "nope"), as an invitation must be
+    declined: "please cancel my payment" is a NO to a payment, not to the texts."""
+    first = command.text.split(" ", 1)[0]
+    return command.intent is Intent.NO and _squeeze(first) in _DECLINE_WORDS
 
 
 def consents(command: Command) -> bool:
@@ -502,10 +568,16 @@ _SPOKEN_AMOUNT = re.compile(rf"{_DOLLARS_AND_CENTS.pattern}|[0-9]+\s*{_CENTS_WOR
 _POLITE = re.compile(r"\b(?:please|pls|por favor)\b|[!?]")
 
 
+# Spanish words that also turn up in English texts ("LA county", "Maria De La Cruz", "El
+# Monte"): they count only beside a word that is plainly Spanish.
+_WEAK_SPANISH = frozenset({"el", "la", "los", "las", "de", "del", "es", "mi", "mis", "que", "con"})
+
+
 def _guess_language(words: tuple[str, ...]) -> Language | None:
     spanish = sum(w in _SPANISH for w in words)
     english = sum(w in _ENGLISH for w in words)
-    if spanish > english:
+    plainly_spanish = any(w in _SPANISH and w not in _WEAK_SPANISH for w in words)
+    if spanish > english and plainly_spanish:
         return ES
     if english > spanish:
         return EN

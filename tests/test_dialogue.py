@@ -1016,6 +1016,51 @@ def test_a_mistyped_case_ending_on_a_phone_with_several_cases_is_not_read_as_an_
 # Natural answers to a reminder or a quote.
 
 
+@pytest.mark.parametrize("body", ["Yes I will be there at 9", "ok I paid 100", "yes 100"])
+def test_a_yes_with_a_number_but_no_pay_and_no_quote_offers_nothing(body):
+    outcome = send(body)
+    assert keys(outcome) == ("nothing_to_confirm",) and outcome.state.quote is None
+
+
+@pytest.mark.parametrize("body", ["ok, no thanks", "ok wait", "ok not now", "okay thank you"])
+def test_a_yes_taken_back_or_a_thank_you_to_a_quote_charges_nothing(body):
+    outcome = conversation("PAY", body)
+    assert outcome.actions == () and outcome.state.quote is not None
+
+
+def test_ok_alto_to_a_quote_opts_out_and_charges_nothing():
+    outcome = conversation("PAY", "ok alto")
+    assert outcome.actions == (OptOut(),)
+
+
+def test_yes_naming_another_case_on_a_quote_never_charges_the_quoted_case():
+    quoted = conversation("BAL", "4821", "PAY", "yes case 7730", known=TWO_CASES)
+    assert not any(isinstance(a, ChargeQuote) for a in quoted.actions)
+    # The request goes to the case named (7730 has nothing due: it asks how much).
+    assert quoted.state.case_id == 2 and keys(quoted) == ("pay_ask_amount",)
+    assert "case ending 7730" in text(quoted)
+    same = conversation("BAL", "4821", "PAY", "yes case 4821", known=TWO_CASES)
+    assert same.actions[0].case_id == 1
+
+
+@pytest.mark.parametrize("body", ["12 50", "12-15"])
+def test_numbers_with_spaces_or_dashes_are_no_amount(body):
+    assert send(body).state.quote is None
+
+
+def test_pay_all_leaves_out_a_payment_still_in_flight():
+    flying = facts(case(processing_cents=25_000, cycle_paid_cents=25_000))
+    assert send("pay all", flying).state.quote.amount_cents == 100_000
+
+
+@pytest.mark.parametrize(
+    "body", ["please cancel my payment", "dont charge me twice", "I want to cancel the payment"]
+)
+def test_only_a_plain_no_declines_an_invitation_or_an_enrollment(body):
+    assert send(body, facts(invited=True)).actions == ()
+    assert send(body, facts(phone_status=PhoneStatus.PENDING)).actions == ()
+
+
 @pytest.mark.parametrize(
     ("body", "amount"), [("yes pay", 25_000), ("ok pay it", 25_000), ("yes, pay 100", 10_000)]
 )

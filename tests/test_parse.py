@@ -321,7 +321,7 @@ MESSAGES = [
     ("I already paid", HIST, None),
     ("did my payment go through?", HIST, None),
     ("ya pagué", HIST, None),
-    ("pague 50", PAY, 5000),
+    ("pague 50", HIST, None),  # or "pagué 50", I paid 50: the history answers both safely
     ("Págalo", PAY, None),
     ("¿Cuándo vence mi pago?", BAL, None),
     ("cuando es mi proximo pago", BAL, None),
@@ -331,6 +331,32 @@ MESSAGES = [
     ("pay $40 on case 0311", PAY, 4000),  # the case is not the amount
     ("case 1500 pay", PAY, None),
     ("MA-2023-550311", DIGITS, "2023550311"),
+    # A yes taken back is no yes, and a thank-you never confirms a payment (second review).
+    ("ok, no thanks", UNKNOWN, None),
+    ("ok wait", UNKNOWN, None),
+    ("ok not now", UNKNOWN, None),
+    ("si, todavia no", UNKNOWN, None),
+    ("okay thank you", THANKS, None),
+    ("ok ty", THANKS, None),
+    ("ok got it thanks", THANKS, None),
+    ("ok muchas gracias", THANKS, None),
+    ("yes please", YES, None),
+    ("si claro", YES, None),
+    # An opt-out word after an acknowledgement opts out.
+    ("ok alto", STOP, None),
+    ("si, alto", STOP, None),
+    ("ok basta", STOP, None),
+    ("Gracias, ALTO", STOP, None),
+    ("ok cancel", STOP, None),
+    ("el pago es muy alto", UNKNOWN, None),  # "alto" is also "high"
+    # "pagué" (I paid) loses its accent to "pague": the history answers it.
+    ("Pagué ayer", HIST, None),
+    ("pagado", HIST, None),
+    # A thank-you first gives way to the request.
+    ("thanks, how much do I owe?", BAL, None),
+    ("gracias, ¿cuánto debo?", BAL, None),
+    ("thanks can I talk to someone", AGENT, None),
+    ("12 50", DIGITS, "1250"),  # never an amount: see the dialogue
     ("", EMPTY, None),
     ("   ", EMPTY, None),
     ("\n\t", EMPTY, None),
@@ -378,6 +404,10 @@ def test_a_case_named_in_a_request_is_kept_apart_from_the_amount(body, case_digi
         ("pagar todo el saldo", True),
         ("pay", False),
         ("pay all 50", False),  # an amount named wins
+        ("pay the full amount due", False),  # the amount due, in full
+        ("pay this month in full", False),
+        ("pay the total due", False),
+        ("pay now please, thats all", False),
     ],
 )
 def test_paying_the_whole_balance_is_understood(body, full):
@@ -391,6 +421,19 @@ def test_paying_the_whole_balance_is_understood(body, full):
 def test_a_yes_that_says_pay_is_marked(body, mentions_pay):
     command = parse(body)
     assert command.intent is YES and command.mentions_pay is mentions_pay
+
+
+@pytest.mark.parametrize(
+    ("body", "language"),
+    [
+        ("balance for LA county", None),
+        ("Balance for Maria De La Cruz", None),
+        ("balance - El Monte case", None),
+        ("hola, cuanto debo", "es"),
+    ],
+)
+def test_a_name_or_place_with_spanish_words_does_not_make_a_text_spanish(body, language):
+    assert parse(body).language == language
 
 
 def test_the_table_is_large_and_covers_every_intent():
