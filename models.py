@@ -74,6 +74,7 @@ class EnrollmentStatus(StrEnum):
     ACTIVE = "active"
     OPTED_OUT = "opted_out"
     UNDELIVERABLE = "undeliverable"
+    DECLINED = "declined"  # said NO to this case's invitation while texting about another
 
 
 class EnrollmentSource(StrEnum):

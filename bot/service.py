@@ -913,7 +913,10 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
         connection.execute(_OPT_IN, phone)
         connection.execute(_PHONE_OPTED_IN, phone)
     elif isinstance(action, Activate):
-        connection.execute(_ACTIVATE, phone)
+        # The cases whose invitation went out; only when none did (imported, or an invitation
+        # still held for the night) does the YES take every pending case, its hold cleared.
+        if connection.execute(_ACTIVATE_INVITED, phone).rowcount == 0:
+            connection.execute(_ACTIVATE, phone)
     elif isinstance(action, DeclineInvitation):
         connection.execute(_DECLINE_INVITATION, phone)
     elif isinstance(action, SetLanguage):
@@ -1048,9 +1051,13 @@ _ACTIVATE = (
         status=EnrollmentStatus.ACTIVE,
         confirmed_at=_NOW,
         consented_at=sa.func.coalesce(_E.c.consented_at, _NOW),
+        invite_at=None,
         updated_at=_NOW,
     )
 )
+# A YES answers the invitations that went out: one still held for the payer's quiet hours is
+# sent in the morning and answered on its own.
+_ACTIVATE_INVITED = _ACTIVATE.where(_E.c.invited_at.is_not(None))
 _DECLINE_INVITATION = (
     _E.update()
     .where(
@@ -1059,9 +1066,10 @@ _DECLINE_INVITATION = (
         _E.c.invited_at.is_not(None),
     )
     .values(
-        status=EnrollmentStatus.OPTED_OUT,
-        opted_out_at=_NOW,
+        # Declined, not opted out: the number still takes texts about its other cases.
+        status=EnrollmentStatus.DECLINED,
         status_reason="declined the invitation by text",
+        invite_at=None,
         updated_at=_NOW,
     )
 )

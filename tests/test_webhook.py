@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
@@ -353,11 +354,61 @@ def test_no_from_a_payer_active_on_one_case_declines_the_invitation_for_another_
     statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
     assert statuses == {
         payer[0].id: EnrollmentStatus.ACTIVE,
-        other.id: EnrollmentStatus.OPTED_OUT,
+        other.id: EnrollmentStatus.DECLINED,
         waiting.id: EnrollmentStatus.PENDING,
     }
-    # The number itself did not opt out: BAL is still answered.
+    # The number itself did not opt out: BAL is still answered, and its reminders, receipts and
+    # staff replies still go (a declined case was once taken for a STOP of the whole number).
     assert "balance" in replies(text(client, "BAL"))[0]
+    from bot.outbound import may_text
+
+    assert may_text(session=session, phone="+16175550134")
+
+
+def test_yes_takes_the_invitation_that_went_out_not_one_held_for_the_night(client, session):
+    sent = make_case(session, case_number="CS-000501")
+    held = make_case(session, case_number="CS-000777")
+    phone = "+16175550188"
+    make_enrollment(
+        session,
+        sent,
+        phone,
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        invited_at=utcnow(),
+    )
+    morning = utcnow() + timedelta(hours=3)
+    make_enrollment(
+        session,
+        held,
+        phone,
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        invite_at=morning,
+    )
+    assert "signed up" in replies(text(client, "YES", phone=phone))[0]
+    session.expire_all()
+    by_case = {e.case_id: e for e in session.exec(select(Enrollment))}
+    assert by_case[sent.id].status == EnrollmentStatus.ACTIVE
+    assert by_case[held.id].status == EnrollmentStatus.PENDING  # its invitation still goes
+    assert by_case[held.id].invite_at is not None
+
+
+def test_yes_with_no_invitation_out_takes_every_pending_case_and_clears_a_hold(client, session):
+    held = make_case(session, case_number="CS-000778")
+    phone = "+16175550189"
+    make_enrollment(
+        session,
+        held,
+        phone,
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        invite_at=utcnow() + timedelta(hours=3),
+    )
+    assert "signed up" in replies(text(client, "YES", phone=phone))[0]
+    session.expire_all()
+    (enrollment,) = session.exec(select(Enrollment)).all()
+    assert enrollment.status == EnrollmentStatus.ACTIVE and enrollment.invite_at is None
 
 
 def test_a_stray_yes_does_not_activate_a_case_whose_invitation_never_went(client, session, payer):
