@@ -2,8 +2,9 @@
 
 Reminders (jobs.reminders) judge a cycle here; nothing here reads the database.
 
-The cycle due on D starts at local midnight after D minus one calendar month (the previous due
-date P) and the previous cycle likewise ends on P. Payments (net of refunds, by when they were
+The cycle due on D starts at local midnight after the previous due date P (`previous_due_date`:
+D a calendar month earlier, or the previous month's last day when D is its month's last day) and
+the previous cycle likewise ends on P. Payments (net of refunds, by when they were
 made) pay the oldest installment first: what the previous cycle's payments fell short of its
 installment is taken from this cycle's payments, and what they paid beyond it counts for this
 cycle. This cycle counts as paid when nothing is owed (balance or amount due at 0), or when what
@@ -32,20 +33,40 @@ from jobs.schedule import local_midnight
 
 def minus_one_month(day: date) -> date:
     """The same day a month earlier, or that month's last day (Mar 31 -> Feb 28)."""
-    year, month = (day.year, day.month - 1) if day.month > 1 else (day.year - 1, 12)
-    following = date(year + (month == 12), month % 12 + 1, 1)
-    last = (following - timedelta(days=1)).day
-    return date(year, month, min(day.day, last))
+    last = day.replace(day=1) - timedelta(days=1)
+    return last.replace(day=min(day.day, last.day))
+
+
+def last_day_of_month(day: date) -> date:
+    """The last day of `day`'s month."""
+    following = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+    return following - timedelta(days=1)
+
+
+def previous_due_date(due_date: date) -> date:
+    """The due date before `due_date` on a monthly schedule.
+
+    A schedule on the 29th, 30th or 31st falls on the last day of a shorter month, so a due date
+    on its month's last day follows the previous month's last day (Nov 30 after Oct 31, Feb 28
+    after Jan 31, Mar 31 after Feb 28 or, in a leap year, Feb 29). Any other follows the same day
+    a month earlier, or that month's last day (Mar 30 after Feb 28, Mar 29 after Feb 29).
+    The date alone cannot tell a schedule on the 28th in February, or on the 30th in a 30-day
+    month, from one on the 31st: the last days of the previous month (Jan 29-31 before Feb 28)
+    are then taken as the previous cycle's, as a payment a few days late for it most likely is.
+    """
+    if due_date == last_day_of_month(due_date):
+        return due_date.replace(day=1) - timedelta(days=1)
+    return minus_one_month(due_date)
 
 
 def cycle_start(due_date: date, zone: ZoneInfo) -> datetime:
     """Where the cycle due on `due_date` begins: the day after the previous due date, local."""
-    return local_midnight(minus_one_month(due_date) + timedelta(days=1), zone)
+    return local_midnight(previous_due_date(due_date) + timedelta(days=1), zone)
 
 
 def previous_cycle_start(due_date: date, zone: ZoneInfo) -> datetime:
     """Where the cycle before the one due on `due_date` begins."""
-    return cycle_start(minus_one_month(due_date), zone)
+    return cycle_start(previous_due_date(due_date), zone)
 
 
 def paid_in_cycles(

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
-from billing.cycles import minus_one_month, paid_in_cycles, paid_toward_cycle
+from billing.cycles import paid_in_cycles, paid_toward_cycle, previous_due_date
 from bot import dialogue, messages
 from bot.dialogue import (
     Activate,
@@ -899,7 +899,7 @@ def _payments_since(rows: Sequence[Any], now: datetime) -> datetime:
     since = now - _PAYMENTS_REACH
     for row in rows:
         if row.next_due_date is not None:
-            begins = minus_one_month(minus_one_month(row.next_due_date)) - timedelta(days=1)
+            begins = previous_due_date(previous_due_date(row.next_due_date)) - timedelta(days=1)
             since = min(since, datetime.combine(begins, time(0), tzinfo=UTC))
     return since
 

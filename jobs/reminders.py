@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from billing.cycles import minus_one_month, paid_in_cycles, paid_toward_cycle, still_owed
+from billing.cycles import paid_in_cycles, paid_toward_cycle, previous_due_date, still_owed
 from billing.service import COUNTED, IN_FLIGHT
 from bot import messages
 from bot.outbound import held_invites_due, mark_failure, status_callback_url
@@ -1328,7 +1328,7 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         cards[case_id] = last4  # the newest active card wins
     earliest = min(
         (
-            minus_one_month(minus_one_month(case.next_due_date))
+            previous_due_date(previous_due_date(case.next_due_date))
             for case in cases.values()
             if case.next_due_date is not None
         ),

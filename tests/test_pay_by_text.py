@@ -7,7 +7,7 @@ import pytest
 from sqlmodel import select
 
 from billing.cards import attach_test_card
-from billing.cycles import minus_one_month
+from billing.cycles import previous_due_date
 from bot.catalog.en import format_date
 from models import Case, ConversationTurn, Payment, PaymentStatus, utcnow
 from tests.factories import make_case, make_enrollment
@@ -232,7 +232,7 @@ def test_last_cycles_installment_paid_late_leaves_this_cycles_to_pay_as_reminder
 ):
     due = utcnow().date() + timedelta(days=10)
     case = texting_case(session, due=due, balance=75_000)
-    late = datetime.combine(minus_one_month(due) + timedelta(days=2), time(12), tzinfo=UTC)
+    late = datetime.combine(previous_due_date(due) + timedelta(days=2), time(12), tzinfo=UTC)
     paid_on(session, case, 25_000, late)
     (balance,) = text(client, "BAL", "+16175550190")
     assert f"Next payment: $250.00 due {format_date(due)}." in balance
@@ -241,8 +241,9 @@ def test_last_cycles_installment_paid_late_leaves_this_cycles_to_pay_as_reminder
 def test_a_case_long_overdue_has_its_cycle_read_from_as_far_back_as_it_began(client, session):
     due = utcnow().date() - timedelta(days=80)  # its cycle began some 110 days ago
     case = texting_case(session, due=due, balance=50_000)
-    began = datetime.combine(minus_one_month(due) + timedelta(days=2), time(12), tzinfo=UTC)
-    paid_on(session, case, 25_000, began - timedelta(days=30))  # the cycle before
+    began = datetime.combine(previous_due_date(due) + timedelta(days=2), time(12), tzinfo=UTC)
+    last_due = datetime.combine(previous_due_date(due), time(12), tzinfo=UTC)
+    paid_on(session, case, 25_000, last_due)  # the cycle before, on its due date
     paid_on(session, case, 25_000, began)
     for days in (1, 2, 3):  # newer, but taken back by the bank: they pay nothing
         paid_on(session, case, 5_000, utcnow() - timedelta(days=days), PaymentStatus.DISPUTE_LOST)

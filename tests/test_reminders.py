@@ -14,6 +14,7 @@ from rq import SimpleWorker
 from sqlmodel import Session, select
 
 import db
+from billing.cycles import previous_due_date
 from bot.sms import TwilioGateway
 from jobs import reminders
 from jobs.reminders import cancel_pending, dispatch_due, plan_all, plan_case
@@ -35,6 +36,7 @@ from models import (
 from tests.conftest import free_port
 from tests.factories import make_case, make_enrollment
 from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+from tests.sms_helpers import inbound_params, post_signed, replies
 
 PHONE = "+16175550134"  # Massachusetts: the plain 08:00-21:00 window
 FLORIDA_PHONE = "+13055550100"
@@ -407,7 +409,7 @@ def local_noon(day: date, case) -> datetime:
 
 def test_last_months_installment_paid_late_does_not_silence_this_months_reminder(ctx, session, sms):
     case = texting_for_months(session, balance_cents=75_000)
-    last_due = reminders.minus_one_month(case.next_due_date)
+    last_due = previous_due_date(case.next_due_date)
     pay(session, case, 25_000, at=local_noon(last_due + timedelta(days=2), case))
     dispatch_due()
     reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
@@ -419,12 +421,47 @@ def test_last_months_installment_paid_on_time_leaves_this_months_payment_to_this
     ctx, session, sms
 ):
     case = texting_for_months(session, balance_cents=50_000)
-    last_due = reminders.minus_one_month(case.next_due_date)
+    last_due = previous_due_date(case.next_due_date)
     pay(session, case, 25_000, at=local_noon(last_due - timedelta(days=1), case))
     pay(session, case, 25_000, at=utcnow() - timedelta(hours=2))
     dispatch_due()
     assert rows(session, case.id)[ReminderKind.DUE_TODAY].reason == "paid"
     assert list(sms) == []
+
+
+def test_last_months_installment_paid_on_its_month_end_due_date_leaves_this_month_unpaid(
+    queued_app, session
+):
+    # Due on the last day of each month: the Oct 31 installment was paid on Oct 31.
+    ny = ZoneInfo("America/New_York")
+    case = make_case(
+        session,
+        case_number="CS-000501",
+        timezone="America/New_York",
+        next_due_date=date(2026, 11, 30),
+        balance_cents=75_000,
+    )
+    make_enrollment(session, case, PHONE, confirmed_at=datetime(2026, 10, 15, tzinfo=UTC))
+    add_card(session, case)
+    pay(session, case, 25_000, at=datetime(2026, 10, 31, 12, tzinfo=ny))
+    noon = datetime(2026, 12, 1, 12, tzinfo=ny)
+    plan_case(session=session, case_id=case.id, now=noon)
+    session.commit()
+    one = datetime(2026, 12, 1, 13, tzinfo=ny)
+    assert dispatch_due(now=one).enqueued == 1
+    (job,) = queued_app.extensions["queues"]["sms"].get_jobs()
+    summary = reminders.send_reminders(claims=job.args[0], clock=lambda: one)
+    assert (summary.sent, dict(summary.skipped)) == (1, {})
+    overdue = rows(session, case.id)[ReminderKind.OVERDUE]
+    assert (overdue.status, overdue.reason) == (ReminderStatus.SENT, None)
+    (reminder,) = queued_app.extensions["sms"].sent
+    assert "$250.00" in reminder.body and "Nov 30" in reminder.body
+
+    client = queued_app.test_client()
+    (balance,) = replies(post_signed(client, "/sms/inbound", inbound_params("BAL", PHONE), None))
+    assert "covered" not in balance and "$250.00" in balance, balance
+    (quote,) = replies(post_signed(client, "/sms/inbound", inbound_params("PAY", PHONE), None))
+    assert "$250.00" in quote and "covered" not in quote, quote
 
 
 def test_a_partial_payment_does_not_count_as_paid_and_the_reminder_asks_for_the_rest(

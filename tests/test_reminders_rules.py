@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -17,6 +18,7 @@ from billing.cycles import (
     minus_one_month,
     paid_toward_cycle,
     previous_cycle_start,
+    previous_due_date,
 )
 from bot.segments import segments
 from jobs import schedule
@@ -231,7 +233,66 @@ def test_the_previous_installment_is_capped_by_the_balance_as_this_ones_is():
 
 def test_the_previous_cycle_starts_the_day_after_the_due_date_before_it():
     assert previous_cycle_start(date(2026, 12, 1), NY) == datetime(2026, 10, 2, tzinfo=NY)
-    assert previous_cycle_start(date(2026, 3, 31), NY) == datetime(2026, 1, 29, tzinfo=NY)
+    # Mar 31 follows Feb 28, which follows Jan 31.
+    assert previous_cycle_start(date(2026, 3, 31), NY) == datetime(2026, 2, 1, tzinfo=NY)
+
+
+@pytest.mark.parametrize(
+    ("due", "previous"),
+    [
+        # Any day before the month's last: the same day a month earlier.
+        ("2026-01-15", "2025-12-15"),
+        ("2027-01-01", "2026-12-01"),
+        ("2026-11-29", "2026-10-29"),
+        ("2026-12-30", "2026-11-30"),
+        ("2026-04-29", "2026-03-29"),
+        ("2028-02-28", "2028-01-28"),  # not February's last day in a leap year
+        # ... or that month's last day when it is shorter: a schedule on the 29th-31st.
+        ("2026-10-30", "2026-09-30"),
+        ("2026-05-30", "2026-04-30"),
+        ("2026-03-28", "2026-02-28"),
+        ("2026-03-29", "2026-02-28"),
+        ("2026-03-30", "2026-02-28"),
+        ("2028-03-29", "2028-02-29"),
+        ("2028-03-30", "2028-02-29"),
+        # The month's last day: the previous month's last day.
+        ("2026-11-30", "2026-10-31"),
+        ("2026-12-31", "2026-11-30"),
+        ("2027-01-31", "2026-12-31"),
+        ("2026-10-31", "2026-09-30"),
+        ("2026-05-31", "2026-04-30"),
+        ("2026-04-30", "2026-03-31"),
+        ("2026-03-31", "2026-02-28"),
+        ("2028-03-31", "2028-02-29"),
+        ("2026-02-28", "2026-01-31"),
+        ("2028-02-29", "2028-01-31"),
+        ("2100-02-28", "2100-01-31"),  # 2100 is no leap year
+    ],
+)
+def test_cycle_starts_the_day_after_the_previous_due_date_month_ends_follow_month_ends(
+    due, previous
+):
+    due, previous = date.fromisoformat(due), date.fromisoformat(previous)
+    assert previous_due_date(due) == previous
+    assert cycle_start(due, NY) == datetime.combine(previous + timedelta(days=1), time(0), NY)
+
+
+def test_a_payment_on_a_due_date_never_counts_for_the_next_cycle_on_any_monthly_schedule():
+    for day in range(1, 32):
+        # The schedule on `day`: that day each month, or the month's last day when shorter.
+        dues = []
+        for month in range(12 * 2026, 12 * 2030):
+            first = date(month // 12, month % 12 + 1, 1)
+            last = (first + timedelta(days=31)).replace(day=1) - timedelta(days=1)
+            dues.append(first.replace(day=min(day, last.day)))
+        for before, due in itertools.pairwise(dues):
+            start = cycle_start(due, NY).date()
+            assert before < start <= due, (day, due)
+            if previous_due_date(due) != before:
+                # Only where the date cannot tell a schedule on the 28th-30th from one on the
+                # 31st (Feb 28, Apr 30): the previous cycle runs to the end of its month.
+                assert day in (28, 29, 30) and (due + timedelta(days=1)).day == 1, (day, due)
+                assert start == due.replace(day=1), (day, due)
 
 
 def test_transient_failures_back_off_up_to_an_hour():
