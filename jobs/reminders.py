@@ -7,7 +7,8 @@ and enqueues send jobs; `send_reminders` (the job) re-checks everything just bef
 Cycles: a due-cycle reminder's cycle is its due date (`2026-05-01`); an appointment reminder's is
 `appt:<appointment id>`. When a due date moves, the cycle's unsent rows move with it.
 
-Paid this cycle: judged by billing.cycles, which says how.
+Paid this cycle: judged by billing.cycles, which says how. A cycle only a payment still in flight
+covers holds its reminder (deferred, `payment_in_flight`) until that payment succeeds or fails.
 
 Never twice: dispatch claims rows atomically (status scheduled -> queued, `attempts` + 1, which
 is the claim's token); a job only works on rows whose status and token still match, moving them
@@ -100,6 +101,11 @@ MAX_ATTEMPTS = 10
 
 OVERDUE_STALE_AFTER = timedelta(days=7)
 """An overdue reminder not sent within a week of its day is no longer sent."""
+
+IN_FLIGHT_RECHECK = timedelta(hours=1)
+"""How long a reminder whose cycle only a payment still in flight covers is held before it is
+judged again (then, within the payer's window): skipped as paid once the payment succeeded, sent
+once it failed, held again while it is still in flight (a bank approval waits up to a day)."""
 
 SMS_QUEUE = "sms"
 """The RQ queue send jobs go to."""
@@ -1167,10 +1173,11 @@ class _Tally:
 
 @dataclass(frozen=True)
 class _Final:
-    """A reminder decided without sending anything."""
+    """A reminder decided without sending anything (for now, when deferred to `send_at`)."""
 
     status: ReminderStatus
     reason: str
+    send_at: datetime | None = None
 
 
 @dataclass
@@ -1197,6 +1204,7 @@ class _Context:
     blocked_phones: set[str]
     cards: dict[int, str]
     payments: dict[int, list[tuple[datetime, int]]]
+    settled: dict[int, list[tuple[datetime, int]]]
     in_flight: dict[int, int]
     texting_since: dict[int, datetime]
     appointments: dict[int, Any]
@@ -1335,6 +1343,7 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         default=None,
     )
     payments: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
+    settled: dict[int, list[tuple[datetime, int]]] = defaultdict(list)  # none in flight
     in_flight: dict[int, int] = defaultdict(int)
     if earliest is not None:
         # The previous cycle's too. A day's margin covers every zone; each case's own cycle
@@ -1356,6 +1365,8 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
             payments[case_id].append((created_at, net))
             if status in IN_FLIGHT:
                 in_flight[case_id] += amount
+            else:
+                settled[case_id].append((created_at, net))
     appointment_ids = sorted({r.appointment_id for r in rows.values() if r.appointment_id})
     appointments = {
         appointment.id: appointment
@@ -1394,6 +1405,7 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
         blocked_phones,
         cards,
         payments,
+        settled,
         in_flight,
         texting_since,
         appointments,
@@ -1441,27 +1453,27 @@ def _judge(
         )
         if now >= stale:
             return _Final(ReminderStatus.SKIPPED, "too_late")
-        # A payment still in flight counts as paid, as BAL and PAY count it; if it fails, the
-        # payer is told so, and the cycle's later reminders still go.
-        balance = case.balance_cents - context.in_flight.get(row.case_id, 0)
-        paid_in_cycle, paid_before = paid_in_cycles(
-            context.payments.get(row.case_id, []),
-            due_date=due,
+        # A payment still in flight counts as paid, as BAL and PAY count it (not yet taken off
+        # the balance). A cycle only such a payment covers is not closed as paid: the reminder
+        # is held and judged again, skipped once the payment succeeds, sent if it fails.
+        in_flight = context.in_flight.get(row.case_id, 0)
+        amount = _cycle_owes(
+            case,
+            payments=context.payments.get(row.case_id, []),
+            balance_cents=case.balance_cents - in_flight,
             zone=reach.zone,
             texting_since=context.texting_since[row.case_id],
         )
-        left = paid_toward_cycle(
-            amount_due_cents=case.amount_due_cents,
-            balance_cents=balance,
-            paid_in_cycle_cents=paid_in_cycle,
-            paid_in_previous_cycle_cents=paid_before,
-        )
-        amount = still_owed(
-            amount_due_cents=case.amount_due_cents,
-            balance_cents=balance,
-            paid_toward_cycle_cents=left,
-        )
         if amount == 0:
+            if in_flight and _cycle_owes(
+                case,
+                payments=context.settled.get(row.case_id, []),
+                balance_cents=case.balance_cents,
+                zone=reach.zone,
+                texting_since=context.texting_since[row.case_id],
+            ):
+                later = reach.next_allowed(now + IN_FLIGHT_RECHECK)
+                return _Final(ReminderStatus.DEFERRED, "payment_in_flight", send_at=later)
             return _Final(ReminderStatus.SKIPPED, "paid")
 
     tally = _Tally()
@@ -1512,6 +1524,31 @@ def _judge(
             )
         )
     return tally, texts
+
+
+def _cycle_owes(
+    case: Any,
+    *,
+    payments: Sequence[tuple[datetime, int]],
+    balance_cents: int,
+    zone: ZoneInfo,
+    texting_since: datetime,
+) -> int:
+    """What the case's cycle due next still asks for, given these payments (billing.cycles)."""
+    paid_in_cycle, paid_before = paid_in_cycles(
+        payments, due_date=case.next_due_date, zone=zone, texting_since=texting_since
+    )
+    left = paid_toward_cycle(
+        amount_due_cents=case.amount_due_cents,
+        balance_cents=balance_cents,
+        paid_in_cycle_cents=paid_in_cycle,
+        paid_in_previous_cycle_cents=paid_before,
+    )
+    return still_owed(
+        amount_due_cents=case.amount_due_cents,
+        balance_cents=balance_cents,
+        paid_toward_cycle_cents=left,
+    )
 
 
 def _replan_now(session: Session, row: _Row, now: datetime) -> _Final:
@@ -1923,12 +1960,16 @@ def _finish(
     for reminder_id in owned:
         row = context.rows[reminder_id]
         if reminder_id in finished:
-            status, reason = finished[reminder_id].status, finished[reminder_id].reason
+            final = finished[reminder_id]
+            status, reason = final.status, final.reason
             if status == ReminderStatus.SCHEDULED:
                 summary.skipped[reason] += 1
                 continue  # planning already holds it again
-            changes.append(_outcome(row, status, reason, now))
-            summary.skipped[reason] += 1
+            changes.append(_outcome(row, status, reason, now, send_at=final.send_at))
+            if status == ReminderStatus.DEFERRED:
+                summary.deferred += 1
+            else:
+                summary.skipped[reason] += 1
             continue
         tally = tallies[reminder_id]
         if tally.canceled:

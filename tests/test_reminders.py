@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 import db
 from billing.cycles import previous_due_date
+from billing.jobs import expire_approvals
 from bot.sms import TwilioGateway
 from jobs import reminders
 from jobs.reminders import cancel_pending, dispatch_due, plan_all, plan_case
@@ -33,6 +34,15 @@ from models import (
     ReminderStatus,
     utcnow,
 )
+from tests.billing_helpers import (
+    AUTHENTICATION,
+    after_approval_window,
+    csrf_field,
+    path_of,
+    received,
+)
+from tests.billing_helpers import add_card as add_billing_card
+from tests.billing_helpers import texts as billing_texts
 from tests.conftest import free_port
 from tests.factories import make_case, make_enrollment
 from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
@@ -478,16 +488,134 @@ def test_a_partial_payment_does_not_count_as_paid_and_the_reminder_asks_for_the_
 @pytest.mark.parametrize(
     "status", [PaymentStatus.PENDING, PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_ACTION]
 )
-def test_a_payment_still_in_flight_for_the_installment_skips_the_reminder_as_bal_says_paid(
+def test_a_cycle_only_a_payment_in_flight_covers_holds_the_reminder_an_hour_not_skips_it(
     ctx, session, sms, status
 ):
-    # Not on the balance yet: billing takes it off when it succeeds.
+    # Not on the balance yet: billing takes it off when it succeeds. BAL calls it covered, but
+    # the reminder is not closed on the strength of a payment that may still fail.
     case = due_today_case(session, balance_cents=100_000)
     pay(session, case, 25_000, at=utcnow() - timedelta(hours=2), status=status)
+    before = utcnow()
+    summary = dispatch_due()
+    assert (summary.sent, summary.deferred, dict(summary.skipped)) == (0, 1, {})
+    held = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (held.status, held.reason) == (ReminderStatus.DEFERRED, "payment_in_flight")
+    recheck = before + reminders.IN_FLIGHT_RECHECK
+    assert recheck <= held.send_at.replace(tzinfo=UTC) <= recheck + timedelta(minutes=1)
+    assert list(sms) == []
+    # Still in flight at the next look: held again.
+    assert dispatch_due(now=held.send_at).deferred == 1
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].reason == "payment_in_flight"
+    assert list(sms) == []
+
+
+def test_a_payment_in_flight_for_part_of_the_installment_does_not_hold_the_reminder(
+    ctx, session, sms
+):
+    case = due_today_case(session, balance_cents=100_000)
+    pay(session, case, 10_000, at=utcnow() - timedelta(hours=2), status=PaymentStatus.PENDING)
+    dispatch_due()
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].status == ReminderStatus.SENT
+    assert "Your payment of $150.00" in sms[0].body
+
+
+def test_a_cycle_paid_and_with_a_payment_in_flight_too_is_skipped_as_paid(ctx, session, sms):
+    case = due_today_case(session, balance_cents=75_000)
+    pay(session, case, 25_000, at=utcnow() - timedelta(hours=3))
+    pay(session, case, 5_000, at=utcnow() - timedelta(hours=2), status=PaymentStatus.PENDING)
     dispatch_due()
     reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
     assert (reminder.status, reminder.reason) == (ReminderStatus.SKIPPED, "paid")
     assert list(sms) == []
+
+
+def overdue_while_awaiting_approval(app, session):
+    """A case due yesterday whose payer texted PAY, YES: the bank wants the payer's approval.
+
+    Its overdue reminder is held; returns the case, the payment and the approval text.
+    """
+    zone = zone_at(13)
+    case = make_case(session, timezone=zone, next_due_date=local_today(zone) - timedelta(days=1))
+    make_enrollment(session, case, PHONE)
+    add_billing_card(app, session, case, AUTHENTICATION)
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    client = app.test_client()
+    for body in ("PAY", "YES"):
+        replies(post_signed(client, "/sms/inbound", inbound_params(body, PHONE), None))
+    held = session.exec(select(Payment)).one()
+    assert held.status == PaymentStatus.REQUIRES_ACTION
+    [asked] = billing_texts(session, intent="auth_required")
+    summary = dispatch_due()
+    assert (summary.deferred, dict(summary.skipped)) == (1, {})
+    overdue = rows(session, case.id)[ReminderKind.OVERDUE]
+    assert (overdue.status, overdue.reason) == (ReminderStatus.DEFERRED, "payment_in_flight")
+    assert turns(session, intent="reminder_overdue") == []
+    return case, held, asked
+
+
+def test_a_reminder_held_for_a_payment_awaiting_approval_is_skipped_once_it_goes_through(
+    ctx, session
+):
+    case, held, asked = overdue_while_awaiting_approval(ctx, session)
+    client = ctx.test_client()
+    path = path_of(received(ctx, asked).split("finish: ", 1)[1].split(" ", 1)[0])
+    page = client.get(path)
+    assert "went through" in client.post(path, data=csrf_field(page.text)).text
+    session.expire_all()
+    assert session.get(Payment, held.id).status == PaymentStatus.SUCCEEDED
+
+    summary = dispatch_due(now=rows(session, case.id)[ReminderKind.OVERDUE].send_at)
+    assert summary.skipped == {"paid": 1}
+    overdue = rows(session, case.id)[ReminderKind.OVERDUE]
+    assert (overdue.status, overdue.reason) == (ReminderStatus.SKIPPED, "paid")
+    assert turns(session, intent="reminder_overdue") == []
+
+
+def test_a_reminder_held_for_a_payment_awaiting_approval_goes_once_the_approval_lapses(
+    ctx, session, monkeypatch
+):
+    case, held, _ = overdue_while_awaiting_approval(ctx, session)
+    after_approval_window(monkeypatch)
+    with ctx.app_context():
+        assert expire_approvals() == 1
+    session.expire_all()
+    assert session.get(Payment, held.id).status == PaymentStatus.CANCELED
+
+    summary = dispatch_due(now=rows(session, case.id)[ReminderKind.OVERDUE].send_at)
+    assert (summary.sent, dict(summary.skipped)) == (1, {})
+    overdue = rows(session, case.id)[ReminderKind.OVERDUE]
+    assert (overdue.status, overdue.reason) == (ReminderStatus.SENT, None)
+    [reminder] = turns(session, intent="reminder_overdue")
+    assert reminder.phone == PHONE and "$250.00" in reminder.body
+    assert dispatch_due(now=utcnow() + timedelta(hours=3)).enqueued == 0
+
+
+def test_a_held_reminder_waits_for_the_window_and_a_stop_while_held_cancels_it(ctx, session, sms):
+    zone = zone_at(20)  # an hour on is 21:00 and later: quiet hours
+    case = make_case(session, timezone=zone, next_due_date=local_today(zone) - timedelta(days=1))
+    make_enrollment(session, case, PHONE)
+    other = make_case(session, timezone=zone, next_due_date=local_today(zone) - timedelta(days=1))
+    make_enrollment(session, other, "+16175550122")
+    for held in (case, other):
+        pay(session, held, 25_000, at=utcnow(), status=PaymentStatus.REQUIRES_ACTION)
+        plan_case(session=session, case_id=held.id)
+    session.commit()
+    assert dispatch_due().deferred == 2
+    waiting = rows(session, case.id)[ReminderKind.OVERDUE]
+    local = waiting.send_at.astimezone(ZoneInfo(zone))
+    assert local.time() == time(8) and local.date() == local_today(zone) + timedelta(days=1)
+
+    replies(post_signed(ctx.test_client(), "/sms/inbound", inbound_params("STOP", PHONE), None))
+    for payment in session.exec(select(Payment)).all():  # the payments fail
+        payment.status = PaymentStatus.FAILED
+        session.add(payment)
+    session.commit()
+    sms.clear()
+    assert dispatch_due(now=waiting.send_at).sent == 1
+    assert [message.to for message in sms] == ["+16175550122"]
+    stopped = rows(session, case.id)[ReminderKind.OVERDUE]
+    assert stopped.status == ReminderStatus.CANCELED
 
 
 def test_a_failed_payment_does_not_count_as_paid(ctx, session, sms):
