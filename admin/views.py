@@ -691,8 +691,20 @@ def _enroll_message(enrolled: service.Enrolled) -> tuple[str, str]:
         return f"{first} The opt-in text was sent.", "success"
     if enrolled.invite.result.outcome_unknown:
         return f"{first} {_MAY_HAVE_GONE}", "warning"
+    if enrolled.invite.retry is not None:
+        return f"{first} {_refused_for_now(enrolled.invite)}", "warning"
     error = enrolled.invite.result.error_message or "provider error"
     return f"{first} The opt-in text could not be sent ({error}).", "error"
+
+
+def _refused_for_now(invite) -> str:
+    """What happened to an invitation Twilio refused for now, and when it goes again."""
+    result = invite.result
+    if result.error_code == 20429:
+        why = "Twilio was busy"
+    else:
+        why = f"Twilio could not take it ({result.error_message or 'provider error'})"
+    return f"{why}; the opt-in text will be retried at {invite.retry.when()}."
 
 
 # --- Handoffs --------------------------------------------------------------------------------

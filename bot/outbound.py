@@ -62,6 +62,8 @@ class Sent:
 
     turn: ConversationTurn
     result: SendResult
+    retry: Held | None = None
+    """An invitation Twilio refused for now (a 429, say): held to be tried again then."""
 
 
 def status_callback_url() -> str | None:
@@ -288,7 +290,7 @@ HELD_INVITES_PER_JOB = 500
 """Held invitations one job sends, one at a time; any more are left for the next dispatch."""
 
 INVITE_RETRY_AFTER = timedelta(minutes=5)
-"""A held invitation Twilio refused for now (a 429, say) is tried again this much later."""
+"""An invitation Twilio refused for now (a 429, say) is tried again this much later."""
 
 
 @dataclass(frozen=True)
@@ -329,9 +331,12 @@ def invite(
     """Text the double opt-in invitation now if the payer's window is open, else hold it.
 
     A held invitation waits in `invite_at` for the window to open in the payer's zone, and the
-    reminder dispatch sends it then (send_held_invites). None when it is not to go: it went (or
-    may have) already, the enrollment is not pending, or the number opted out; a number that
-    cannot take these texts (phones.textable_phone) is marked undeliverable, saying why.
+    reminder dispatch sends it then (send_held_invites). One Twilio refused for now (a 429, or
+    an error that proves nothing reached it) is held the same way INVITE_RETRY_AFTER later (in
+    the payer's window), and the Sent returned says when (`retry`). None when it is not to go:
+    it went (or may have) already, the enrollment is not pending, or the number opted out; a
+    number that cannot take these texts (phones.textable_phone) is marked undeliverable, saying
+    why.
     """
     now = now or utcnow()
     if enrollment.status != EnrollmentStatus.PENDING or enrollment.invited_at is not None:
@@ -357,13 +362,21 @@ def invite(
         session.add(enrollment)
         session.flush()
         return Held(enrollment.invite_at, reach.zone, now)
-    return send_invite(
+    sent = send_invite(
         session=session,
         enrollment=enrollment,
         case_number=case.case_number,
         now=now,
         commit_claim=commit_claim,
     )
+    if sent is None or not sent.result.retryable:
+        return sent
+    # Nothing reached Twilio: the claim was released, and the dispatch tries it again.
+    enrollment.invite_at = reach.next_allowed(now + INVITE_RETRY_AFTER)
+    enrollment.updated_at = now
+    session.add(enrollment)
+    session.flush()
+    return Sent(sent.turn, sent.result, retry=Held(enrollment.invite_at, reach.zone, now))
 
 
 def send_invite(
@@ -435,6 +448,8 @@ class Invitations:
     """Not texted: the number opted out (on any case) or cannot receive texts."""
     held: tuple[Held, ...] = ()
     """Asked for in the payer's quiet hours: each goes when the payer's window opens."""
+    retrying: tuple[Held, ...] = ()
+    """Refused by Twilio for now (a 429, say): each is tried again then by the dispatch."""
 
 
 def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> Invitations:
@@ -444,6 +459,7 @@ def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> 
     now = now or utcnow()
     sent = failed = opted_out = 0
     held: list[Held] = []
+    retrying: list[Held] = []
     with session_scope() as session:
         for enrollment in pending_uninvited(session=session, limit=limit):
             # An import or a re-enrollment never undoes a STOP; checked at the last moment.
@@ -462,10 +478,12 @@ def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> 
                 # One Twilio did not answer may have gone: counted as sent, never sent again.
                 if outcome.result.ok or outcome.result.outcome_unknown:
                     sent += 1
+                elif outcome.retry is not None:
+                    retrying.append(outcome.retry)
                 else:
                     failed += 1
             session.commit()
-    return Invitations(sent, failed, opted_out, tuple(held))
+    return Invitations(sent, failed, opted_out, tuple(held), tuple(retrying))
 
 
 def held_invites_due(*, session: Session, now: datetime) -> int:
@@ -507,14 +525,9 @@ def send_held_invites(*, now: datetime | None = None, limit: int = HELD_INVITES_
             outcome = invite(
                 session=session, enrollment=enrollment, case=case, now=now, commit_claim=True
             )
-            if not isinstance(outcome, Sent):
-                continue
-            if outcome.result.ok or outcome.result.outcome_unknown:
+            # One Twilio refused for now is held again by invite, to be tried later.
+            if isinstance(outcome, Sent) and (outcome.result.ok or outcome.result.outcome_unknown):
                 went += 1
-            elif outcome.result.retryable:
-                reach = _reach(case_tz=case.timezone, phone=enrollment.phone)
-                enrollment.invite_at = reach.next_allowed(now + INVITE_RETRY_AFTER)
-                session.add(enrollment)
     return went
 
 

@@ -108,6 +108,13 @@ def enroll_command(
                 f"{len(done.held)} held for the payers' quiet hours, to be sent when each "
                 f"payer's texting window opens: {shown}."
             )
+        if done.retrying:
+            times = Counter(held.when() for held in done.retrying)
+            shown = ", ".join(f"{n} at {when}" for when, n in sorted(times.items()))
+            click.echo(
+                f"{len(done.retrying)} not sent: Twilio was busy or could not take them for "
+                f"now; they will be retried: {shown}."
+            )
         if done.opted_out:
             click.echo(
                 f"{done.opted_out} not invited: the number opted out of texts (or cannot "

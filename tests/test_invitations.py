@@ -133,7 +133,7 @@ def test_the_enroll_form_in_quiet_hours_says_when_the_opt_in_text_will_go(
         page
     )
     assert "The opt-in text was sent" not in page
-    assert "Opt-in text held (quiet hours)" in page and "Dec 1, 2026 8:00 AM EST" in page
+    assert "Opt-in text held" in page and "Dec 1, 2026 8:00 AM EST" in page
     assert sent_to(app) == []
 
     with app.app_context():
