@@ -23,6 +23,7 @@ from bot.dialogue import case_ending
 from bot.redact import link_tokens_masked
 from bot.sms import Failure, SendResult
 from db import after_commit, session_scope
+from jobs.ratelimit import Pacer, send_pacer
 from models import (
     Case,
     Conversation,
@@ -327,6 +328,7 @@ def invite(
     case: Case,
     now: datetime | None = None,
     commit_claim: bool = False,
+    pacer: Pacer | None = None,
 ) -> Sent | Held | None:
     """Text the double opt-in invitation now if the payer's window is open, else hold it.
 
@@ -337,8 +339,48 @@ def invite(
     it went (or may have) already, the enrollment is not pending, or the number opted out; a
     number that cannot take these texts (phones.textable_phone) is marked undeliverable, saying
     why.
+
+    With `pacer` (callers sending many, which own their session) the text waits for its send
+    slot (the SMS rate the reminders keep too) before the claim, so a sender stopped while
+    waiting has claimed nothing. The session is committed first, so nothing is held open while
+    it waits, and the enrollment is judged again after, by the clock then (`now` if given): a
+    STOP or the window closing meanwhile counts.
     """
-    now = now or utcnow()
+    at = now or utcnow()
+    judged = _judge(session=session, enrollment=enrollment, case=case, now=at)
+    if pacer is not None and judged is not None and not isinstance(judged, Held):
+        session.commit()
+        if pacer.wait():
+            fresh = session.get(Enrollment, enrollment.id, populate_existing=True)
+            if fresh is None:
+                return None
+            enrollment, at = fresh, now or utcnow()
+            judged = _judge(session=session, enrollment=enrollment, case=case, now=at)
+    if judged is None or isinstance(judged, Held):
+        return judged
+    reach = judged
+    sent = send_invite(
+        session=session,
+        enrollment=enrollment,
+        case_number=case.case_number,
+        now=at,
+        commit_claim=commit_claim,
+    )
+    if sent is None or not sent.result.retryable:
+        return sent
+    if pacer is not None and sent.result.error_code == 20429:
+        pacer.pause(1.0)  # Twilio says slow down: every sender waits a second, as reminders do
+    # Nothing reached Twilio: the claim was released, and the dispatch tries it again.
+    enrollment.invite_at = reach.next_allowed(at + INVITE_RETRY_AFTER)
+    enrollment.updated_at = at
+    session.add(enrollment)
+    session.flush()
+    return Sent(sent.turn, sent.result, retry=Held(enrollment.invite_at, reach.zone, at))
+
+
+def _judge(*, session: Session, enrollment: Enrollment, case: Case, now: datetime):
+    """Whether an invitation goes at `now`: the payer's reach if it does, Held if it waits for
+    their window, None if it is not to go (recording why on the enrollment)."""
     if enrollment.status != EnrollmentStatus.PENDING or enrollment.invited_at is not None:
         return None
     if not may_text(session=session, phone=enrollment.phone):
@@ -362,21 +404,7 @@ def invite(
         session.add(enrollment)
         session.flush()
         return Held(enrollment.invite_at, reach.zone, now)
-    sent = send_invite(
-        session=session,
-        enrollment=enrollment,
-        case_number=case.case_number,
-        now=now,
-        commit_claim=commit_claim,
-    )
-    if sent is None or not sent.result.retryable:
-        return sent
-    # Nothing reached Twilio: the claim was released, and the dispatch tries it again.
-    enrollment.invite_at = reach.next_allowed(now + INVITE_RETRY_AFTER)
-    enrollment.updated_at = now
-    session.add(enrollment)
-    session.flush()
-    return Sent(sent.turn, sent.result, retry=Held(enrollment.invite_at, reach.zone, now))
+    return reach
 
 
 def send_invite(
@@ -452,11 +480,17 @@ class Invitations:
     """Refused by Twilio for now (a 429, say): each is tried again then by the dispatch."""
 
 
-def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> Invitations:
-    """Invite pending, uninvited enrollments that may be texted: now, or when their window opens."""
+def invite_pending(
+    limit: int | None = None, *, now: datetime | None = None, pacer: Pacer | None = None
+) -> Invitations:
+    """Invite pending, uninvited enrollments that may be texted: now, or when their window opens.
+
+    Those sent now keep the SMS rate (`pacer`, by default the one the reminders share); each is
+    judged by the clock when its turn comes, or by `now` if given.
+    """
     from cases.service import pending_uninvited
 
-    now = now or utcnow()
+    pacer = pacer or send_pacer()
     sent = failed = opted_out = 0
     held: list[Held] = []
     retrying: list[Held] = []
@@ -468,12 +502,17 @@ def invite_pending(limit: int | None = None, *, now: datetime | None = None) -> 
                 continue
             case = session.get(Case, enrollment.case_id)
             outcome = invite(
-                session=session, enrollment=enrollment, case=case, now=now, commit_claim=True
+                session=session,
+                enrollment=enrollment,
+                case=case,
+                now=now,
+                commit_claim=True,
+                pacer=pacer,
             )
             if isinstance(outcome, Held):
                 held.append(outcome)
-            elif outcome is None and enrollment.status == EnrollmentStatus.UNDELIVERABLE:
-                opted_out += 1
+            elif outcome is None and not may_text(session=session, phone=enrollment.phone):
+                opted_out += 1  # cannot take texts, or opted out while waiting for its slot
             elif outcome is not None:
                 # One Twilio did not answer may have gone: counted as sent, never sent again.
                 if outcome.result.ok or outcome.result.outcome_unknown:
@@ -500,14 +539,23 @@ def _held_due(now: datetime) -> tuple:
     )
 
 
-def send_held_invites(*, now: datetime | None = None, limit: int = HELD_INVITES_PER_JOB) -> int:
+def send_held_invites(
+    *,
+    now: datetime | None = None,
+    limit: int = HELD_INVITES_PER_JOB,
+    pacer: Pacer | None = None,
+) -> int:
     """Send the invitations held for quiet hours whose window has opened; returns how many went.
 
-    Each is reloaded and judged again just before it goes: one whose number opted out since, or
-    whose enrollment is no longer pending or is gone, is dropped; one whose window closed again
-    (the dispatch ran late) waits for the next opening. Safe to run twice, or twice at once.
+    They keep the SMS rate (`pacer`, by default the one the reminders share), so held
+    invitations and reminders due at the same moment go no faster together than either alone.
+    Each is reloaded and judged again just before it goes (by the clock then, or by `now` if
+    given): one whose number opted out since, or whose enrollment is no longer pending or is
+    gone, is dropped; one whose window closed again (the dispatch ran late) waits for the next
+    opening. Safe to run twice, or twice at once.
     """
-    now = now or utcnow()
+    clock, now = now, now or utcnow()
+    pacer = pacer or send_pacer()
     with session_scope() as session:
         due = session.exec(
             select(Enrollment.id)
@@ -523,7 +571,12 @@ def send_held_invites(*, now: datetime | None = None, limit: int = HELD_INVITES_
                 continue
             case = session.get(Case, enrollment.case_id)
             outcome = invite(
-                session=session, enrollment=enrollment, case=case, now=now, commit_claim=True
+                session=session,
+                enrollment=enrollment,
+                case=case,
+                now=clock,
+                commit_claim=True,
+                pacer=pacer,
             )
             # One Twilio refused for now is held again by invite, to be tried later.
             if isinstance(outcome, Sent) and (outcome.result.ok or outcome.result.outcome_unknown):

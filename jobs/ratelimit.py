@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from flask import current_app
 from redis import Redis
 
 PACE_KEY = "paytext:sms:pace"
@@ -98,3 +99,13 @@ class Pacer:
         self._script(
             keys=[self._key], args=[self._interval_us, self._burst, 0, round(seconds * 1e6)]
         )
+
+
+def send_pacer(*, sleep: Callable[[float], None] = time.sleep) -> Pacer:
+    """A pacer at the app's SMS_RATE_PER_SECOND on the one schedule (PACE_KEY) the reminder
+    lanes pace by too, so held and pending invitations share their rate."""
+    return Pacer(
+        current_app.extensions["redis"],
+        rate_per_second=current_app.config["SMS_RATE_PER_SECOND"],
+        sleep=sleep,
+    )

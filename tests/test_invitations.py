@@ -4,6 +4,7 @@ are held and sent by the reminder dispatch when the window opens in the payer's 
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from sqlmodel import select
 
 from admin.service import enroll_number
 from bot.outbound import Held, Sent, invite_pending, send_held_invites
+from jobs.ratelimit import Pacer, send_pacer
 from jobs.reminders import dispatch_due
 from models import ConversationTurn, Enrollment, EnrollmentStatus, Role
 from tests.admin_helpers import post_form, reload, signed_in
@@ -282,3 +284,113 @@ def test_numbers_enrolled_before_the_rule_that_cannot_take_texts_are_not_invited
         row = reload(session, Enrollment, enrollment.id)
         assert row.status == EnrollmentStatus.UNDELIVERABLE and row.invited_at is None
         assert why in row.status_reason and "no opt-in text was sent" in row.status_reason
+
+
+# --- the SMS rate --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def paced(config) -> dict:
+    """The app at one text a second; ask for it before `app`."""
+    config["SMS_RATE_PER_SECOND"] = 1
+    return config
+
+
+class Sleeps:
+    """A pacer's sleep that only records how long each wait would have been."""
+
+    def __init__(self, then=None):
+        self.waits: list[float] = []
+        self.then = then
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.then:
+            self.then(len(self.waits))
+
+
+def fake_pacer(app, sleep: Sleeps) -> Pacer:
+    """The pacer the invitations take by default (send_pacer), with a sleep that does not."""
+    with app.app_context():
+        return send_pacer(sleep=sleep)
+
+
+def test_held_invitations_keep_the_sms_rate(paced, app, runner, session, clock):
+    phones = [f"+1617555{1000 + n:04d}" for n in range(30)]
+    for phone in phones:
+        pending(session, make_case(session), phone)
+    runner.invoke(args=["enroll", "--invite-pending"])  # in the night: all held
+    sleeps = Sleeps()
+    started = time.monotonic()
+    with app.app_context():
+        assert send_held_invites(now=NY_OPENS, pacer=fake_pacer(app, sleeps)) == 30
+    took = time.monotonic() - started
+    assert sorted(sent_to(app)) == phones
+    # One a second: the n-th waits for the slot n seconds after the first (less the real time
+    # spent getting there), so thirty take 29 seconds, not the instant they took unpaced.
+    assert len(sleeps.waits) == 29
+    assert all(n - took <= wait <= n for n, wait in enumerate(sleeps.waits, start=1))
+
+
+def test_held_invitations_wait_behind_the_reminders_sent_at_the_same_moment(
+    paced, app, runner, session, clock
+):
+    for n in range(3):
+        pending(session, make_case(session), f"+1617555{1000 + n:04d}")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    with app.app_context():
+        # 8:00: the reminder lanes (jobs.reminders builds each lane's pacer so) take ten slots.
+        lane = Pacer(app.extensions["redis"], rate_per_second=app.config["SMS_RATE_PER_SECOND"])
+        assert lane.reserve(10) == 0
+        sleeps = Sleeps()
+        started = time.monotonic()
+        assert send_held_invites(now=NY_OPENS, pacer=fake_pacer(app, sleeps)) == 3
+    took = time.monotonic() - started
+    assert len(sleeps.waits) == 3
+    assert all(n - took <= wait <= n for n, wait in enumerate(sleeps.waits, start=10))
+
+
+def test_the_dispatch_paces_held_invitations_at_the_configured_rate(
+    paced, app, runner, session, clock, monkeypatch
+):
+    from functools import partial
+
+    for n in range(5):
+        pending(session, make_case(session), f"+1617555{1000 + n:04d}")
+    runner.invoke(args=["enroll", "--invite-pending"])
+    sleeps = Sleeps()
+    monkeypatch.setattr("bot.outbound.send_pacer", partial(send_pacer, sleep=sleeps))
+    with app.app_context():
+        assert dispatch_due(now=NY_OPENS).invites_due == 5
+    assert len(sent_to(app)) == 5
+    assert len(sleeps.waits) == 4 and sleeps.waits[-1] > 3
+
+
+def test_invite_pending_for_many_numbers_keeps_the_sms_rate(paced, app, session, clock):
+    clock.at = NOON_NY
+    for n in range(5):
+        pending(session, make_case(session), f"+1617555{1000 + n:04d}")
+    sleeps = Sleeps()
+    with app.app_context():
+        assert invite_pending(pacer=fake_pacer(app, sleeps)).sent == 5
+    assert len(sent_to(app)) == 5
+    assert len(sleeps.waits) == 4 and sleeps.waits[-1] > 3
+
+
+def test_a_stop_texted_while_an_invitation_waits_for_its_slot_is_kept(paced, app, session, clock):
+    from bot.service import record_opt_out
+
+    clock.at = NOON_NY
+    first, second = (
+        pending(session, make_case(session), phone) for phone in ("+16175551000", "+16175551001")
+    )
+
+    def stop_the_second(waits: int) -> None:
+        record_opt_out(connection=session.connection(), phone=second.phone, now=NOON_NY)
+        session.commit()
+
+    with app.app_context():
+        done = invite_pending(pacer=fake_pacer(app, Sleeps(then=stop_the_second)))
+    assert (done.sent, done.opted_out) == (1, 1)
+    assert sent_to(app) == [first.phone]
+    assert reload(session, Enrollment, second.id).invited_at is None
