@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -288,7 +289,12 @@ def mark_failure(
 # --- opt-in invitations ----------------------------------------------------------------------
 
 HELD_INVITES_PER_JOB = 500
-"""Held invitations one job sends, one at a time; any more are left for the next dispatch."""
+"""Held invitations one job sends, one at a time; any more are left for the next dispatch.
+
+Nor does a job take a new one once the next dispatch is due (REMINDER_DISPATCH_SECONDS): that
+dispatch's job goes on with the rest. At a low SMS rate two jobs at once would each wait for a
+slot for the same invitations (only one sends it), and a job that ran on would be stopped by RQ
+(jobs.reminders.SEND_JOB_TIMEOUT) perhaps mid-send."""
 
 INVITE_RETRY_AFTER = timedelta(minutes=5)
 """An invitation Twilio refused for now (a 429, say) is tried again this much later."""
@@ -552,10 +558,12 @@ def send_held_invites(
     Each is reloaded and judged again just before it goes (by the clock then, or by `now` if
     given): one whose number opted out since, or whose enrollment is no longer pending or is
     gone, is dropped; one whose window closed again (the dispatch ran late) waits for the next
-    opening. Safe to run twice, or twice at once.
+    opening. Safe to run twice, or twice at once. It stops taking new ones when the next
+    dispatch is due (HELD_INVITES_PER_JOB).
     """
     clock, now = now, now or utcnow()
     pacer = pacer or send_pacer()
+    stop_at = monotonic() + current_app.config["REMINDER_DISPATCH_SECONDS"]
     with session_scope() as session:
         due = session.exec(
             select(Enrollment.id)
@@ -565,6 +573,8 @@ def send_held_invites(
         ).all()
     went = 0
     for enrollment_id in due:
+        if monotonic() >= stop_at:
+            break  # the next dispatch's job goes on with the rest
         with session_scope() as session:
             enrollment = session.get(Enrollment, enrollment_id)
             if enrollment is None or enrollment.invite_at is None or enrollment.invite_at > now:

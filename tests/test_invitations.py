@@ -394,3 +394,26 @@ def test_a_stop_texted_while_an_invitation_waits_for_its_slot_is_kept(paced, app
     assert (done.sent, done.opted_out) == (1, 1)
     assert sent_to(app) == [first.phone]
     assert reload(session, Enrollment, second.id).invited_at is None
+
+
+def test_a_held_invitations_job_leaves_the_rest_to_the_next_dispatchs_job(
+    paced, app, runner, session, clock, monkeypatch
+):
+    app.config["REMINDER_DISPATCH_SECONDS"] = 10
+    phones = [f"+1617555{1000 + n:04d}" for n in range(30)]
+    for phone in phones:
+        pending(session, make_case(session), phone)
+    runner.invoke(args=["enroll", "--invite-pending"])
+    sleeps = Sleeps()
+    # The job's clock reads the time of the slot it last waited for, as if it had slept.
+    monkeypatch.setattr(
+        "bot.outbound.monotonic", lambda: time.monotonic() + max(sleeps.waits, default=0)
+    )
+    pacer = fake_pacer(app, sleeps)
+    with app.app_context():
+        # One a second: by its tenth second, when the next dispatch comes, it has sent eleven.
+        assert send_held_invites(now=NY_OPENS, pacer=pacer) == 11
+        assert dispatch_due(now=NY_OPENS, dry_run=True).invites_due == 19
+        assert send_held_invites(now=NY_OPENS, pacer=pacer) == 11
+        assert send_held_invites(now=NY_OPENS, pacer=pacer) == 8
+    assert sorted(sent_to(app)) == phones
