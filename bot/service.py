@@ -1010,7 +1010,11 @@ _ENROLLMENTS = (
 )
 _OPT_OUT = (
     _E.update()
-    .where(_E.c.phone == sa.bindparam("b_phone"), _E.c.status != EnrollmentStatus.OPTED_OUT)
+    # A declined case stays declined: START after a STOP must not take it on.
+    .where(
+        _E.c.phone == sa.bindparam("b_phone"),
+        _E.c.status.not_in((EnrollmentStatus.OPTED_OUT, EnrollmentStatus.DECLINED)),
+    )
     .values(
         status=EnrollmentStatus.OPTED_OUT,
         opted_out_at=_NOW,

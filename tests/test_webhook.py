@@ -363,6 +363,13 @@ def test_no_from_a_payer_active_on_one_case_declines_the_invitation_for_another_
     from bot.outbound import may_text
 
     assert may_text(session=session, phone="+16175550134")
+    # STOP, then START: the number's texts come back, the declined case stays declined.
+    text(client, "STOP")
+    text(client, "START")
+    session.expire_all()
+    statuses = {e.case_id: e.status for e in session.exec(select(Enrollment))}
+    assert statuses[payer[0].id] == EnrollmentStatus.ACTIVE
+    assert statuses[other.id] == EnrollmentStatus.DECLINED
 
 
 def test_yes_takes_the_invitation_that_went_out_not_one_held_for_the_night(client, session):
