@@ -102,10 +102,13 @@ MAX_ATTEMPTS = 10
 OVERDUE_STALE_AFTER = timedelta(days=7)
 """An overdue reminder not sent within a week of its day is no longer sent."""
 
-IN_FLIGHT_RECHECK = timedelta(hours=1)
+IN_FLIGHT_RECHECK = timedelta(hours=6)
 """How long a reminder whose cycle only a payment still in flight covers is held before it is
-judged again (then, within the payer's window): skipped as paid once the payment succeeded, sent
-once it failed, held again while it is still in flight (a bank approval waits up to a day)."""
+judged again, at the latest (then, within the payer's window): skipped as paid once the payment
+succeeded, sent once it failed, held again while it is still in flight (a bank approval waits up
+to a day). Every dispatch wakes the held reminders of cases with no payment in flight any more
+(_wake_settled), so the outcome is acted on within the minute; each look is a claim, which
+counts towards MAX_ATTEMPTS, so the looks are few."""
 
 SMS_QUEUE = "sms"
 """The RQ queue send jobs go to."""
@@ -871,6 +874,28 @@ class DispatchSummary:
         }
 
 
+def _wake_settled(session: Session, now: datetime) -> None:
+    """Reminders held for a payment in flight whose case has none in flight any more (it went
+    through, failed, or its approval lapsed) are due now: judged at once, not hours later."""
+    table = Reminder.__table__
+    payments = Payment.__table__
+    still_flying = (
+        sa.select(payments.c.id)
+        .where(payments.c.case_id == table.c.case_id, payments.c.status.in_(IN_FLIGHT))
+        .exists()
+    )
+    session.execute(
+        sa.update(table)
+        .where(
+            table.c.status == ReminderStatus.DEFERRED,
+            table.c.reason == "payment_in_flight",
+            table.c.send_at > now,
+            ~still_flying,
+        )
+        .values(send_at=now, updated_at=now)
+    )
+
+
 def dispatch_due(
     *,
     now: datetime | None = None,
@@ -891,6 +916,8 @@ def dispatch_due(
     dispatched: list[int] = []
     with session_scope() as session:
         summary.recovered = _recover_stale(session, now, dry_run=dry_run)
+        if not dry_run:
+            _wake_settled(session, now)
         session.commit()
         total = session.execute(
             sa.select(sa.func.count())

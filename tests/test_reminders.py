@@ -509,6 +509,37 @@ def test_a_cycle_only_a_payment_in_flight_covers_holds_the_reminder_an_hour_not_
     assert list(sms) == []
 
 
+@pytest.mark.parametrize(
+    ("outcome", "sent"), [(PaymentStatus.FAILED, 1), (PaymentStatus.SUCCEEDED, 0)]
+)
+def test_a_held_reminder_is_judged_at_the_next_dispatch_once_the_payment_settles(
+    ctx, session, sms, outcome, sent
+):
+    case = due_today_case(session, balance_cents=100_000)
+    pay(session, case, 25_000, at=utcnow() - timedelta(hours=2), status=PaymentStatus.PENDING)
+    assert dispatch_due().deferred == 1
+    held = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    claims = held.attempts
+    # Still in flight a minute later: not looked at (each look is a claim, and claims are few).
+    assert dispatch_due(now=utcnow() + timedelta(minutes=1)).due == 0
+    assert rows(session, case.id)[ReminderKind.DUE_TODAY].attempts == claims
+    payment = session.exec(select(Payment).where(Payment.case_id == case.id)).one()
+    payment.status = outcome
+    if outcome == PaymentStatus.SUCCEEDED:
+        case = session.get(type(case), case.id)
+        case.balance_cents -= 25_000
+        session.add(case)
+    session.add(payment)
+    session.commit()
+    # Settled: the next dispatch judges it, hours before the fallback look.
+    summary = dispatch_due(now=utcnow() + timedelta(minutes=2))
+    assert summary.sent == sent and summary.deferred == 0
+    assert len(sms) == sent
+    final = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    expected = (ReminderStatus.SENT, None) if sent else (ReminderStatus.SKIPPED, "paid")
+    assert (final.status, final.reason) == expected
+
+
 def test_a_payment_in_flight_for_part_of_the_installment_does_not_hold_the_reminder(
     ctx, session, sms
 ):
