@@ -175,10 +175,7 @@ _REVOKE = re.compile(
 _NEGATIONS = {"cant", "cannot", "couldnt", "wont", "dont", "didnt", "not", "never"}
 # Opt-out words that revoke consent after an acknowledgement ("ok alto", "gracias, BASTA");
 # END is left out ("ok the end"?), and STOP has a rule of its own.
-_OPT_OUT_ANYWHERE = frozenset({
-    "stopall", "unsubscribe", "cancel", "quit", "revoke", "optout",
-    "alto", "parar", "pare", "basta", "cancelar", "detener",
-})  # fmt: skip
+_OPT_OUT_ANYWHERE = frozenset(STOP_WORDS) - {"stop", "end"}
 _COURTESY = frozenset({
     "ok", "okay", "k", "yes", "y", "si", "thanks", "thank", "you", "ty", "gracias", "please",
     "pls", "por", "favor", "ya", "now", "ahora", "all", "todo", "me",
@@ -514,16 +511,18 @@ _DECLINE_WORDS = frozenset({"no", "n", "nope", "nah"})
 def declines(command: Command) -> bool:
     """Whether the message is a plain no ("no", "no thanks", "nope"), as an invitation must be
     declined: "please cancel my payment" is a NO to a payment, not to the texts."""
-    first = command.text.split(" ", 1)[0]
-    return command.intent is Intent.NO and _squeeze(first) in _DECLINE_WORDS
+    return command.intent is Intent.NO and _first_word_in(command, _DECLINE_WORDS)
 
 
 def consents(command: Command) -> bool:
     """Whether the message plainly gives consent to texts (START, UNSTOP, YES, SI)."""
     if command.intent is Intent.START:
         return True
-    first = command.text.split(" ", 1)[0]
-    return command.intent is Intent.YES and _squeeze(first) in _CONSENT_WORDS
+    return command.intent is Intent.YES and _first_word_in(command, _CONSENT_WORDS)
+
+
+def _first_word_in(command: Command, words: frozenset[str]) -> bool:
+    return _squeeze(command.text.split(" ", 1)[0]) in words
 
 
 def _amount(text: str) -> tuple[int | None, str | None]:
