@@ -911,6 +911,7 @@ def _carry_out(action, *, session, message, enrollments, inbound, params, handle
         opt_out(session=session, phone=message.phone, enrollments=enrollments, now=now)
     elif isinstance(action, OptIn):
         connection.execute(_OPT_IN, phone)
+        connection.execute(_REINVITE, phone)
         connection.execute(_PHONE_OPTED_IN, phone)
     elif isinstance(action, Activate):
         # The cases whose invitation went out; only when none did (imported, or an invitation
@@ -1032,19 +1033,38 @@ _CLOSE_HANDOFFS = (
     .where(_H.c.phone == sa.bindparam("b_phone"), _H.c.status == HandoffStatus.WAITING)
     .values(status=HandoffStatus.CLOSED, answered_at=_NOW)
 )
+_STOPPED = (
+    _E.c.phone == sa.bindparam("b_phone"),
+    _E.c.status.in_((EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE)),
+)
+# A case the payer never heard of: it was pending, its invitation not sent yet, when the number
+# stopped (or it was enrolled while the number was opted out).
+_NEVER_OFFERED = sa.and_(_E.c.confirmed_at.is_(None), _E.c.invited_at.is_(None))
 _OPT_IN = (
     _E.update()
-    # An undeliverable number that texts START evidently gets texts again.
-    .where(
-        _E.c.phone == sa.bindparam("b_phone"),
-        _E.c.status.in_((EnrollmentStatus.OPTED_OUT, EnrollmentStatus.UNDELIVERABLE)),
-    )
+    # An undeliverable number that texts START evidently gets texts again. A case whose
+    # invitation went out is taken, as START answers an invitation.
+    .where(*_STOPPED, sa.not_(_NEVER_OFFERED))
     .values(
         status=EnrollmentStatus.ACTIVE,
         consented_at=_NOW,
         confirmed_at=_NOW,
         opted_out_at=None,
         status_reason="opted back in by text",
+        updated_at=_NOW,
+    )
+)
+# START does not sign the payer up for a case they were never asked about: it goes back to
+# pending, its invitation due now (sent by the next dispatch, in the payer's window), and the
+# payer's YES to that invitation activates it.
+_REINVITE = (
+    _E.update()
+    .where(*_STOPPED, _NEVER_OFFERED)
+    .values(
+        status=EnrollmentStatus.PENDING,
+        opted_out_at=None,
+        status_reason="opted back in by text; opt-in text to follow",
+        invite_at=_NOW,
         updated_at=_NOW,
     )
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 
 import pytest
 from sqlmodel import select
@@ -178,6 +179,46 @@ def test_stop_texted_before_the_window_opens_cancels_the_held_invitation(
         dispatch_due(now=NY_OPENS)
     assert invitations(session) == []
     assert sent_to(app) == []  # the STOP was confirmed in the webhook's reply
+
+
+def test_start_after_a_stop_invites_a_case_never_offered_rather_than_signing_it_up(
+    app, runner, session, clock
+):
+    stopped = make_enrollment(
+        session,
+        make_case(session, case_number="CS-000601"),
+        "+16175550134",
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+    )
+    runner.invoke(args=["enroll", "--invite-pending"])  # held for the night
+    offered = make_enrollment(
+        session,
+        make_case(session, case_number="CS-000602"),
+        "+16175550134",
+        status=EnrollmentStatus.PENDING,
+        confirmed_at=None,
+        invited_at=NIGHT - timedelta(days=1),  # its invitation went out yesterday
+    )
+    payer_texts(app, "STOP", "+16175550134")
+    payer_texts(app, "START", "+16175550134")
+
+    # START answers the invitation the payer had; the other case they never heard of is not
+    # signed up behind their back: its invitation goes, in their window, and waits for YES.
+    assert reload(session, Enrollment, offered.id).status == EnrollmentStatus.ACTIVE
+    row = reload(session, Enrollment, stopped.id)
+    assert (row.status, row.confirmed_at, row.opted_out_at) == (
+        EnrollmentStatus.PENDING,
+        None,
+        None,
+    )
+    assert row.invite_at is not None
+    # Noon in New York, tomorrow: after the START, whatever the day the suite runs.
+    noon = datetime.combine(row.invite_at.date() + timedelta(days=1), dt_time(17), UTC)
+    with app.app_context():
+        assert send_held_invites(now=noon) == 1
+    assert sent_to(app) == ["+16175550134"]
+    assert reload(session, Enrollment, stopped.id).invited_at == noon
 
 
 def test_a_number_on_no_case_that_opts_out_while_held_is_not_invited(app, runner, session, clock):
