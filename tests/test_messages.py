@@ -321,3 +321,19 @@ def test_a_payment_still_processing_is_said_in_its_own_sentence_or_not_at_all(la
     else:
         assert "11 de dic. Un pago de $250.00 del 30 de sept. sigue en proceso. Responda" in said
         assert "11 de dic. Responda" in unsaid
+
+
+def test_the_spanish_pay_ask_names_the_case_before_the_due_date_not_after_it():
+    # "que vence el 3 de dic. del caso ..." read as a date "of the case".
+    params = {
+        "amount_due": 25_000,
+        "due_date": date(2025, 12, 3),
+        "case_last4": "8204",
+        "balance": 100_000,
+        "processing": None,
+    }
+    text = render("pay_covered", params, "es")
+    assert text.startswith(
+        "Ya tiene cubierto el pago de $250.00 del caso que termina en 8204, que vence el 3 de dic. "
+        "Su saldo es $1,000.00."
+    )

@@ -113,9 +113,9 @@ MESSAGES: dict[str, str] = {
         "por ejemplo PAGAR 50."
     ),
     "pay_covered": (
-        "Ya tiene cubierto el pago de {amount_due} que vence el {due_date} del caso que termina "
-        "en {case_last4}. Su saldo es {balance}.{processing} Para abonar otro monto, responda "
-        "PAGAR y el monto, por ejemplo PAGAR 50."
+        "Ya tiene cubierto el pago de {amount_due} del caso que termina en {case_last4}, que "
+        "vence el {due_date}. Su saldo es {balance}.{processing} Para abonar otro monto, "
+        "responda PAGAR y el monto, por ejemplo PAGAR 50."
     ),
     "amount_format": (
         "Responda PAGAR y el monto, por ejemplo PAGAR 50 o PAGAR 125.50 (hasta 2 decimales)."
