@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -337,3 +338,19 @@ def test_the_spanish_pay_ask_names_the_case_before_the_due_date_not_after_it():
         "Ya tiene cubierto el pago de $250.00 del caso que termina en 8204, que vence el 3 de dic. "
         "Su saldo es $1,000.00."
     )
+
+
+RATES = {"en": "Msg & data rates may apply.", "es": "Pueden aplicarse tarifas de mensajes y datos."}
+FREQUENCY = {"en": r"about 7 msgs/month", "es": r"unos 7 (?:mensajes )?al mes"}
+CONSENT_KEYS = ("optin_invite", "confirm_enrollment", "welcome", "opted_in", "help")
+
+
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("key", CONSENT_KEYS)
+def test_every_text_that_asks_for_or_confirms_consent_says_how_often_rates_and_how_to_stop(
+    key, language
+):
+    # A YES to confirm_enrollment is consent as much as one to the invitation it repeats.
+    text = render(key, {**LONGEST, "per_month": 7}, language)
+    assert re.search(FREQUENCY[language], text), text
+    assert RATES[language] in text and "STOP" in text

@@ -27,8 +27,8 @@ MESSAGES: dict[str, str] = {
         "Reply HELP for help, STOP to opt out."
     ),
     "confirm_enrollment": (
-        "{agency}: Please reply YES to get payment and appointment texts, or STOP to opt out. "
-        "Msg & data rates may apply."
+        "{agency}: Please reply YES to get payment and appointment texts, about {per_month} "
+        "msgs/month, or STOP to opt out. Msg & data rates may apply."
     ),
     "invite_declined": (
         "{agency}: OK, you won't get texts about the new case. Texts about your other case "

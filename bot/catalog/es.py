@@ -30,8 +30,8 @@ MESSAGES: dict[str, str] = {
         "Responda AYUDA para obtener ayuda o STOP para darse de baja."
     ),
     "confirm_enrollment": (
-        "{agency}: Responda SI para recibir mensajes de pagos y citas, o STOP para darse de baja. "
-        "Pueden aplicarse tarifas de mensajes y datos."
+        "{agency}: Responda SI para recibir mensajes de pagos y citas, unos {per_month} al mes, "
+        "o STOP para darse de baja. Pueden aplicarse tarifas de mensajes y datos."
     ),
     "invite_declined": (
         "{agency}: Listo, no le enviaremos mensajes del caso nuevo. Los mensajes de su otro "
