@@ -544,6 +544,14 @@ def test_an_amount_we_cannot_take_gets_a_reply_that_says_what_is_allowed(
     assert outcome.state.quote is None and outcome.actions == ()
 
 
+@pytest.mark.parametrize("body", ["PAGAR 125,50", "pagar 50,00"])
+def test_a_spanish_amount_with_a_decimal_comma_is_asked_again_with_a_period(body):
+    # Never read as $12,550.00; the reply says what to change, not only an example.
+    outcome = send(body, facts(language="es"))
+    assert keys(outcome) == ("amount_format",) and outcome.state.quote is None
+    assert "PAGAR 125.50, con punto y no con coma antes de los centavos." in text(outcome)
+
+
 def test_a_balance_under_the_minimum_can_still_be_paid_off():
     outcome = send("PAY", facts(case(amount_due_cents=50, balance_cents=50)))
     assert outcome.state.quote.amount_cents == 50

@@ -118,7 +118,8 @@ MESSAGES: dict[str, str] = {
         "responda PAGAR y el monto, por ejemplo PAGAR 50."
     ),
     "amount_format": (
-        "Responda PAGAR y el monto, por ejemplo PAGAR 50 o PAGAR 125.50 (hasta 2 decimales)."
+        "Responda PAGAR y el monto, por ejemplo PAGAR 50 o PAGAR 125.50, con punto y no con "
+        "coma antes de los centavos."
     ),
     "amount_too_small": (
         "El pago por texto debe ser de al menos {minimum}. Responda PAGAR y un monto mayor."
