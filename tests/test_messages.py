@@ -8,7 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from bot.catalog import en, es
+from bot.dialogue import _MENU as MENU_DIGITS
 from bot.messages import (
+    CATALOGUES,
     KEYS,
     MESSAGE_KEYS,
     PLACEHOLDERS,
@@ -19,6 +21,7 @@ from bot.messages import (
     render,
     render_reply,
 )
+from bot.parse import Intent, parse
 from bot.segments import Encoding, encoding, segments
 
 AGENCY = "San Bernardino County Child Support Svcs"  # 40 characters, the longest we allow
@@ -354,3 +357,68 @@ def test_every_text_that_asks_for_or_confirms_consent_says_how_often_rates_and_h
     text = render(key, {**LONGEST, "per_month": 7}, language)
     assert re.search(FREQUENCY[language], text), text
     assert RATES[language] in text and "STOP" in text
+
+
+# Keywords the texts tell the payer to send.
+
+KEYWORDS = {
+    "en": {
+        "START": Intent.START,
+        "STOP": Intent.STOP,
+        "HELP": Intent.HELP,
+        "YES": Intent.YES,
+        "NO": Intent.NO,
+        "MENU": Intent.MENU,
+        "PAY": Intent.PAY,
+        "APPT": Intent.APPOINTMENT,
+        "ESPAÑOL": Intent.LANGUAGE,
+    },
+    "es": {
+        "START": Intent.START,
+        "STOP": Intent.STOP,
+        "AYUDA": Intent.HELP,
+        "SI": Intent.YES,
+        "NO": Intent.NO,
+        "MENU": Intent.MENU,
+        "PAGAR": Intent.PAY,
+        "CITA": Intent.APPOINTMENT,
+        "ENGLISH": Intent.LANGUAGE,
+    },
+}
+_ASKED = re.compile(r"\b(?:Reply|reply|Responda|responda)\b[^.:?]*(?:\.[0-9][^.:?]*)*")
+_KEYWORD = re.compile(r"\b([A-ZÑ]{2,})(?: ([0-9]+(?:\.[0-9]{2})?))?\b")
+
+
+def asked_keywords(language: str) -> set[tuple[str, str | None]]:
+    """(keyword, amount) pairs every text and page in a language tells the payer to send."""
+    found = set()
+    for template in CATALOGUES[Language(language)].MESSAGES.values():
+        for asked in _ASKED.finditer(template):
+            found.update(_KEYWORD.findall(asked[0]))
+    return {(word, amount or None) for word, amount in found}
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_every_keyword_a_text_asks_for_parses_to_its_command_in_that_language(language):
+    asked = asked_keywords(language)
+    # Every keyword is found (the table is not stale) and a new one must be added to it.
+    assert {word for word, _ in asked} == set(KEYWORDS[language])
+    for word, amount in asked:
+        command = parse(f"{word} {amount}" if amount else word)
+        assert command.intent is KEYWORDS[language][word], (word, command)
+        if command.intent is Intent.LANGUAGE:
+            assert command.language != language  # it switches to the other one
+        else:
+            # A Spanish text never asks for an English-only word (PAY, YES), nor the reverse.
+            assert command.language in (None, language), (word, command)
+        if amount:
+            assert command.amount_cents == round(float(amount) * 100)
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_every_menu_choice_means_the_same_typed_as_a_word_as_sent_as_its_number(language):
+    lines = render("menu", {"agency": AGENCY}, language).splitlines()[1:]
+    assert len(lines) == len(MENU_DIGITS)
+    for line in lines:
+        digit, label = line.split(" ", 1)
+        assert parse(label).intent is MENU_DIGITS[digit], line
