@@ -34,8 +34,8 @@ MESSAGES: dict[str, str] = {
         "o STOP para darse de baja. Pueden aplicarse tarifas de mensajes y datos."
     ),
     "invite_declined": (
-        "{agency}: Listo, no le enviaremos mensajes del caso nuevo. Los mensajes de su otro "
-        "caso siguen. Responda MENU para ver opciones."
+        "{agency}: Listo, no le enviaremos mensajes del caso nuevo, solo los de su otro caso. "
+        "Responda MENU para ver opciones."
     ),
     "enroll_declined": (
         "{agency}: Listo, no le enviaremos mensajes. Responda START si cambia de idea."
