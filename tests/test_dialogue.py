@@ -438,7 +438,7 @@ def test_no_on_a_quote_cancels_it():
     outcome = conversation("PAY", "no")
     assert outcome.actions == () and outcome.state.quote is None
     assert text(outcome) == (
-        "OK, the payment is cancelled and nothing was charged. Reply PAY to start again."
+        "OK, the payment is canceled and nothing was charged. Reply PAY to start again."
     )
 
 

@@ -93,7 +93,7 @@ MESSAGES: dict[str, str] = {
         "Thank you. Your payment of {amount} is being processed. We'll text your receipt shortly."
     ),
     "pay_cancelled": (
-        "OK, the payment is cancelled and nothing was charged. Reply PAY to start again."
+        "OK, the payment is canceled and nothing was charged. Reply PAY to start again."
     ),
     "nothing_to_confirm": (
         "There's no payment waiting for your OK. Reply PAY to make a payment or MENU for options."
