@@ -46,6 +46,7 @@ from sqlmodel import Session
 from billing.cycles import paid_in_cycles, paid_toward_cycle, previous_due_date, still_owed
 from billing.service import COUNTED, IN_FLIGHT
 from bot import messages
+from bot.dialogue import case_ending
 from bot.outbound import held_invites_due, mark_failure, status_callback_url
 from bot.sms import Failure
 from db import session_scope
@@ -448,8 +449,8 @@ def reminder_text(
         else:
             key, params["agency_phone"] = "appt_reminder_no_place", policy.agency_phone
         return messages.render(key, params, language)
-    digits = "".join(ch for ch in case_number if ch.isdigit())
-    params.update(case_last4=digits[-4:], amount=amount_cents, due_date=due_date)
+    # Named as every other text names the case: "CS-1" and "SMITH" whole, not "1" or nothing.
+    params.update(case_last4=case_ending(case_number), amount=amount_cents, due_date=due_date)
     if card_last4:
         key, params["last4"] = str(kind), card_last4
     else:

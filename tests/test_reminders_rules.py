@@ -333,6 +333,15 @@ def test_without_a_card_the_reminder_says_how_to_add_one_in_spanish_too():
     assert "1 de dic." in spanish and "STOP" in spanish
 
 
+@pytest.mark.parametrize(
+    ("case_number", "named"), [("CS-004821", "4821"), ("CS-1", "CS-1"), ("smith", "SMITH")]
+)
+def test_a_due_reminder_names_the_case_as_the_invitation_and_replies_do(case_number, named):
+    # A case number with under 4 digits is named whole: "case ending 1" or "case ending ." misled.
+    assert f"for case ending {named} is due" in due_text("en", case_number=case_number)
+    assert f"del caso que termina en {named} vence" in due_text("es", case_number=case_number)
+
+
 def test_an_appointment_reminder_says_what_when_in_local_time_and_where_or_the_link():
     starts = datetime(2026, 12, 3, 20, 30, tzinfo=UTC)  # 3:30 PM in New York
     at_office = AppointmentInfo("court_hearing", starts, location="Family Court, Room 4")
