@@ -6,9 +6,11 @@ and stopped on exit, so the service runs on a fresh machine with nothing else in
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -124,6 +126,26 @@ def development_defaults(environ: MutableMapping[str, str]) -> None:
             environ[name] = value
 
 
+def port_problem(address: str, port: int) -> str | None:
+    """Why the web process could not listen on address:port, or None if it can.
+
+    Checked before anything starts: gunicorn would otherwise retry for five seconds, after
+    the worker, the scheduler and "PayText is up", then stop everything.
+    """
+    try:
+        # As gunicorn binds: SO_REUSEADDR, so a port left in TIME_WAIT is not taken for busy.
+        with socket.create_server((address, port)):
+            return None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"port {port} on {address} is already in use (another make run?): stop what "
+                f"listens there, or set PORT to a free port (PORT=5001 make run, say)"
+            )
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+        return f"cannot listen on {address}:{port} ({reason}): check BIND_ADDRESS"
+
+
 def main() -> int:
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
@@ -134,6 +156,11 @@ def main() -> int:
     except ImportError:
         pass
     development_defaults(os.environ)
+    port = os.environ["PORT"].strip()
+    # A PORT that is no port at all is reported with the other settings, by the app.
+    problem = port.isdigit() and port_problem(os.environ["BIND_ADDRESS"].strip(), int(port))
+    if problem:
+        sys.exit(f"[run] {problem}")
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     redis_process = None if os.environ.get("REDIS_URL") else start_embedded_redis()
     processes: list[tuple[str, subprocess.Popen]] = []

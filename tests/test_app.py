@@ -238,3 +238,38 @@ def test_a_redis_url_file_left_by_a_crashed_make_run_is_refused_clearly(
         with pytest.raises(SettingsError, match=f"{EMBEDDED_REDIS_FILE}.*{url}.*does not answer"):
             create_app(config)
         assert time.monotonic() - started < 10
+
+
+@pytest.fixture
+def make_run_environ(monkeypatch):
+    """scripts.run.main()'s environment, restored afterwards; no .env read."""
+    import dotenv
+
+    from scripts.run import ROOT
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(dotenv, "load_dotenv", lambda *args, **kwargs: False)
+    for name in ("PORT", "BIND_ADDRESS", "PUBLIC_BASE_URL", "FLASK_DEBUG", "REDIS_URL", "PATH"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    return monkeypatch
+
+
+def test_make_run_on_a_port_in_use_says_so_before_starting_anything(make_run_environ):
+    import socket
+
+    from scripts import run
+
+    def no_redis(*args, **kwargs):
+        raise AssertionError("nothing should start on a port in use")
+
+    make_run_environ.setattr(run, "start_embedded_redis", no_redis)
+    make_run_environ.setenv("REDIS_URL", "")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        make_run_environ.setenv("PORT", str(port))
+        make_run_environ.setenv("BIND_ADDRESS", "127.0.0.1")
+        with pytest.raises(SystemExit) as stopped:
+            run.main()
+    message = str(stopped.value.code)
+    assert f"port {port} on 127.0.0.1 is already in use" in message
+    assert "PORT=" in message
