@@ -186,12 +186,14 @@ def main() -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        exit_code = 0  # stopped on request (Ctrl-C, SIGTERM)
         while not stop.wait(0.5):
             for name, process in processes:
                 if process.poll() is not None:
                     log(f"{name} exited with {process.returncode}; stopping everything")
+                    exit_code = 1  # the service died: make run fails, as a script can tell
                     stop.set()
-        return 0
+        return exit_code
     finally:
         for _name, process in processes:
             if process.poll() is None:

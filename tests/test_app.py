@@ -273,3 +273,19 @@ def test_make_run_on_a_port_in_use_says_so_before_starting_anything(make_run_env
     message = str(stopped.value.code)
     assert f"port {port} on 127.0.0.1 is already in use" in message
     assert "PORT=" in message
+
+
+def test_make_run_fails_when_one_of_its_processes_dies(make_run_environ):
+    """Not exit status 0, as if the operator had stopped it: a script or CI must see it fail."""
+    import signal
+
+    from scripts import run
+    from scripts.embedded_redis import free_port
+
+    make_run_environ.setattr(run, "prepare_database", lambda: None)
+    make_run_environ.setattr(run, "procfile", lambda: [("web", "sleep 30"), ("worker", "exit 3")])
+    make_run_environ.setattr(signal, "signal", lambda *args: None)
+    make_run_environ.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # no embedded Redis
+    make_run_environ.setenv("PORT", str(free_port()))
+
+    assert run.main() != 0
