@@ -13,10 +13,11 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import SQLModel, select
+from sqlmodel import Session, SQLModel, select
 
 import db
-from billing import service
+from app import create_app
+from billing import links, service
 from bot import outbound
 from bot.redact import LINK_MARKER, link_tokens_masked
 from models import ConversationTurn, Role
@@ -223,3 +224,21 @@ def test_the_phone_simulator_shows_the_real_links_to_click(app, client, session,
         assert app.test_client().get(path_of(href)).status_code == 200
     assert session.exec(select(ConversationTurn)).all()
     assert_kept_masked(app, logs)
+
+
+def test_a_link_page_that_fails_is_logged_with_its_token_masked(config, logs):
+    """Flask's error line names the path: for a card link, the credential itself."""
+    # Redis down, not testing: the page fails with a 500 and is logged, as in production.
+    config.update(REDIS_URL="redis://127.0.0.1:1/0", TESTING=False)
+    app = create_app(config)
+    with Session(db.engine(app)) as session:
+        case = make_case(session)
+        with app.app_context():
+            link = links.card_link_url(case_id=case.id)
+
+    response = app.test_client().get(path_of(link))
+
+    assert response.status_code == 500
+    assert "Exception on /pay/card/[redacted] [GET]" in logs.text
+    assert TOKEN.findall(logs.text) == []
+    db.engine(app).dispose()
