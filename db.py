@@ -45,7 +45,11 @@ sqlite3.register_adapter(type(None), _null)
 
 
 def make_engine(url: str) -> Engine:
-    """Build an engine; SQLite gets WAL and a busy timeout so web and worker can share it."""
+    """Build an engine; SQLite gets WAL and a busy timeout so web and worker can share it.
+
+    Its errors name no bound values (hide_parameters), as db.Prepared's do not: those are
+    phone numbers, payers' texts and names, and an error is logged with its message.
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
@@ -55,7 +59,10 @@ def make_engine(url: str) -> Engine:
         # page cache warm (a text's first read cost 175 us first-in-first-out, 118 last-in).
         pool = {"pool_use_lifo": True} if on_disk else {}
         engine = sa.create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **pool
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            hide_parameters=True,
+            **pool,
         )
 
         @sa.event.listens_for(engine, "connect")
@@ -76,7 +83,9 @@ def make_engine(url: str) -> Engine:
             checkpoint = functools.partial(_checkpoint, weakref.ref(engine))
             _writer_locks[engine] = WriterLock(f"{database}-writer.lock", checkpoint=checkpoint)
         return engine
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = sa.create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True
+    )
     sa.event.listen(engine, "engine_disposed", _engine_disposed)
     return engine
 

@@ -116,6 +116,30 @@ def test_a_database_error_is_raised_as_sqlalchemy_raises_it_without_the_values(e
     assert "my secret words" not in str(raised.value)
 
 
+def test_a_database_error_through_sqlalchemy_carries_no_values_either(engine):
+    """The ORM's and Core's errors too: logged (a failed text, a failed job), they would put
+    the payer's number and words in the logs."""
+    now = datetime.now(UTC)
+    turn = {"direction": "inbound", "created_at": now, "updated_at": now}
+    with engine.begin() as connection:
+        connection.execute(
+            TURNS.insert(),
+            {**turn, "phone": "+16175550100", "body": "PAY 50", "provider_message_id": "SM1"},
+        )
+    with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+        connection.execute(
+            TURNS.insert(),
+            {
+                **turn,
+                "phone": "+16175550199",
+                "body": "my secret words",
+                "provider_message_id": "SM1",
+            },
+        )
+    assert "my secret words" not in str(raised.value)
+    assert "+16175550199" not in str(raised.value)
+
+
 def test_columns_left_out_get_their_python_defaults_as_through_sqlalchemy(engine):
     """SQLAlchemy fills scalar and callable column defaults in Python, not in the SQL."""
     insert = db.Prepared(
