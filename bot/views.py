@@ -19,6 +19,7 @@ from flask import (
     request,
     url_for,
 )
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -131,7 +132,17 @@ def inbound():
         from billing.service import enqueue_charge
 
         for payment_id in charge_payment_ids:
-            enqueue_charge(payment_id=payment_id)
+            try:
+                enqueue_charge(payment_id=payment_id)
+            except RedisError as exc:
+                # The payment is committed and the reply says it is being processed, which it
+                # is: resume_payments queues a payment left unqueued once Redis answers. A 500
+                # here would leave the payer with no answer at all.
+                log.error(
+                    "charge of payment %s not queued (Redis: %s); resume_payments will queue it",
+                    payment_id,
+                    type(exc).__name__,
+                )
     return _twiml(replies)
 
 

@@ -249,3 +249,40 @@ def test_a_case_long_overdue_has_its_cycle_read_from_as_far_back_as_it_began(cli
         paid_on(session, case, 5_000, utcnow() - timedelta(days=days), PaymentStatus.DISPUTE_LOST)
     (balance,) = text(client, "BAL", "+16175550190")
     assert f"Your $250.00 payment due {format_date(due)} is covered." in balance
+
+
+@pytest.fixture
+def own_redis(config, tmp_path):
+    """A Redis of the test's own, which it can stop and start again with its data."""
+    from scripts import embedded_redis
+
+    (tmp_path / "redis").mkdir()
+    server = embedded_redis.start(data_dir=str(tmp_path / "redis"))
+    config["REDIS_URL"] = f"{server.url}/0"
+    yield server
+    server.stop()
+
+
+def test_a_yes_while_redis_is_down_is_answered_and_charged_once_redis_is_back(
+    own_redis, app, client, session, payer, tmp_path
+):
+    from billing.jobs import resume_payments
+    from scripts import embedded_redis
+
+    text(client, "PAY")
+    own_redis.stop()
+
+    (processing,) = text(client, "YES")
+
+    assert "being processed" in processing.lower()
+    payment = session.exec(select(Payment)).one()
+    assert payment.status == PaymentStatus.PENDING
+    back = embedded_redis.start(own_redis.port, data_dir=str(tmp_path / "redis"))
+    try:
+        with app.app_context():
+            assert resume_payments(stale_after_seconds=0) == 1
+        session.expire_all()
+        assert session.get(Payment, payment.id).status == PaymentStatus.SUCCEEDED
+        assert session.get(Case, payer.id).balance_cents == 75_000
+    finally:
+        back.stop()
