@@ -289,3 +289,31 @@ def test_make_run_fails_when_one_of_its_processes_dies(make_run_environ):
     make_run_environ.setenv("PORT", str(free_port()))
 
     assert run.main() != 0
+
+
+@pytest.mark.parametrize("redis_url", [None, "", "redis://redis.internal:6380/2"])
+def test_the_procfile_worker_and_cron_use_the_redis_the_web_app_uses(redis_url):
+    """REDIS_URL left empty (as in .env.example, which Procfile runners load) is unset, as the
+    web app reads it: rq given --url "" stopped with "Redis URL must specify one of the
+    following schemes"."""
+    import subprocess
+
+    import settings
+    from scripts.run import procfile
+
+    environ = {"PATH": os.environ["PATH"]}
+    if redis_url is not None:
+        environ["REDIS_URL"] = redis_url
+    for name, command in procfile():
+        if name == "web":
+            continue
+        # The arguments the process gets, as the shell running the Procfile line passes them.
+        argv = subprocess.run(
+            ["sh", "-c", f'set -- {command}; printf "%s\\n" "$@"'],
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        given = argv[argv.index("--url") + 1]
+        assert given == (redis_url or settings.REDIS_URL), name
