@@ -317,3 +317,28 @@ def test_the_procfile_worker_and_cron_use_the_redis_the_web_app_uses(redis_url):
         ).stdout.splitlines()
         given = argv[argv.index("--url") + 1]
         assert given == (redis_url or settings.REDIS_URL), name
+
+
+def test_the_access_log_keeps_what_staff_search_the_cases_for_out():
+    """A payer's phone number or name typed into the case search is in the URL of the page."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from accesslog import AccessLogger
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/admin/cases?q=617-555-0134&filter=overdue",
+        "PATH_INFO": "/admin/cases",
+        "QUERY_STRING": "q=617-555-0134&filter=overdue",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_REFERER": "https://pay.example.gov/admin/cases?filter=&q=Ana+Rivera&page=2",
+    }
+    response = SimpleNamespace(status="200 OK", headers=[], sent=10)
+    atoms = AccessLogger(Config()).atoms(response, [], environ, timedelta(milliseconds=3))
+    assert "0134" not in repr(atoms) and "Rivera" not in repr(atoms)
+    assert atoms["r"] == "GET /admin/cases?q=[redacted]&filter=overdue HTTP/1.1"
+    assert atoms["q"] == "q=[redacted]&filter=overdue"
+    assert atoms["f"] == "https://pay.example.gov/admin/cases?filter=&q=[redacted]&page=2"
