@@ -19,6 +19,7 @@ from pathlib import Path
 
 from scripts import embedded_redis
 from scripts.embedded_redis import EmbeddedRedis
+from settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m"]
@@ -165,7 +166,12 @@ def main() -> int:
     redis_process = None if os.environ.get("REDIS_URL") else start_embedded_redis()
     processes: list[tuple[str, subprocess.Popen]] = []
     try:
-        prepare_database()
+        try:
+            prepare_database()
+        except SettingsError as exc:
+            # The operator's typo, named with what is allowed: no traceback around it.
+            log(f"PayText cannot start; fix these in .env or the environment:\n{exc}")
+            return 1
         for index, (name, command) in enumerate(procfile()):
             process = subprocess.Popen(
                 ["sh", "-c", f"exec {command}"],

@@ -342,3 +342,19 @@ def test_the_access_log_keeps_what_staff_search_the_cases_for_out():
     assert atoms["r"] == "GET /admin/cases?q=[redacted]&filter=overdue HTTP/1.1"
     assert atoms["q"] == "q=[redacted]&filter=overdue"
     assert atoms["f"] == "https://pay.example.gov/admin/cases?filter=&q=[redacted]&page=2"
+
+
+def test_make_run_with_a_wrong_setting_names_it_without_a_traceback(make_run_environ, capsys):
+    from scripts import run
+    from scripts.embedded_redis import free_port
+
+    make_run_environ.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # no embedded Redis
+    make_run_environ.setenv("PORT", str(free_port()))
+    make_run_environ.setenv("QUIET_HOURS", "8-21")
+
+    assert run.main() == 1
+
+    output = capsys.readouterr().out
+    assert "PayText cannot start" in output
+    assert "QUIET_HOURS='8-21' is not allowed" in output and "08:00-21:00" in output
+    assert "Traceback" not in output
