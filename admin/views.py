@@ -24,6 +24,8 @@ from flask import (
 )
 from flask_login import current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from admin import charts, forms, service
 from admin.auth import (
@@ -52,8 +54,30 @@ DASHBOARD_DAYS = (7, 14, 30)
 def require_sign_in():
     """Every admin page needs a signed-in user, so a new route cannot forget to ask."""
     if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
+        if request.method != "GET":
+            return _signed_out_form()
         return login_manager.unauthorized()
     return None
+
+
+SIGNED_OUT_FORM = (
+    "You were signed out, so what you sent was not saved and no text went out. Sign in, "
+    "then send it again."
+)
+
+
+def _signed_out_form():
+    """A form sent after its session ended (signed out elsewhere, say): back to its page.
+
+    Its own address answers only POST, so returning there after sign-in was a 405; the page
+    the form was on (the Referer, when it is a staff page) is where it can be sent again.
+    """
+    came_from = urlsplit(request.referrer or "")
+    page = None
+    if came_from.netloc == request.host:
+        page = came_from.path + (f"?{came_from.query}" if came_from.query else "")
+    flash(SIGNED_OUT_FORM, "error")
+    return redirect(url_for("admin.login", next=_safe_next(page)))
 
 
 @bp.after_request
@@ -138,11 +162,28 @@ def not_found(_error):
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path inside /admin: anything else would make sign-in an open redirect."""
+    """Only a page inside /admin: anything else would make sign-in an open redirect.
+
+    A page is an address that answers GET: a form's own address (a reply's, sign-out's)
+    would greet the staff member with 405 Method Not Allowed after signing in.
+    """
     parts = urlsplit(target or "")
     if parts.scheme or parts.netloc or not parts.path.startswith("/admin"):
         return url_for("admin.dashboard")
+    if not _shows_a_page(parts.path):
+        return url_for("admin.dashboard")
     return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _shows_a_page(path: str) -> bool:
+    """True when GET on this path reaches a route (a 404 for a missing row is still a page)."""
+    try:
+        current_app.create_url_adapter(request).match(path, method="GET")
+    except RequestRedirect:
+        return True  # /admin -> /admin/, say
+    except HTTPException:
+        return False
+    return True
 
 
 @bp.route("/login", methods=["GET", "POST"])

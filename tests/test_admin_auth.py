@@ -27,7 +27,7 @@ from tests.admin_helpers import (
     sign_in,
     signed_in,
 )
-from tests.factories import make_case
+from tests.factories import make_case, make_enrollment
 
 
 def admin_rules(app):
@@ -318,6 +318,54 @@ def test_sign_in_returns_to_the_page_asked_for(client, session):
         data={"email": "ana@agency.test", "password": PASSWORD, "csrf_token": token},
     )
     assert response.headers["Location"] == "/admin/handoffs"
+
+
+def test_a_form_sent_after_the_session_ended_returns_to_its_page_after_sign_in(
+    app, client, session
+):
+    """Signed out elsewhere while writing a reply: sign-in leads back to the case page, not to
+    the reply's POST-only address (a bare 405), and says the reply was not sent."""
+    user = signed_in(client, session, Role.STAFF)
+    case = make_case(session)
+    make_enrollment(session, case)
+    case_page = f"/admin/cases/{case.id}"
+    token = csrf_token(client, case_page)
+    sign_out(_other_browser(app, user.email))  # signed out in another browser
+
+    response = client.post(
+        f"{case_page}/reply",
+        data={"reply-csrf_token": token, "reply-phone": "+16175550134", "reply-text": "Hello"},
+        headers={"Referer": f"http://localhost{case_page}"},
+    )
+    assert response.status_code == 302
+    login_page = client.get(response.headers["Location"])
+    assert "was not saved and no text went out" in login_page.get_data(as_text=True)
+    assert not app.extensions["sms"].sent
+
+    back = client.post(
+        response.headers["Location"],
+        data={"email": user.email, "password": PASSWORD, "csrf_token": csrf_token(client)},
+    )
+    assert back.headers["Location"] == case_page
+    assert client.get(case_page).status_code == 200
+
+
+def _other_browser(app, email):
+    browser = app.test_client()
+    assert sign_in(browser, email).status_code == 302
+    return browser
+
+
+@pytest.mark.parametrize("target", ["/admin/logout", "/admin/import/confirm"])
+def test_sign_in_never_returns_to_an_address_that_only_takes_forms(client, session, target):
+    make_user(session, "ana@agency.test")
+    token = csrf_token(client)
+    response = client.post(
+        f"/admin/login?next={target}",
+        data={"email": "ana@agency.test", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/admin/"
+    assert client.get(response.headers["Location"]).status_code == 200
 
 
 def test_sign_out_ends_the_session(client, session):
