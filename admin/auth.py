@@ -28,6 +28,11 @@ LOCKOUT = timedelta(minutes=15)
 SESSION_LIFETIME = timedelta(hours=12)
 """A sign-in lasts a working day; then the staff member signs in again."""
 
+SIGNED_IN_AT = "signed_in_at"
+"""The session key holding when its user signed in (POSIX seconds)."""
+
+SIGN_IN_LAPSED = "You signed in 12 hours ago or more, so you were signed out; sign in again."
+
 MAX_ADDRESS_FAILURES = 20
 """Failed sign-ins from one network address per LOCKOUT before it must wait, whatever emails."""
 
@@ -144,6 +149,17 @@ def authenticate(
     user.updated_at = now
     session.add(user)
     return SignIn(user)
+
+
+def sign_in_lapsed(signed_in_at: object, now: datetime) -> bool:
+    """True once a sign-in is SESSION_LIFETIME old, or when its session does not say when it was.
+
+    The cookie's own expiry slides: Flask signs it afresh on every request, so a session used
+    at least every 12 hours (or a copy of its cookie replayed as often) would never end.
+    """
+    if not isinstance(signed_in_at, int | float) or isinstance(signed_in_at, bool):
+        return True
+    return now.timestamp() - signed_in_at >= SESSION_LIFETIME.total_seconds()
 
 
 def _address_key(address: str) -> str:

@@ -29,12 +29,15 @@ from werkzeug.routing import RequestRedirect
 
 from admin import charts, forms, service
 from admin.auth import (
+    SIGN_IN_LAPSED,
+    SIGNED_IN_AT,
     StaffUser,
     address_blocked,
     authenticate,
     count_address_failure,
     login_manager,
     role_required,
+    sign_in_lapsed,
 )
 from admin.service import AdminError
 from admin.users import UserError, create_user, end_sessions
@@ -53,6 +56,10 @@ DASHBOARD_DAYS = (7, 14, 30)
 @bp.before_request
 def require_sign_in():
     """Every admin page needs a signed-in user, so a new route cannot forget to ask."""
+    if current_user.is_authenticated and sign_in_lapsed(cookie_session.get(SIGNED_IN_AT), utcnow()):
+        logout_user()
+        cookie_session.clear()
+        flash(SIGN_IN_LAPSED, "info")
     if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
         if request.method != "GET":
             return _signed_out_form()
@@ -208,7 +215,8 @@ def login():
     session.commit()
     if outcome.user is not None:
         cookie_session.clear()  # a fresh session (and CSRF token) for the signed-in user
-        cookie_session.permanent = True  # ends after PERMANENT_SESSION_LIFETIME
+        cookie_session.permanent = True  # the cookie: PERMANENT_SESSION_LIFETIME from last use
+        cookie_session[SIGNED_IN_AT] = utcnow().timestamp()  # the sign-in: from now, at most
         login_user(StaffUser(outcome.user))
         return redirect(_safe_next(request.args.get("next")))
     count_address_failure(redis, address)

@@ -483,6 +483,57 @@ def test_a_session_lasts_twelve_hours_at_most(client, session):
 
 
 @pytest.fixture
+def clock(monkeypatch):
+    """Move the server's clocks (the session cookie's signature and the sign-in's) forward."""
+    import itsdangerous.timed
+
+    import admin.views
+
+    start = utcnow()
+    offset = [timedelta()]
+
+    class Time:
+        @staticmethod
+        def time() -> float:
+            return (start + offset[0]).timestamp()
+
+    monkeypatch.setattr(itsdangerous.timed, "time", Time)
+    monkeypatch.setattr(admin.views, "utcnow", lambda: start + offset[0])
+
+    def advance(hours: float) -> None:
+        offset[0] += timedelta(hours=hours)
+
+    return advance
+
+
+def test_a_session_used_all_day_still_ends_twelve_hours_after_sign_in(clock, client, session):
+    """The cookie is signed afresh on every request, so only the sign-in's own time ends it."""
+    signed_in(client, session, Role.STAFF)
+    for hours in (4, 4, 3):
+        clock(hours=hours)  # 4, 8, then 11 hours after signing in, each within a cookie's 12
+        assert client.get("/admin/cases").status_code == 200
+    clock(hours=1)
+
+    response = client.get("/admin/cases")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/admin/login")
+    assert "sign in again" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert client.get("/admin/cases").status_code == 302
+    assert sign_in(client, "staff@agency.test").status_code == 302
+    assert client.get("/admin/cases").status_code == 200
+
+
+def test_a_sign_in_lapses_at_twelve_hours_and_a_session_that_does_not_say_when_at_once():
+    from admin.auth import sign_in_lapsed
+
+    now = utcnow()
+    assert not sign_in_lapsed((now - timedelta(hours=11, minutes=59)).timestamp(), now)
+    assert sign_in_lapsed((now - timedelta(hours=12)).timestamp(), now)
+    assert sign_in_lapsed(None, now)
+    assert sign_in_lapsed("yesterday", now)
+
+
+@pytest.fixture
 def behind_a_router(config):
     config["TRUSTED_PROXIES"] = 1
 
