@@ -6,6 +6,7 @@ import re
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from models import AdminUser, Role, utcnow
@@ -33,7 +34,11 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 
 def create_user(*, session: Session, email: str, password: str, role: Role) -> AdminUser:
-    """Add a staff account; the email must be new and the password long enough."""
+    """Add a staff account; the email must be new and the password long enough.
+
+    UserError, the session to be rolled back, when the same email was added meanwhile (the
+    form sent twice: hashing the password takes long enough for both to pass the check).
+    """
     email = email.strip().lower()
     if not EMAIL.match(email):
         raise UserError(f"{email!r} is not an email address")
@@ -44,7 +49,10 @@ def create_user(*, session: Session, email: str, password: str, role: Role) -> A
     user = AdminUser(email=email, password_hash=hash_password(password), role=role)
     user.updated_at = utcnow()
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise UserError(f"a user with email {email} already exists") from exc
     return user
 
 

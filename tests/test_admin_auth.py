@@ -7,7 +7,7 @@ from datetime import timedelta
 from email.utils import parsedate_to_datetime
 
 import pytest
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from admin.auth import (
     LOCKOUT,
@@ -180,6 +180,38 @@ def test_an_admin_adds_a_staff_account_and_a_short_password_is_refused(client, s
         client, "/admin/users", {"email": "B@agency.test", "password": PASSWORD, "role": "staff"}
     )
     assert again.status_code == 400 and "already exists" in again.get_data(as_text=True)
+
+
+def test_an_account_added_twice_at_once_is_created_once_and_the_second_says_so(
+    app, client, session, monkeypatch
+):
+    """A double-click on Add account: the first request commits while the second hashes."""
+    import admin.users
+    import db
+
+    signed_in(client, session)
+    hash_password = admin.users.hash_password
+
+    def first_request_commits_meanwhile(password: str) -> str:
+        with Session(db.engine(app)) as other:
+            other.add(
+                AdminUser(
+                    email="new@agency.test", password_hash=hash_password(password), role="staff"
+                )
+            )
+            other.commit()
+        return hash_password(password)
+
+    monkeypatch.setattr(admin.users, "hash_password", first_request_commits_meanwhile)
+    second = post_form(
+        client, "/admin/users", {"email": "new@agency.test", "password": PASSWORD, "role": "staff"}
+    )
+    assert second.status_code == 400
+    assert "a user with email new@agency.test already exists" in second.get_data(as_text=True)
+    session.expire_all()
+    assert (
+        len(session.exec(select(AdminUser).where(AdminUser.email == "new@agency.test")).all()) == 1
+    )
 
 
 def test_an_admin_cannot_demote_themself(client, session):
