@@ -61,11 +61,17 @@ def require_sign_in():
         cookie_session.clear()
         flash(SIGN_IN_LAPSED, "info")
     if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
+        if request.endpoint == "admin.logout":
+            # Pressed in a tab left open after the session ended: what was asked is done.
+            flash(SIGNED_OUT, "info")
+            return redirect(url_for("admin.login"))
         if request.method != "GET":
             return _signed_out_form()
         return login_manager.unauthorized()
     return None
 
+
+SIGNED_OUT = "You are signed out."
 
 SIGNED_OUT_FORM = (
     "You were signed out, so what you sent was not saved and no text went out. Sign in, "
@@ -241,7 +247,7 @@ def logout():
         session.commit()
     logout_user()
     cookie_session.clear()
-    flash("You are signed out.", "info")
+    flash(SIGNED_OUT, "info")
     return redirect(url_for("admin.login"))
 
 

@@ -382,6 +382,19 @@ def test_a_form_sent_after_the_session_ended_returns_to_its_page_after_sign_in(
     assert client.get(case_page).status_code == 200
 
 
+def test_sign_out_pressed_after_the_session_ended_elsewhere_just_says_signed_out(
+    app, client, session
+):
+    user = signed_in(client, session, Role.STAFF)
+    token = csrf_token(client, "/admin/")
+    sign_out(_other_browser(app, user.email))
+
+    response = client.post("/admin/logout", data={"logout-csrf_token": token})
+    assert response.headers["Location"] == "/admin/login"
+    page = client.get("/admin/login").get_data(as_text=True)
+    assert "You are signed out." in page and "not saved" not in page
+
+
 def _other_browser(app, email):
     browser = app.test_client()
     assert sign_in(browser, email).status_code == 302
