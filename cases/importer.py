@@ -112,6 +112,12 @@ def read_cases(lines: Iterable[str], *, own: Collection[str] = ()) -> ImportPlan
         for line, record in _numbered(reader):
             if not any(cell.strip() for cell in record):
                 continue  # blank lines are not rows
+            extra = [cell for cell in record[len(header) :] if cell.strip()]
+            if extra:
+                # An unquoted comma (1,250.00; Rivera, Ana) splits a value in two and moves the
+                # rest along: read as it falls, a balance could be taken as $1.00 without a word.
+                errors.append(LineError(line, _too_many_values(len(record), len(header))))
+                continue
             fields = {c: (record[i].strip() if i < len(record) else "") for c, i in index.items()}
             row, reasons = _check(line, fields, own)
             if row is not None:
@@ -127,6 +133,13 @@ def read_cases(lines: Iterable[str], *, own: Collection[str] = ()) -> ImportPlan
     except (csv.Error, UnicodeDecodeError) as exc:
         errors.append(LineError(line + 1, f"unreadable ({exc})"))
     return ImportPlan(rows if not errors else [], errors)
+
+
+def _too_many_values(values: int, columns: int) -> str:
+    return (
+        f"{values} values for the header's {columns} columns; a value holding a comma, "
+        'like "1,250.00" or "Rivera, Ana", must be in double quotes'
+    )
 
 
 def _numbered(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:

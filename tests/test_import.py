@@ -131,6 +131,29 @@ def test_a_payer_name_with_a_control_character_is_refused():
     assert "payer name cannot contain control characters" in str(plan.errors[0])
 
 
+def test_a_row_split_by_an_unquoted_comma_is_refused_not_read_shifted():
+    """'1,250.00' unquoted is two values: read as they fell, the balance would be $1.00."""
+    text = (
+        "case_number,payer_name,phone,language,next_due_date,timezone,amount_due,balance\n"
+        + "CS-1,Ana Rivera,,en,,,250.00,1,250.00\n"
+        + "CS-2,Rivera, Ana,6175550134,en,,,250.00,1000.00\n"
+        + "CS-3,Bo Lee,,en,,,250.00,1000.00,,\n"  # empty trailing cells, as Excel leaves them
+    )
+    plan = read(text)
+    assert plan.rows == []
+    lines = {error.line: error.reason for error in plan.errors}
+    assert sorted(lines) == [2, 3]
+    assert (
+        lines[2]
+        == lines[3]
+        == (
+            '9 values for the header\'s 8 columns; a value holding a comma, like "1,250.00" or '
+            '"Rivera, Ana", must be in double quotes'
+        )
+    )
+    assert read(text.replace("1,250.00", '"1,250.00"').replace("Rivera, Ana", '"Rivera, Ana"')).ok
+
+
 def test_a_missing_column_is_reported_on_the_header_line():
     plan = read("case_number,payer_name\nCS-1,Ana\n")
     assert [e.line for e in plan.errors] == [1]
