@@ -647,11 +647,34 @@ def add_appointment(
     location: str | None,
     video_link: str | None,
     now: datetime | None = None,
-) -> Appointment:
-    """Schedule an appointment in the future and re-plan reminders; caller commits."""
+) -> tuple[Appointment, bool]:
+    """Schedule an appointment in the future and re-plan reminders; caller commits.
+
+    Returns it and whether it was added: the same appointment (kind, time, place and link)
+    already scheduled on the case is not added again, as a form sent twice (a double-click) would
+    otherwise text the payer two reminders for it.
+    """
     now = now or utcnow()
     if starts_at <= now:
         raise AdminError("The appointment must be in the future.", field="day")
+    # The case's row lock makes a second submission wait for the first's commit and see it.
+    session.exec(select(Case.id).where(Case.id == case_id).with_for_update()).first()
+    same = session.exec(
+        select(Appointment).where(
+            Appointment.case_id == case_id,
+            Appointment.kind == kind,
+            Appointment.starts_at == starts_at,
+            Appointment.location.is_(None)
+            if location is None
+            else Appointment.location == location,
+            Appointment.video_link.is_(None)
+            if video_link is None
+            else Appointment.video_link == video_link,
+            Appointment.status == AppointmentStatus.SCHEDULED,
+        )
+    ).first()
+    if same is not None:
+        return same, False
     appointment = Appointment(
         case_id=case_id,
         starts_at=starts_at,
@@ -664,7 +687,7 @@ def add_appointment(
     session.add(appointment)
     session.flush()
     replan(session=session, case_id=case_id)
-    return appointment
+    return appointment, True
 
 
 def move_appointment(

@@ -530,7 +530,7 @@ def add_appointment(case_id: int):
     if case is None:
         abort(404)
     try:
-        service.add_appointment(
+        _, added = service.add_appointment(
             session=session,
             case_id=case_id,
             starts_at=service.local_to_utc(form.day.data, form.time.data, case_zone(case)),
@@ -543,7 +543,10 @@ def add_appointment(case_id: int):
         form.day.errors = [*form.day.errors, str(exc)]
         return _render_case(case_id, 400, appointment_form=form)
     session.commit()
-    flash("Appointment added; its reminders are planned.", "success")
+    if added:
+        flash("Appointment added; its reminders are planned.", "success")
+    else:
+        flash("That appointment was already scheduled (sent twice?); nothing changed.", "info")
     return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
 
 

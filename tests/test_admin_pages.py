@@ -1242,6 +1242,32 @@ def test_appointments_are_added_moved_and_canceled(client, session, staff):
     assert reload(session, Appointment, appointment.id).status == "canceled"
 
 
+def test_an_appointment_sent_twice_is_added_once_and_its_payer_reminded_once(
+    client, session, staff
+):
+    case = make_case(session)
+    make_enrollment(session, case)
+    day = (utcnow() + timedelta(days=10)).date()
+    form = {"kind": "court_hearing", "day": day.isoformat(), "time": "09:30", "location": "Room 5"}
+    url = f"/admin/cases/{case.id}/appointments"
+    assert post_form(client, url, form, prefix="appt").status_code == 302
+
+    again = post_form(client, url, form, prefix="appt", follow_redirects=True)
+    assert "That appointment was already scheduled (sent twice?); nothing changed." in text_of(
+        again
+    )
+    assert count(session, Appointment) == 1
+    reminders = session.exec(select(Reminder).where(Reminder.kind == ReminderKind.APPOINTMENT))
+    assert len(reminders.all()) == 1
+    # Another time, or another kind at the same time, is another appointment.
+    assert post_form(client, url, {**form, "time": "10:30"}, prefix="appt").status_code == 302
+    assert (
+        post_form(client, url, {**form, "kind": "case_conference"}, prefix="appt").status_code
+        == 302
+    )
+    assert count(session, Appointment) == 3
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
