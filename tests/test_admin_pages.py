@@ -214,10 +214,15 @@ def test_a_number_that_opted_out_on_another_case_is_enrolled_opted_out_until_sta
     assert reload(session, Enrollment, first.id).opted_out_at == STOPPED_AT
     assert texts(app) == []
 
-    # Only the payer can undo a STOP: START opts the number back in on both cases.
+    # Only the payer can undo a STOP: START opts the number back in on the case it had
+    # confirmed. The case enrolled while it was opted out was never offered to the payer: it
+    # waits for its invitation (due at once, sent in the payer's window) and the payer's YES.
     payer_texts(app, client, "START")
     session.expire_all()
-    assert {e.status for e in session.exec(select(Enrollment)).all()} == {EnrollmentStatus.ACTIVE}
+    assert reload(session, Enrollment, first.id).status == EnrollmentStatus.ACTIVE
+    added = reload(session, Enrollment, added.id)
+    assert (added.status, added.invited_at) == (EnrollmentStatus.PENDING, None)
+    assert added.invite_at is not None and added.invite_at <= utcnow()
 
 
 @pytest.mark.parametrize(
