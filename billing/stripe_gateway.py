@@ -306,9 +306,13 @@ def _charge_from_intent(
     elif stripe_status == "canceled":
         # Before the error check: a canceled intent keeps its last authentication error.
         status = ChargeStatus.CANCELED
-    elif stripe_status == "requires_action" or error.get("code") == "authentication_required":
+    elif stripe_status == "requires_action" or "authentication_required" in (
+        error.get("code"),
+        error.get("decline_code"),
+    ):
         # Off-session, Stripe fails the intent instead of asking; the payer can still
-        # confirm it on-session with the client secret.
+        # confirm it on-session with the client secret. An issuer's soft decline asking for
+        # it comes as card_declined with that decline_code: the card is fine, it needs approval.
         status = ChargeStatus.REQUIRES_ACTION
     elif stripe_status == "requires_payment_method":
         status = ChargeStatus.DECLINED

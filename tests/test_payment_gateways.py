@@ -696,3 +696,32 @@ def test_both_gateways_take_exactly_the_protocols_arguments():
         assert shape(getattr(StripeGateway, name)) == expected, name
         assert shape(getattr(SandboxGateway, name)) == expected, name
     assert {StripeGateway.name, SandboxGateway.name} == {"stripe", "sandbox"}
+
+
+def test_an_issuers_soft_decline_asking_for_authentication_waits_for_the_payer():
+    # The issuer, not Stripe, asked for 3D Secure: a card_declined error whose decline_code is
+    # authentication_required. The payer can approve it on-session; their card is fine.
+    from billing.stripe_gateway import _charge_from_intent
+
+    method = {"id": "pm_1", "card": {"brand": "visa", "last4": "3184"}}
+    intent = {
+        "id": "pi_1",
+        "amount": 25_000,
+        "status": "requires_payment_method",
+        "client_secret": "pi_1_secret_abc",
+        "payment_method": None,
+        "metadata": {"payment_id": "7"},
+        "last_payment_error": {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "authentication_required",
+            "message": "Your card was declined. This transaction requires authentication.",
+            "payment_method": method,
+        },
+    }
+
+    result = _charge_from_intent(intent)
+
+    assert result.status is ChargeStatus.REQUIRES_ACTION
+    assert result.client_secret == "pi_1_secret_abc"
+    assert result.card_last4 == "3184"
