@@ -356,6 +356,9 @@ class Reminder(SQLModel, table=True):
     status: ReminderStatus = _status(ReminderStatus.SCHEDULED)
     reason: str | None = Field(default=None, sa_type=sa.String(64))
     attempts: int = 0
+    """Times its texts were tried; holds (quiet hours, a payment in flight) are not tries."""
+    claim_token: int = 0
+    """Bumped by every claim: a job works on the row only while the token it was given holds."""
     sent_at: datetime | None = _when()
     created_at: datetime = _created()
     updated_at: datetime = _created()

@@ -10,10 +10,10 @@ Cycles: a due-cycle reminder's cycle is its due date (`2026-05-01`); an appointm
 Paid this cycle: judged by billing.cycles, which says how. A cycle only a payment still in flight
 covers holds its reminder (deferred, `payment_in_flight`) until that payment succeeds or fails.
 
-Never twice: dispatch claims rows atomically (status scheduled -> queued, `attempts` + 1, which
-is the claim's token); a job only works on rows whose status and token still match, moving them
-to `sending`. Before each text, a turn for (reminder, phone) is committed with status `claimed`,
-and only while the row is still `sending` under the job's token; only then is Twilio called and
+Never twice: dispatch claims rows atomically (status scheduled -> queued, `claim_token` + 1);
+a job only works on rows whose status and token still match, moving them to `sending`. Before
+each text, a turn for (reminder, phone) is committed with status `claimed`, and only while the
+row is still `sending` under the job's token; only then is Twilio called and
 the answer recorded. A row whose job vanished (Redis lost, worker killed) is claimed again after
 a timeout, and the new job skips every phone that already has a turn for the reminder; if the
 old job was only slow, its next claim finds the token changed and it sends nothing more. So
@@ -98,7 +98,8 @@ QUEUED_TIMEOUT = timedelta(minutes=30)
 """A row left `queued` this long has lost its job (Redis flushed); claiming it again is safe."""
 
 MAX_ATTEMPTS = 10
-"""Claims after which a reminder still failing with transient errors is given up."""
+"""Tries after which a reminder still failing with transient errors is given up; a claim that
+sends nothing (held for quiet hours or a payment in flight, re-planned) is no try."""
 
 OVERDUE_STALE_AFTER = timedelta(days=7)
 """An overdue reminder not sent within a week of its day is no longer sent."""
@@ -108,8 +109,8 @@ IN_FLIGHT_RECHECK = timedelta(hours=6)
 judged again, at the latest (then, within the payer's window): skipped as paid once the payment
 succeeded, sent once it failed, held again while it is still in flight (a bank approval waits up
 to a day). Every dispatch wakes the held reminders of cases with no payment in flight any more
-(_wake_settled), so the outcome is acted on within the minute; each look is a claim, which
-counts towards MAX_ATTEMPTS, so the looks are few."""
+(_wake_settled), so the outcome is acted on within the minute; a look is a claim but no try, so
+it leaves MAX_ATTEMPTS to send failures."""
 
 SMS_QUEUE = "sms"
 """The RQ queue send jobs go to."""
@@ -571,6 +572,8 @@ class _Row:
     attempts: int = 0
     reason: str | None = None
     sent_at: datetime | None = None
+    token: int = 0
+    """The claim's token (`claim_token`) the job holds the row by."""
 
 
 _ROW_COLUMNS = (
@@ -584,6 +587,7 @@ _ROW_COLUMNS = (
     Reminder.attempts,
     Reminder.reason,
     Reminder.sent_at,
+    Reminder.claim_token,
 )
 
 
@@ -773,6 +777,7 @@ def _new_row(case_id: int, plan: Planned, at: datetime | None, now: datetime) ->
         "status": ReminderStatus.SCHEDULED if at else ReminderStatus.SKIPPED,
         "reason": None if at else "too_late",
         "attempts": 0,
+        "claim_token": 0,
         "created_at": now,
         "updated_at": now,
     }
@@ -1009,8 +1014,8 @@ def _claim(session: Session, now: datetime) -> list[tuple[int, int, int]]:
         sa.update(table)
         # SQLite has one writer at a time, and the status test is repeated under its lock.
         .where(table.c.id.in_(due.scalar_subquery()), table.c.status.in_(DUE))
-        .values(status=ReminderStatus.QUEUED, attempts=table.c.attempts + 1, updated_at=now)
-        .returning(table.c.id, table.c.attempts, table.c.case_id)
+        .values(status=ReminderStatus.QUEUED, claim_token=table.c.claim_token + 1, updated_at=now)
+        .returning(table.c.id, table.c.claim_token, table.c.case_id)
     )
     return sorted(tuple(row) for row in result)
 
@@ -1019,7 +1024,7 @@ def _peek(session: Session, now: datetime, after_id: int) -> list[tuple[int, int
     """What `_claim` would take, without taking it (dry runs)."""
     table = Reminder.__table__
     rows = session.execute(
-        sa.select(table.c.id, table.c.attempts + 1, table.c.case_id)
+        sa.select(table.c.id, table.c.claim_token + 1, table.c.case_id)
         .where(table.c.status.in_(DUE), table.c.send_at <= now, table.c.id > after_id)
         .order_by(table.c.id)
         .limit(CLAIM_CHUNK)
@@ -1087,7 +1092,7 @@ def _check_claimed(
             sa.update(table)
             .where(
                 table.c.id == sa.bindparam("b_id"),
-                table.c.attempts == sa.bindparam("b_token"),
+                table.c.claim_token == sa.bindparam("b_token"),
                 table.c.status == ReminderStatus.QUEUED,
             )
             .values(
@@ -1197,6 +1202,8 @@ class _Tally:
     retry_at: list[datetime] = field(default_factory=list)
     retry_codes: list[str] = field(default_factory=list)
     canceled: bool = False
+    tried: bool = False
+    """Twilio was asked to send one of its texts: the claim counts as an attempt."""
 
 
 @dataclass(frozen=True)
@@ -1294,7 +1301,7 @@ def _take(session: Session, claims: Sequence[Sequence[int]], now: datetime) -> l
             sa.update(table)
             .where(
                 table.c.id.in_(ids),
-                table.c.attempts == token,
+                table.c.claim_token == token,
                 table.c.status == ReminderStatus.QUEUED,
             )
             .values(status=ReminderStatus.SENDING, updated_at=now)
@@ -1587,7 +1594,7 @@ def _replan_now(session: Session, row: _Row, now: datetime) -> _Final:
         .where(
             table.c.id == row.id,
             table.c.status == ReminderStatus.SENDING,
-            table.c.attempts == row.attempts,
+            table.c.claim_token == row.token,
         )
         .values(status=ReminderStatus.SCHEDULED, updated_at=now)
     )
@@ -1615,7 +1622,7 @@ def _still_wanted():
         .where(
             reminders.c.id == sa.bindparam("b_reminder_id"),
             reminders.c.status == ReminderStatus.SENDING,
-            reminders.c.attempts == sa.bindparam("b_token", type_=sa.Integer),
+            reminders.c.claim_token == sa.bindparam("b_token", type_=sa.Integer),
         )
         .with_for_update(read=True)
     )
@@ -1690,7 +1697,7 @@ _NO_ANSWER = {
     "r_error_code": None,
     "r_at": None,
 }
-_HELD = sa.select(Reminder.__table__.c.status, Reminder.__table__.c.attempts).where(
+_HELD = sa.select(Reminder.__table__.c.status, Reminder.__table__.c.claim_token).where(
     Reminder.__table__.c.id == sa.bindparam("b_reminder_id")
 )
 _LAZY_COMMITS = sa.text("SET synchronous_commit TO OFF")
@@ -1736,7 +1743,7 @@ class _Claimer:
         assert self._connection is not None
         params: dict[str, Any] = {
             "b_reminder_id": delivery.row.id,
-            "b_token": delivery.row.attempts,
+            "b_token": delivery.row.token,
             "b_phone": delivery.phone,
             "b_now": now,
             "b_body": delivery.body,
@@ -1777,7 +1784,7 @@ class _Claimer:
         found = self._connection.execute(_HELD, {"b_reminder_id": row.id}).first()
         if not self.postgres:
             self._connection.commit()
-        return found is not None and tuple(found) == (ReminderStatus.SENDING, row.attempts)
+        return found is not None and tuple(found) == (ReminderStatus.SENDING, row.token)
 
 
 def _deliver(
@@ -1843,6 +1850,7 @@ def _merge(tally: _Tally, part: _Tally) -> None:
     tally.retry_at.extend(part.retry_at)
     tally.retry_codes.extend(part.retry_codes)
     tally.canceled = tally.canceled or part.canceled
+    tally.tried = tally.tried or part.tried
 
 
 @dataclass
@@ -1880,6 +1888,7 @@ class _Lane:
                         else:
                             tally.canceled = True  # STOP or staff cancelled it meanwhile
                         continue
+                    tally.tried = True
                     result = self.gateway.send(
                         to=delivery.phone, body=delivery.body, status_callback=self.callback
                     )
@@ -1927,7 +1936,7 @@ class _Lane:
             return
         if result.retryable:
             tally.retry_codes.append(str(result.error_code or "network"))
-            retry_at = now + retry_delay(delivery.row.attempts)
+            retry_at = now + retry_delay(delivery.row.attempts + 1)
             tally.retry_at.append(reach.next_allowed(retry_at))
             if result.error_code == 20429:
                 pacer.pause(1.0)  # Twilio says slow down: every worker waits a second
@@ -2004,7 +2013,7 @@ def _finish(
             summary.skipped["canceled"] += 1
             continue
         status, reason, send_at = _conclude(row, tally)
-        changes.append(_outcome(row, status, reason, now, send_at=send_at))
+        changes.append(_outcome(row, status, reason, now, send_at=send_at, tried=tally.tried))
         if status == ReminderStatus.SENT:
             summary.sent += 1
         elif status == ReminderStatus.DEFERRED:
@@ -2019,11 +2028,12 @@ def _finish(
             sa.update(table)
             .where(
                 table.c.id == sa.bindparam("b_id"),
-                table.c.attempts == sa.bindparam("b_token"),
+                table.c.claim_token == sa.bindparam("b_token"),
                 table.c.status == ReminderStatus.SENDING,
             )
             .values(
                 status=sa.bindparam("b_status"),
+                attempts=sa.bindparam("b_attempts"),
                 reason=sa.bindparam("b_reason"),
                 send_at=sa.bindparam("b_send_at"),
                 sent_at=sa.bindparam("b_sent_at"),
@@ -2037,7 +2047,8 @@ def _finish(
 def _conclude(row: _Row, tally: _Tally) -> tuple[ReminderStatus, str | None, datetime | None]:
     """A reminder's status from how its phones came out; texts still owed keep it waiting."""
     if tally.deferred_until or tally.retry_at:
-        if tally.retry_at and not tally.deferred_until and row.attempts >= MAX_ATTEMPTS:
+        tries = row.attempts + 1 if tally.tried else row.attempts
+        if tally.retry_at and not tally.deferred_until and tries >= MAX_ATTEMPTS:
             return ReminderStatus.FAILED, f"gave_up:{tally.retry_codes[-1]}"[:64], None
         reason = "quiet_hours" if tally.deferred_until else f"retry:{tally.retry_codes[-1]}"
         return ReminderStatus.DEFERRED, reason[:64], min(tally.deferred_until + tally.retry_at)
@@ -2059,10 +2070,12 @@ def _outcome(
     now: datetime,
     *,
     send_at: datetime | None = None,
+    tried: bool = False,
 ) -> dict[str, Any]:
     return {
         "b_id": row.id,
-        "b_token": row.attempts,
+        "b_token": row.token,
+        "b_attempts": row.attempts + 1 if tried else row.attempts,
         "b_status": status,
         "b_reason": reason,
         "b_send_at": send_at or row.send_at,

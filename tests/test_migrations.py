@@ -232,3 +232,32 @@ def test_a_number_that_texted_stop_on_no_case_and_was_then_imported_stays_opted_
     engine.dispose()
     # Nothing else holds that STOP: the pending enrollment would be invited.
     assert str(opted_out_at).startswith("2026-03-02 15:00:00")
+
+
+def test_a_reminder_claimed_before_0010_keeps_its_claim_and_its_attempts(empty_database):
+    """A send job queued before the upgrade names its claim by the old counter: it still holds."""
+    db.upgrade(empty_database, "0009")
+    engine = db.make_engine(empty_database)
+    at = "2026-12-01 15:00:00"
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO cases (case_number, payer_name, amount_due_cents, balance_cents,"
+                " language, status, created_at, updated_at)"
+                " VALUES ('CS-1', 'Ana', 0, 0, 'en', 'open', :t, :t)"
+            ),
+            {"t": at},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO reminders (case_id, kind, cycle, send_at, status, attempts,"
+                " created_at, updated_at)"
+                " SELECT id, 'due_today', '2026-12-01', :t, 'queued', 3, :t, :t FROM cases"
+            ),
+            {"t": at},
+        )
+    db.upgrade(empty_database)
+    with engine.connect() as connection:
+        row = connection.execute(sa.text("SELECT attempts, claim_token FROM reminders")).one()
+    engine.dispose()
+    assert tuple(row) == (3, 3)

@@ -1039,6 +1039,47 @@ def test_a_transient_error_is_retried_with_backoff_then_sent_once(twilio, sessio
     assert turn.provider_message_id == twilio.messages[0]["sid"]
 
 
+def test_holds_for_a_payment_in_flight_use_none_of_the_send_attempts(twilio, session):
+    case = due_today_case(session, balance_cents=100_000)
+    pay(session, case, 25_000, at=utcnow() - timedelta(hours=2), status=PaymentStatus.PENDING)
+    now = utcnow()
+    for _look in range(4):  # a day of waiting for the bank's approval
+        assert dispatch_due(now=now).deferred == 1
+        now = rows(session, case.id)[ReminderKind.DUE_TODAY].send_at.replace(tzinfo=UTC)
+    held = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (held.reason, held.attempts) == ("payment_in_flight", 0)
+    payment = session.exec(select(Payment).where(Payment.case_id == case.id)).one()
+    payment.status = PaymentStatus.FAILED
+    session.add(payment)
+    session.commit()
+    # The payment failed: the reminder goes, and a first transient error backs off a minute,
+    # as for any reminder, with all MAX_ATTEMPTS still to come.
+    twilio.fail_next(20429, status=429)
+    dispatch_due()
+    waiting = rows(session, case.id)[ReminderKind.DUE_TODAY]
+    assert (waiting.status, waiting.reason) == (ReminderStatus.DEFERRED, "retry:20429")
+    assert waiting.attempts == 1
+    assert timedelta(seconds=50) < waiting.send_at - utcnow() <= timedelta(minutes=1)
+
+
+def test_a_reminder_tried_max_attempts_times_is_given_up_after_the_last(twilio, session):
+    case = due_today_case(session)
+    current_app.extensions["sms"] = TwilioGateway(
+        DEFAULT_ACCOUNT_SID,
+        DEFAULT_AUTH_TOKEN,
+        from_number="+15005550006",
+        base_url=f"http://127.0.0.1:{free_port()}",
+    )
+    now = utcnow()
+    for attempt in range(1, reminders.MAX_ATTEMPTS + 1):
+        dispatch_due(now=now)
+        reminder = rows(session, case.id)[ReminderKind.DUE_TODAY]
+        assert reminder.attempts == attempt
+        now = reminder.send_at.replace(tzinfo=UTC)
+    assert (reminder.status, reminder.reason) == (ReminderStatus.FAILED, "gave_up:network")
+    assert twilio.messages == []
+
+
 @pytest.mark.parametrize("lost", ["answer_too_late", "hung_up_after_sending", "server_error"])
 def test_a_text_whose_answer_was_lost_is_never_sent_again_and_is_left_for_staff(
     twilio, session, lost
