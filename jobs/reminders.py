@@ -28,6 +28,7 @@ proves nothing reached Twilio (connection refused, DNS, 429) is retried.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import Counter, defaultdict
@@ -269,9 +270,11 @@ class Planned:
     appointment_id: int | None = None
 
 
-def appointment_cycle(appointment_id: int) -> str:
-    """The cycle of an appointment's reminder."""
-    return f"appt:{appointment_id}"
+def appointment_cycle(appointment_id: int, *, moved_at: datetime | None = None) -> str:
+    """The cycle of an appointment's reminder; one for each move after a reminder was done."""
+    if moved_at is None:
+        return f"appt:{appointment_id}"
+    return f"appt:{appointment_id}@{moved_at.astimezone(UTC):%Y%m%dT%H%M%S}"
 
 
 def clamp_send_time(send_time: time, window: Window) -> time:
@@ -574,6 +577,7 @@ class _Row:
     sent_at: datetime | None = None
     token: int = 0
     """The claim's token (`claim_token`) the job holds the row by."""
+    updated_at: datetime | None = None
 
 
 _ROW_COLUMNS = (
@@ -588,6 +592,7 @@ _ROW_COLUMNS = (
     Reminder.reason,
     Reminder.sent_at,
     Reminder.claim_token,
+    Reminder.updated_at,
 )
 
 
@@ -612,8 +617,11 @@ def _plan_cases(
     ):
         phones[case_id].append(phone)
     appointments: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
-    for appointment_id, case_id, starts_at in session.execute(
-        sa.select(Appointment.id, Appointment.case_id, Appointment.starts_at)
+    changed_at: dict[int, datetime] = {}
+    for appointment_id, case_id, starts_at, updated_at in session.execute(
+        sa.select(
+            Appointment.id, Appointment.case_id, Appointment.starts_at, Appointment.updated_at
+        )
         .where(
             Appointment.case_id.in_(case_ids),
             Appointment.status == AppointmentStatus.SCHEDULED,
@@ -622,13 +630,18 @@ def _plan_cases(
         .order_by(Appointment.starts_at)
     ):
         appointments[case_id].append((appointment_id, starts_at))
+        changed_at[appointment_id] = updated_at
     targets = {case.next_due_date.isoformat() for case in cases.values() if case.next_due_date}
-    targets |= {appointment_cycle(a) for rows in appointments.values() for a, _ in rows}
     existing: dict[int, list[_Row]] = defaultdict(list)
     for row in session.execute(
         sa.select(*_ROW_COLUMNS).where(
             Reminder.case_id.in_(case_ids),
-            sa.or_(Reminder.status.in_(DUE), Reminder.cycle.in_(targets or {""})),
+            sa.or_(
+                Reminder.status.in_(DUE),
+                Reminder.cycle.in_(targets or {""}),
+                # Every reminder of these appointments: one done before a move asks for another.
+                Reminder.appointment_id.in_(list(changed_at) or [0]),
+            ),
         )
     ):
         existing[row.case_id].append(_Row(*row))
@@ -656,6 +669,7 @@ def _plan_cases(
                 reach=reach,
                 policy=policy,
             )
+            plans = _after_moves(plans, rows, changed_at)
             part = _match(case_id, rows, plans, reach, policy, now)
         except (OverflowError, ValueError):
             # One case's bad data (a due date in year 9999, say) must not hold up the others.
@@ -691,6 +705,29 @@ def _plan_cases(
     return summary
 
 
+def _after_moves(
+    plans: Sequence[Planned], rows: Sequence[_Row], changed_at: Mapping[int, datetime]
+) -> list[Planned]:
+    """Appointment reminders given a cycle of their own when the appointment moved after its
+    reminder was done (sent, or skipped as too late): that text named the old time, or none
+    went, so the new time gets a reminder of its own rather than none at all."""
+    done = (ReminderStatus.SENT, ReminderStatus.SKIPPED, ReminderStatus.FAILED)
+    out: list[Planned] = []
+    for plan in plans:
+        moved_at = changed_at.get(plan.appointment_id) if plan.appointment_id else None
+        if moved_at is not None:
+            finished = [
+                row
+                for row in rows
+                if row.appointment_id == plan.appointment_id and row.status in done
+            ]
+            if finished and all(row.updated_at and row.updated_at < moved_at for row in finished):
+                cycle = appointment_cycle(plan.appointment_id, moved_at=moved_at)
+                plan = dataclasses.replace(plan, cycle=cycle)
+        out.append(plan)
+    return out
+
+
 @dataclass
 class _Matched:
     """One case's planned rows matched against its existing ones: what to insert and update."""
@@ -722,6 +759,18 @@ def _match(
                     r
                     for r in rows
                     if r.kind == plan.kind and r.status in DUE and r.id not in matched
+                ),
+                None,
+            )
+        elif row is None and plan.appointment_id is not None:
+            # Moved again before its reminder went: the waiting row follows the appointment.
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if r.appointment_id == plan.appointment_id
+                    and r.status in DUE
+                    and r.id not in matched
                 ),
                 None,
             )

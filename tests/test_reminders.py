@@ -693,6 +693,77 @@ def test_an_appointment_reminder_says_what_when_and_where(ctx, session, sms):
     assert "https://meet.example/abc" in message.body and "STOP" in message.body
 
 
+@pytest.mark.parametrize("moved_by", [timedelta(hours=2), timedelta(hours=-1)])
+def test_an_appointment_moved_after_its_reminder_went_is_reminded_again_with_the_new_time(
+    ctx, session, sms, moved_by
+):
+    from admin.service import move_appointment
+
+    zone = zone_at(13)
+    case = make_case(session, timezone=zone, next_due_date=None)
+    make_enrollment(session, case)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
+    appointment = Appointment(
+        case_id=case.id, starts_at=starts, kind=AppointmentKind.COURT_HEARING, location="Room 4"
+    )
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 1  # the old time
+
+    new_start = starts + moved_by
+    move_appointment(session=session, appointment_id=appointment.id, starts_at=new_start)
+    session.commit()
+    again = [
+        row
+        for row in session.exec(select(Reminder).where(Reminder.case_id == case.id)).all()
+        if row.status == ReminderStatus.SCHEDULED
+    ]
+    assert [row.appointment_id for row in again] == [appointment.id]
+    dispatch_due()
+    assert len(sms) == 2
+    clock = new_start.astimezone(ZoneInfo(zone))
+    hour = clock.hour % 12 or 12
+    assert f"{hour}:{clock.minute:02d} {'AM' if clock.hour < 12 else 'PM'}" in sms[1].body
+    # Planning again changes nothing: the new time was reminded of once.
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    assert dispatch_due(now=new_start - timedelta(minutes=1)).due == 0
+
+
+def test_an_appointment_moved_days_later_after_its_reminder_is_reminded_the_day_before_again(
+    ctx, session, sms
+):
+    from admin.service import move_appointment
+
+    zone = zone_at(13)
+    case = make_case(session, timezone=zone, next_due_date=None)
+    make_enrollment(session, case)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
+    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    [first] = rows(session, case.id).values()
+    assert first.status == ReminderStatus.SENT
+
+    move_appointment(
+        session=session, appointment_id=appointment.id, starts_at=starts + timedelta(days=3)
+    )
+    session.commit()
+    found = session.exec(select(Reminder).where(Reminder.case_id == case.id)).all()
+    by_id = {row.id: row for row in found}
+    assert by_id.pop(first.id).status == ReminderStatus.SENT
+    [again] = by_id.values()
+    assert again.status == ReminderStatus.SCHEDULED
+    assert again.send_at.replace(tzinfo=UTC) == starts + timedelta(days=2)
+    assert len(sms) == 1
+
+
 # --- quiet hours -------------------------------------------------------------------------------
 
 
