@@ -733,6 +733,30 @@ def test_an_appointment_moved_after_its_reminder_went_is_reminded_again_with_the
     assert dispatch_due(now=new_start - timedelta(minutes=1)).due == 0
 
 
+def test_an_appointment_moved_to_the_time_it_has_is_not_reminded_again(ctx, session, sms):
+    from admin.service import move_appointment
+
+    case = make_case(session, timezone=zone_at(13), next_due_date=None)
+    make_enrollment(session, case)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
+    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 1
+    # The move form sent with the time the appointment already has (sent twice, say).
+    session.expire_all()
+    move_appointment(session=session, appointment_id=appointment.id, starts_at=starts)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 1
+    assert [row.status for row in rows(session, case.id).values()] == [ReminderStatus.SENT]
+
+
 def test_an_appointment_moved_days_later_after_its_reminder_is_reminded_the_day_before_again(
     ctx, session, sms
 ):
