@@ -231,11 +231,18 @@ class ButtonForm(StaffForm):
     """A form that is only a button: the CSRF token is its whole content."""
 
 
-class PhoneChoiceForm(StaffForm):
+class SendOnceForm(StaffForm):
+    """A form that texts the payer: its nonce lets a double-click (or a resend from the
+    browser's history) send the text once."""
+
+    nonce = HiddenField(default=lambda: secrets.token_urlsafe(16))
+
+
+class PhoneChoiceForm(SendOnceForm):
     phone = SelectField("Send to", choices=[])
 
 
-class ReplyForm(StaffForm):
+class ReplyForm(SendOnceForm):
     phone = SelectField("Send to", choices=[])
     text = TextAreaField("Reply", validators=[DataRequired(message="Write a reply first.")])
 

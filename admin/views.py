@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from flask import (
 )
 from flask_login import current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
@@ -48,6 +50,7 @@ from money import format_cents
 from phones import format_phone
 
 bp = Blueprint("admin", __name__)
+log = logging.getLogger(__name__)
 
 PUBLIC_ENDPOINTS = frozenset({"admin.login"})
 DASHBOARD_DAYS = (7, 14, 30)
@@ -452,6 +455,8 @@ def reply(case_id: int):
     form.agency = current_app.config["AGENCY_NAME"]
     if not form.validate_on_submit():
         return _render_case(case_id, 400, reply_form=form)
+    if not _claim_send(form):
+        return _sent_already(case_id, "conversation")
     session = get_session()
     try:
         sent = service.send_staff_reply(
@@ -464,10 +469,11 @@ def reply(case_id: int):
         )
     except AdminError as exc:
         session.rollback()
+        _release_send(form)
         form.phone.errors = [*form.phone.errors, str(exc)]
         return _render_case(case_id, 400, reply_form=form)
     session.commit()
-    _flash_sent(sent, "Reply sent.")
+    _flash_sent(sent, "Reply sent.", form)
     return redirect(url_for("admin.case", case_id=case_id, _anchor="conversation"))
 
 
@@ -481,6 +487,8 @@ def card_link(case_id: int):
     form.phone.choices = forms.choices([(p, format_phone(p)) for p in detail.textable_phones])
     if not form.validate_on_submit():
         return _render_case(case_id, 400, card_form=form)
+    if not _claim_send(form):
+        return _sent_already(case_id, None)
     session = get_session()
     try:
         sent = service.send_card_link(
@@ -492,10 +500,11 @@ def card_link(case_id: int):
         )
     except AdminError as exc:
         session.rollback()
+        _release_send(form)
         form.phone.errors = [*form.phone.errors, str(exc)]
         return _render_case(case_id, 400, card_form=form)
     session.commit()
-    _flash_sent(sent, "Card link sent.")
+    _flash_sent(sent, "Card link sent.", form)
     return redirect(url_for("admin.case", case_id=case_id))
 
 
@@ -505,7 +514,48 @@ _MAY_HAVE_GONE = (
 )
 
 
-def _flash_sent(sent, success: str) -> None:
+SEND_ONCE_SECONDS = 24 * 3600
+"""How long a staff form's nonce is remembered: a double-click or a resend from the browser's
+history within it sends nothing more."""
+
+
+def _send_key(form: forms.SendOnceForm) -> str | None:
+    nonce = (form.nonce.data or "")[:40]
+    return f"paytext:admin:sent:{nonce}" if nonce else None
+
+
+def _claim_send(form: forms.SendOnceForm) -> bool:
+    """False when this form (its nonce) was sent before: its text went, or is going."""
+    key = _send_key(form)
+    if key is None:  # a page from before forms carried a nonce
+        return True
+    try:
+        return bool(current_app.extensions["redis"].set(key, "1", nx=True, ex=SEND_ONCE_SECONDS))
+    except RedisError:
+        # Sending matters more than guarding a double-click; the staff member sees the result.
+        log.warning("staff form sent without its double-send guard: Redis did not answer")
+        return True
+
+
+def _release_send(form: forms.SendOnceForm) -> None:
+    """The text did not go (refused, or Twilio certainly did not take it): it may be sent again."""
+    key = _send_key(form)
+    if key is None:
+        return
+    try:
+        current_app.extensions["redis"].delete(key)
+    except RedisError:
+        log.warning("could not release a staff form's double-send guard: Redis did not answer")
+
+
+def _sent_already(case_id: int, anchor: str | None):
+    flash("That was already sent (the form was sent twice); it was not sent again.", "info")
+    return redirect(url_for("admin.case", case_id=case_id, _anchor=anchor))
+
+
+def _flash_sent(sent, success: str, form: forms.SendOnceForm | None = None) -> None:
+    if form is not None and not sent.result.ok and not sent.result.outcome_unknown:
+        _release_send(form)
     if sent.result.ok:
         flash(success, "success")
     elif sent.result.outcome_unknown:

@@ -1116,6 +1116,53 @@ def test_a_nul_character_typed_into_a_form_is_explained_at_its_field_and_nothing
     assert count(session, Appointment) == 0
 
 
+@pytest.mark.parametrize(
+    ("path", "prefix", "fields"),
+    [
+        ("reply", "reply", {"phone": "+16175550134", "text": "Call us today"}),
+        ("card-link", "card", {"phone": "+16175550134"}),
+    ],
+)
+def test_a_text_form_sent_twice_texts_the_payer_once(
+    app, client, session, staff, path, prefix, fields
+):
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    page = client.get(f"/admin/cases/{case.id}").get_data(as_text=True)
+    nonce = re.search(rf'name="{prefix}-nonce"[^>]*value="([^"]+)"', page).group(1)
+    for _ in range(2):  # a double-click, or the form sent again from the browser's history
+        response = post_form(
+            client, f"/admin/cases/{case.id}/{path}", {**fields, "nonce": nonce}, prefix=prefix
+        )
+        assert response.status_code == 302
+    assert len(texts(app)) == 1 and count(session, ConversationTurn) == 1
+    assert "it was not sent again" in text_of(client.get(f"/admin/cases/{case.id}"))
+    # The page offers a fresh form: the next reply goes.
+    page = client.get(f"/admin/cases/{case.id}").get_data(as_text=True)
+    fresh = re.search(rf'name="{prefix}-nonce"[^>]*value="([^"]+)"', page).group(1)
+    assert fresh != nonce
+    post_form(client, f"/admin/cases/{case.id}/{path}", {**fields, "nonce": fresh}, prefix=prefix)
+    assert len(texts(app)) == 2
+
+
+def test_a_reply_twilio_refused_may_be_sent_again_from_the_same_form(
+    app, client, session, staff, monkeypatch
+):
+    from bot.sms import Failure, SendResult
+
+    case = make_case(session)
+    make_enrollment(session, case, "+16175550134")
+    fields = {"phone": "+16175550134", "text": "Call us today", "nonce": "same-form"}
+    gateway = app.extensions["sms"]
+    real_send = gateway.send
+    refused = SendResult(ok=False, error_code=20429, failure=Failure.TRANSIENT)  # too many
+    monkeypatch.setattr(gateway, "send", lambda **kwargs: refused)
+    post_form(client, f"/admin/cases/{case.id}/reply", fields, prefix="reply")
+    monkeypatch.setattr(gateway, "send", real_send)
+    post_form(client, f"/admin/cases/{case.id}/reply", fields, prefix="reply")
+    assert len(texts(app)) == 1  # the second try went: the first never reached Twilio
+
+
 def test_a_reply_to_an_opted_out_number_is_refused(app, client, session, staff):
     case = make_case(session)
     make_enrollment(session, case, "+16175550134", status=EnrollmentStatus.OPTED_OUT)
