@@ -107,6 +107,8 @@ class ReminderKind(StrEnum):
     DUE_TODAY = "due_today"
     OVERDUE = "overdue"
     APPOINTMENT = "appointment"
+    APPOINTMENT_CANCELED = "appt_canceled"
+    """Sent once, when an appointment the payer was reminded of is canceled."""
 
 
 class ReminderStatus(StrEnum):

@@ -717,15 +717,20 @@ def _same_instant(stored: datetime, given: datetime) -> bool:
 
 def cancel_appointment(
     *, session: Session, appointment_id: int, now: datetime | None = None
-) -> Appointment:
-    """Cancel a scheduled appointment and re-plan reminders; caller commits."""
+) -> bool:
+    """Cancel a scheduled appointment and re-plan reminders; caller commits. True when the
+    payer, who had been reminded of it, is to be texted that it is canceled."""
+    from jobs.reminders import notify_canceled
+
+    now = now or utcnow()
     appointment = _scheduled(session, appointment_id)
     appointment.status = AppointmentStatus.CANCELED
-    appointment.updated_at = now or utcnow()
+    appointment.updated_at = now
     session.add(appointment)
     session.flush()
     replan(session=session, case_id=appointment.case_id)
-    return appointment
+    # A payer who was reminded of it is told it is off, or they would come to it.
+    return notify_canceled(session=session, appointment=appointment, now=now)
 
 
 def _scheduled(session: Session, appointment_id: int) -> Appointment:

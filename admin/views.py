@@ -642,13 +642,20 @@ def cancel_appointment(appointment_id: int):
         abort(400)
     session = get_session()
     try:
-        service.cancel_appointment(session=session, appointment_id=appointment_id)
+        told = service.cancel_appointment(session=session, appointment_id=appointment_id)
     except AdminError as exc:
         session.rollback()
         flash(str(exc), "error")
         return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
     session.commit()
-    flash("Appointment canceled; its reminders are canceled too.", "success")
+    if told:
+        flash(
+            "Appointment canceled. The payer was reminded of it, so they will be texted that "
+            "it is canceled (in their texting hours).",
+            "success",
+        )
+    else:
+        flash("Appointment canceled; its reminders are canceled too.", "success")
     return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
 
 

@@ -124,6 +124,8 @@ DUE = (ReminderStatus.SCHEDULED, ReminderStatus.DEFERRED)
 CANCELABLE = (*DUE, ReminderStatus.QUEUED, ReminderStatus.SENDING)
 
 DUE_KINDS = (ReminderKind.DUE_SOON, ReminderKind.DUE_TODAY, ReminderKind.OVERDUE)
+UNPLANNED_KINDS = (ReminderKind.APPOINTMENT_CANCELED,)
+"""Texts made by an event (a cancellation), not by planning: planning leaves them alone."""
 
 # Turn delivery statuses of our own: the text is about to go, or went but its answer was lost.
 CLAIMED = "claimed"
@@ -440,6 +442,12 @@ def reminder_text(
 ) -> str:
     """The reminder in the payer's language, with amount, date and card, or the appointment."""
     params: dict[str, Any] = {"agency": policy.agency, "tz": zone.key}
+    if kind == ReminderKind.APPOINTMENT_CANCELED:
+        assert appointment is not None
+        params.update(
+            kind=appointment.kind, when=appointment.starts_at, agency_phone=policy.agency_phone
+        )
+        return messages.render("appt_canceled", params, language)
     if kind == ReminderKind.APPOINTMENT:
         assert appointment is not None
         params.update(kind=appointment.kind, when=appointment.starts_at)
@@ -769,6 +777,7 @@ def _match(
                     r
                     for r in rows
                     if r.appointment_id == plan.appointment_id
+                    and r.kind == plan.kind
                     and r.status in DUE
                     and r.id not in matched
                 ),
@@ -793,7 +802,7 @@ def _match(
             else:
                 summary.updated += 1
     for row in rows:
-        if row.id in matched or row.status not in DUE:
+        if row.id in matched or row.status not in DUE or row.kind in UNPLANNED_KINDS:
             continue
         reason = (
             "appointment_canceled"
@@ -892,6 +901,46 @@ def cancel_pending(*, session: Session, case_ids: Iterable[int], reason: str) ->
         .values(status=ReminderStatus.CANCELED, reason=reason[:64], updated_at=utcnow())
     )
     return result.rowcount or 0
+
+
+def notify_canceled(*, session: Session, appointment: Appointment, now: datetime) -> bool:
+    """Plan the text that tells the payer a canceled appointment is off, if a reminder of it
+    went: they would otherwise come to it. True when one was planned; the caller commits.
+
+    It goes like a reminder (the dispatch, the payer's window, every active phone on the case,
+    never after STOP), once (one per appointment), and not once the appointment's time is past.
+    """
+    table = Reminder.__table__
+    reminded = session.execute(
+        sa.select(table.c.id)
+        .where(
+            table.c.appointment_id == appointment.id,
+            table.c.kind == ReminderKind.APPOINTMENT,
+            table.c.status == ReminderStatus.SENT,
+        )
+        .limit(1)
+    ).first()
+    if reminded is None or _aware(appointment.starts_at) <= now:
+        return False
+    session.execute(
+        _insert_ignoring_duplicates(session).values(
+            case_id=appointment.case_id,
+            kind=ReminderKind.APPOINTMENT_CANCELED,
+            cycle=appointment_cycle(appointment.id),
+            appointment_id=appointment.id,
+            send_at=now,
+            status=ReminderStatus.SCHEDULED,
+            attempts=0,
+            claim_token=0,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return True
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 # --- dispatching -------------------------------------------------------------------------------
@@ -1511,7 +1560,16 @@ def _judge(
     reach = case_reach(case_tz=case.timezone, phones=[e.phone for e in enrollments], policy=policy)
     appointment_info = None
     amount = 0
-    if row.kind == ReminderKind.APPOINTMENT:
+    if row.kind == ReminderKind.APPOINTMENT_CANCELED:
+        appointment = context.appointments.get(row.appointment_id)
+        if appointment is None or appointment.status != AppointmentStatus.CANCELED:
+            return _Final(ReminderStatus.SKIPPED, "appointment_not_canceled")
+        if appointment.starts_at <= now:
+            return _Final(ReminderStatus.SKIPPED, "too_late")
+        appointment_info = AppointmentInfo(
+            kind=str(appointment.kind), starts_at=appointment.starts_at
+        )
+    elif row.kind == ReminderKind.APPOINTMENT:
         appointment = context.appointments.get(row.appointment_id)
         if appointment is None or appointment.status != AppointmentStatus.SCHEDULED:
             return _Final(ReminderStatus.SKIPPED, "appointment_canceled")

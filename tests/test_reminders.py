@@ -733,6 +733,89 @@ def test_an_appointment_moved_after_its_reminder_went_is_reminded_again_with_the
     assert dispatch_due(now=new_start - timedelta(minutes=1)).due == 0
 
 
+@pytest.mark.parametrize(
+    ("language", "words"), [("en", "You no longer have a court hearing on"), ("es", "Ya no tiene")]
+)
+def test_a_payer_reminded_of_an_appointment_is_texted_once_when_it_is_canceled(
+    ctx, session, sms, language, words
+):
+    from admin.service import cancel_appointment
+
+    zone = zone_at(13)
+    case = make_case(session, timezone=zone, next_due_date=None)
+    make_enrollment(session, case, language=language)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
+    appointment = Appointment(
+        case_id=case.id, starts_at=starts, kind=AppointmentKind.COURT_HEARING, location="Room 4"
+    )
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 1  # reminded: the payer plans to come
+
+    assert cancel_appointment(session=session, appointment_id=appointment.id) is True
+    session.commit()
+    plan_case(session=session, case_id=case.id)  # the hourly planning leaves the notice be
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 2
+    clock = starts.astimezone(ZoneInfo(zone))
+    hour = clock.hour % 12 or 12
+    assert words in sms[1].body and f"{hour}:{clock.minute:02d}" in sms[1].body
+    assert "STOP" in sms[1].body
+    notice = rows(session, case.id)[ReminderKind.APPOINTMENT_CANCELED]
+    assert notice.status == ReminderStatus.SENT
+    # Once: planning and dispatching again send nothing more.
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 2
+
+
+def test_an_appointment_canceled_before_its_reminder_went_sends_nothing(ctx, session, sms):
+    from admin.service import cancel_appointment
+
+    case = make_case(session, timezone=zone_at(13), next_due_date=None)
+    make_enrollment(session, case)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(days=3)
+    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    assert cancel_appointment(session=session, appointment_id=appointment.id) is False
+    session.commit()
+    dispatch_due(now=starts - timedelta(hours=20))
+    assert len(sms) == 0
+    assert {row.kind for row in rows(session, case.id).values()} == {ReminderKind.APPOINTMENT}
+
+
+def test_a_cancellation_notice_is_not_sent_after_a_stop(ctx, session, sms):
+    from admin.service import cancel_appointment
+
+    case = make_case(session, timezone=zone_at(13), next_due_date=None)
+    enrollment = make_enrollment(session, case)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
+    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert cancel_appointment(session=session, appointment_id=appointment.id) is True
+    session.commit()
+    from bot.service import opt_out
+
+    opt_out(session=session, phone=enrollment.phone, enrollments=[enrollment], now=utcnow())
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 1  # the reminder; no notice after the STOP
+    notice = rows(session, case.id)[ReminderKind.APPOINTMENT_CANCELED]
+    assert (notice.status, notice.reason) == (ReminderStatus.CANCELED, "opted_out")
+
+
 def test_an_appointment_moved_to_the_time_it_has_is_not_reminded_again(ctx, session, sms):
     from admin.service import move_appointment
 

@@ -244,6 +244,10 @@ MESSAGES: dict[str, str] = {
         "{agency} reminder: you have {kind} on {when}. Call {agency_phone} for details. "
         "Reply STOP to opt out."
     ),
+    "appt_canceled": (
+        "{agency}: You no longer have {kind} on {when}: it was canceled. "
+        "Questions? Call {agency_phone}. Reply STOP to opt out."
+    ),
     "staff_reply": "{agency}: {text}",
     # Payer web pages (card and payment approval); fragments, never texted.
     "page.lang_switch": "Español",

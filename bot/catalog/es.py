@@ -269,6 +269,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Le recordamos que tiene {kind} el {when}. "
         "Para detalles, llame al {agency_phone}. Responda STOP para darse de baja."
     ),
+    "appt_canceled": (
+        "{agency}: Ya no tiene {kind} el {when}: se ha cancelado. "
+        "Si tiene preguntas, llame al {agency_phone}. Responda STOP para darse de baja."
+    ),
     "staff_reply": "{agency}: {text}",
     # Páginas web para el pagador (tarjeta y aprobación de pagos); fragmentos, nunca por texto.
     "page.lang_switch": "English",
