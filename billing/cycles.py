@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from billing.gateway import MINIMUM_CHARGE_CENTS
 from jobs.schedule import local_midnight
 
 
@@ -143,3 +144,15 @@ def is_paid(
         amount_due_cents=amount_due_cents, balance_cents=balance_cents, paid_toward_cycle_cents=left
     )
     return owed == 0
+
+
+def over_balance(balance_cents: int, in_flight_cents: int) -> tuple[str, dict[str, int]]:
+    """The reply to an amount over what is left to pay: the balance, less payments in flight,
+    which are named, so "up to $50" on a $250 balance says why."""
+    available = balance_cents - in_flight_cents
+    if in_flight_cents <= 0:
+        return "amount_over_balance", {"balance": balance_cents}
+    if available < MINIMUM_CHARGE_CENTS:
+        return "balance_processing", {"amount": in_flight_cents, "balance": balance_cents}
+    params = {"amount": in_flight_cents, "balance": balance_cents, "available": available}
+    return "amount_over_available", params

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from billing import cards, links
+from billing.cycles import over_balance
 from billing.gateway import (
     MINIMUM_CHARGE_CENTS,
     CardSetup,
@@ -161,9 +162,8 @@ def charge_problem(
         return "nothing_owed", {}
     if amount_cents < MINIMUM_CHARGE_CENTS:
         return "amount_too_small", {"minimum": MINIMUM_CHARGE_CENTS}
-    available = balance_cents - in_flight_cents
-    if amount_cents > available:
-        return "amount_over_balance", {"balance": max(available, 0)}
+    if amount_cents > balance_cents - in_flight_cents:
+        return over_balance(balance_cents, in_flight_cents)
     if amount_cents > limits.per_payment_cents:
         return "amount_over_cap", {"cap": limits.per_payment_cents}
     remaining = limits.monthly_cents - month_paid_cents

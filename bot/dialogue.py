@@ -42,7 +42,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from billing.cycles import still_owed
+from billing.cycles import over_balance, still_owed
 from billing.gateway import MINIMUM_CHARGE_CENTS
 from bot.messages import Language, Reply
 from bot.parse import Command, Intent, consents, declines
@@ -739,11 +739,14 @@ def _amount_problem(amount: int, case: CaseFacts, facts: Facts) -> Reply | None:
             balance=case.balance_cents,
             minimum=MINIMUM_CHARGE_CENTS,
         )
+    # What is left once payments in flight go through, as billing counts it before charging.
+    available = case.balance_cents - case.processing_cents
     # Below the minimum is fine when it pays the balance off: nobody is stuck owing 50 cents.
-    if amount < policy.min_payment_cents and amount != case.balance_cents:
+    if amount < policy.min_payment_cents and amount != available:
         return _say(facts, "amount_too_small", minimum=policy.min_payment_cents)
-    if amount > case.balance_cents:
-        return _say(facts, "amount_over_balance", balance=case.balance_cents)
+    if amount > available:
+        key, params = over_balance(case.balance_cents, case.processing_cents)
+        return _say(facts, key, **params)
     if amount > policy.per_payment_cap_cents:
         return _say(facts, "amount_over_cap", cap=policy.per_payment_cap_cents)
     remaining = policy.monthly_cap_cents - case.month_paid_cents

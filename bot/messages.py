@@ -49,6 +49,7 @@ PLACEHOLDERS: dict[str, Kind] = {
     "agency_phone": Kind.PHONE,
     "amount": Kind.MONEY,
     "amount_due": Kind.MONEY,
+    "available": Kind.MONEY,
     "balance": Kind.MONEY,
     "brand": Kind.TEXT,
     "cap": Kind.MONEY,

@@ -47,9 +47,27 @@ def test_more_than_the_balance_is_refused_naming_the_balance():
     assert problem(100_001) == ("amount_over_balance", {"balance": 100_000})
 
 
-def test_payments_already_confirmed_hold_their_share_of_the_balance():
-    assert problem(60_000, in_flight=50_000) == ("amount_over_balance", {"balance": 50_000})
+def test_payments_already_confirmed_hold_their_share_of_the_balance_and_are_named():
+    # "up to $500.00" on a $1,000.00 balance says why: a payment of $500.00 is processing.
+    assert problem(60_000, in_flight=50_000) == (
+        "amount_over_available",
+        {"amount": 50_000, "balance": 100_000, "available": 50_000},
+    )
     assert problem(50_000, in_flight=50_000) is None
+    text = render("amount_over_available", problem(60_000, in_flight=50_000)[1], "en")
+    assert "$500.00 is still processing" in text and "up to $500.00" in text
+
+
+def test_a_balance_a_processing_payment_covers_is_not_offered_up_to_nothing():
+    # Not "reply PAY and an amount up to $0.00".
+    assert problem(5_000, in_flight=100_000) == (
+        "balance_processing",
+        {"amount": 100_000, "balance": 100_000},
+    )
+    assert problem(5_000, in_flight=99_990)[0] == "balance_processing"  # 10 cents left
+    for language in ("en", "es"):
+        text = render("balance_processing", {"amount": 100_000, "balance": 100_000}, language)
+        assert "$0.00" not in text and "$1,000.00" in text
 
 
 def test_more_than_the_per_payment_cap_is_refused():

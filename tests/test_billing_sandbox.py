@@ -129,8 +129,10 @@ def test_a_second_quote_cannot_pay_balance_a_first_one_already_holds(app, sessio
         service.payment_for_quote(
             session=session, quote=quote_for(case, card, 25_000), authorized_turn_id=None
         )
-    assert refused.value.reason == "amount_over_balance"
-    assert refused.value.reply.params["balance"] == 5_000
+    # The $250.00 held is named: "$50.00 of your $300.00 balance is left to pay".
+    assert refused.value.reason == "amount_over_available"
+    params = refused.value.reply.params
+    assert (params["amount"], params["balance"], params["available"]) == (25_000, 30_000, 5_000)
 
 
 @pytest.fixture

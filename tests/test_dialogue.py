@@ -1056,6 +1056,17 @@ def test_numbers_with_spaces_or_dashes_are_no_amount(body):
     assert send(body).state.quote is None
 
 
+def test_an_amount_over_what_a_payment_in_flight_leaves_is_refused_naming_that_payment():
+    flying = facts(case(processing_cents=25_000, cycle_paid_cents=25_000, processing=IN_FLIGHT))
+    outcome = send("PAY 1100", flying)
+    assert outcome.state.quote is None
+    assert "$250.00 is still processing" in text(outcome) and "up to $1,000.00" in text(outcome)
+    covered = facts(case(balance_cents=25_000, processing_cents=25_000, processing=IN_FLIGHT))
+    outcome = send("PAY 50", covered)
+    assert outcome.state.quote is None and "$0.00" not in text(outcome)
+    assert "nothing more to pay" in text(outcome)
+
+
 def test_pay_all_leaves_out_a_payment_still_in_flight():
     flying = facts(case(processing_cents=25_000, cycle_paid_cents=25_000))
     assert send("pay all", flying).state.quote.amount_cents == 100_000

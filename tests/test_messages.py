@@ -33,6 +33,7 @@ LONGEST = {
     "agency_phone": "+18663994096",
     "amount": 1_234_567,
     "amount_due": 1_234_567,
+    "available": 1_234_567,
     "balance": 1_234_567,
     "cap": 1_234_567,
     "minimum": 1_234_567,

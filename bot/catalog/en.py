@@ -120,6 +120,14 @@ MESSAGES: dict[str, str] = {
     "amount_over_balance": (
         "That's more than your balance of {balance}. Reply PAY and an amount up to {balance}."
     ),
+    "amount_over_available": (
+        "A payment of {amount} is still processing, so {available} of your {balance} balance "
+        "is left to pay. Reply PAY and an amount up to {available}."
+    ),
+    "balance_processing": (
+        "A payment of {amount} is still processing and covers your {balance} balance. "
+        "There is nothing more to pay for now."
+    ),
     "amount_over_cap": (
         "The most you can pay by text at one time is {cap}. "
         "Reply PAY and a smaller amount, or call {agency_phone}."

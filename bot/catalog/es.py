@@ -132,6 +132,14 @@ MESSAGES: dict[str, str] = {
         "Ese monto es mayor que su saldo de {balance}. "
         "Responda PAGAR y un monto de hasta {balance}."
     ),
+    "amount_over_available": (
+        "Un pago de {amount} sigue en proceso; de su saldo de {balance} quedan {available} "
+        "por pagar. Responda PAGAR y un monto de hasta {available}."
+    ),
+    "balance_processing": (
+        "Un pago de {amount} sigue en proceso y cubre su saldo de {balance}. "
+        "Por ahora no tiene que pagar nada."
+    ),
     "amount_over_cap": (
         "Por texto puede pagar hasta {cap} a la vez. "
         "Responda PAGAR y un monto menor o llame al {agency_phone}."
