@@ -274,6 +274,10 @@ class ImportForm(StaffForm):
 
 class ImportConfirmForm(StaffForm):
     token = HiddenField(validators=[DataRequired()])
+    invite = BooleanField(
+        "Text each new number its opt-in invitation (in the payer's texting hours)",
+        default=True,
+    )
 
 
 class UserForm(StaffForm):

@@ -936,6 +936,11 @@ def import_confirm():
         result = service.cases.apply_import(
             session=session, rows=plan.rows, consent_version=current_app.config["CONSENT_VERSION"]
         )
+        invited = 0
+        if confirm.invite.data:
+            invited = service.cases.invite_imported(
+                session=session, case_numbers=[row.case_number for row in plan.rows], now=utcnow()
+            )
         session.commit()
     except Exception:
         # Nothing was written: the preview goes back, so the same confirm can be tried again.
@@ -953,6 +958,18 @@ def import_confirm():
         f"{result.enrollments_created} pending enrollment(s) added.",
         "success",
     )
+    if invited:
+        flash(
+            f"{invited} opt-in text(s) will go out over the next minutes, each in its payer's "
+            "texting hours and at the SMS rate; a number's texts start once the payer replies YES.",
+            "info",
+        )
+    elif result.enrollments_created:
+        flash(
+            "No opt-in texts were sent: the pending numbers get texts only once invited "
+            "(import again with the invitation box ticked, or `flask enroll --invite-pending`).",
+            "info",
+        )
     if result.opted_out:
         flash(
             f"{result.opted_out} number(s) had opted out of texts: they are enrolled opted out, "

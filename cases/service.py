@@ -68,7 +68,8 @@ class ImportResult:
     created: int
     updated: int
     enrollments_created: int
-    """Pending enrollments added, to be invited by `flask enroll --invite-pending`."""
+    """Pending enrollments added, to be invited (the web import's option, invite_imported, or
+    `flask enroll --invite-pending`)."""
     opted_out: int = 0
     """Enrollments added for numbers that had opted out: they stay opted out, never invited."""
 
@@ -272,6 +273,31 @@ def enroll(
     session.add(enrollment)
     session.flush()
     return enrollment, outcome
+
+
+def invite_imported(*, session: Session, case_numbers: Iterable[str], now: datetime) -> int:
+    """Queue the opt-in text of these cases' pending numbers not invited yet; the caller commits.
+
+    Each is held as due now (`invite_at`): the reminder dispatch, every minute, sends it at the
+    SMS rate, in the payer's window, and judges it again just before (a STOP meanwhile counts).
+    Returns how many were queued.
+    """
+    table = Enrollment.__table__
+    queued = 0
+    for chunk in _chunks(sorted({number.upper() for number in case_numbers})):
+        cases = sa.select(Case.id).where(Case.case_number.in_(chunk))
+        result = session.execute(
+            sa.update(table)
+            .where(
+                table.c.case_id.in_(cases.scalar_subquery()),
+                table.c.status == EnrollmentStatus.PENDING,
+                table.c.invited_at.is_(None),
+                table.c.invite_at.is_(None),
+            )
+            .values(invite_at=now, updated_at=now)
+        )
+        queued += result.rowcount or 0
+    return queued
 
 
 def pending_uninvited(*, session: Session, limit: int | None = None) -> list[Enrollment]:

@@ -1505,6 +1505,50 @@ def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, s
     assert count(session, Case) == 2
 
 
+def test_an_import_confirmed_with_invitations_texts_each_new_number_its_opt_in_in_its_window(
+    app, client, session, staff
+):
+    from bot.outbound import send_held_invites
+
+    stopped = make_stopped_enrollment(
+        session, make_case(session, case_number="CS-9"), phone="+16175550199"
+    )
+    body = (
+        HEADER
+        + "CS-1,Ana Rivera,6175550134,es,250.00,1250.00,2030-12-01,America/New_York\n"
+        + "CS-2,James Carter,6175550135,en,100,300,,\n"
+        + f"CS-3,Bo,{stopped.phone},en,1,1,,\n"  # opted out: enrolled opted out, not invited
+    ).encode()
+    page = text_of(upload(client, body))
+    assert "Text each new number its opt-in invitation" in page
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', page).group(1)
+    done = post_form(
+        client, "/admin/import/confirm", {"token": token, "invite": "y"}, follow_redirects=True
+    )
+    assert "2 opt-in text(s) will go out over the next minutes" in text_of(done)
+    assert texts(app) == []  # not from the request: the dispatch sends them, paced
+    session.expire_all()
+    queued = session.exec(select(Enrollment).where(Enrollment.invite_at.is_not(None))).all()
+    assert sorted(e.phone for e in queued) == ["+16175550134", "+16175550135"]
+    # Noon in New York the next day: inside both payers' window, whenever the suite runs.
+    noon = datetime.combine(utcnow().date() + timedelta(days=1), datetime.min.time(), UTC)
+    noon += timedelta(hours=17)
+    with app.app_context():
+        assert send_held_invites(now=noon) == 2
+        assert send_held_invites(now=noon) == 0
+    assert sorted(sms.to for sms in texts(app)) == ["+16175550134", "+16175550135"]
+    spanish = next(sms.body for sms in texts(app) if sms.to == "+16175550134")
+    assert "SI" in spanish
+
+
+def test_an_import_confirmed_without_invitations_says_none_went(app, client, session, staff):
+    page = text_of(upload(client, (HEADER + "CS-1,Ana,6175550134,en,1,1,,\n").encode()))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', page).group(1)
+    done = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "No opt-in texts were sent" in text_of(done)
+    assert session.exec(select(Enrollment)).one().invite_at is None
+
+
 def test_an_upload_naming_a_number_that_cannot_take_texts_is_refused_saying_why(
     client, session, staff
 ):
