@@ -405,6 +405,7 @@ _WITHOUT_PAYMENTS = frozenset(
         Intent.YES,
         Intent.NO,
         Intent.THANKS,
+        Intent.CARD,
     }
 )
 
@@ -856,8 +857,18 @@ def _agent(state: State, command: Command, case: CaseFacts, facts: Facts) -> Out
     return _out(facts, state, reply, actions=(handoff,))
 
 
+def _card(state: State, command: Command, case: CaseFacts, facts: Facts) -> Outcome:
+    """A link to add a card, or to replace the one on file (expired, lost, declined)."""
+    if case.card is None:
+        reply = _say(facts, "card_link")
+    else:
+        reply = _say(facts, "card_replace", last4=case.card.last4)
+    return _out(facts, state, reply, actions=(SendCardLink(case.case_id),))
+
+
 _CASE_HANDLERS: dict[Intent, Callable[[State, Command, CaseFacts, Facts], Outcome]] = {
     Intent.PAY: _pay,
+    Intent.CARD: _card,
     Intent.BALANCE: _balance,
     Intent.HISTORY: _history,
     Intent.APPOINTMENT: _appointment,

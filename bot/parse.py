@@ -52,6 +52,7 @@ class Intent(StrEnum):
     STOP = "stop"
     START = "start"
     THANKS = "thanks"
+    CARD = "card"  # a link to add or replace the card on file
     UNKNOWN = "unknown"
     EMPTY = "empty"
 
@@ -119,6 +120,11 @@ _add(Intent.AGENT, ES, "alguien")
 _add(Intent.HELP, EN, "help", "info", "information", "what is this", "who is this")
 _add(Intent.HELP, ES, "ayuda", "informacion", "que es esto", "quien es")
 _add(Intent.MENU, None, "menu")
+_add(Intent.CARD, EN, "card", "new card", "add card", "add a card", "update card", "change card")
+_add(Intent.CARD, EN, "update my card", "change my card", "card link", "new card link")
+_add(Intent.CARD, ES, "tarjeta", "nueva tarjeta", "agregar tarjeta", "agregar una tarjeta")
+_add(Intent.CARD, ES, "cambiar tarjeta", "cambiar mi tarjeta", "actualizar tarjeta")
+_add(Intent.CARD, ES, "actualizar mi tarjeta")
 # Thanks, alone or after an ok: never a YES to a payment.
 _add(Intent.THANKS, EN, "thanks", "thank you", "thx", "ty", "thanks so much", "thank you so much")
 _add(Intent.THANKS, EN, "ok thanks", "ok thank you", "okay thanks", "ok thx", "great thanks")
@@ -218,6 +224,19 @@ _PHRASES: tuple[tuple[Intent, Language | None, re.Pattern[str]], ...] = tuple(
             ES,
             r"no (?:quiero )?(?:pagar|cobrar)|no (?:me )?(?:cobren|cobre)"
             r"|cancelar (?:el |mi |este )?(?:pago|cobro)",
+        ),
+        # A new card: a link to add it (the one on file expired, was lost or was declined).
+        (
+            Intent.CARD,
+            EN,
+            r"(?:new|update|change|replace|add|another|different)\s+(?:my |a |the )?"
+            r"(?:debit |credit )?card|card (?:expired|is expired|was declined|declined|link)",
+        ),
+        (
+            Intent.CARD,
+            ES,
+            r"(?:cambiar|actualizar|agregar|reemplazar|otra|nueva)\s+(?:mi |una |la )?tarjeta"
+            r"|tarjeta (?:nueva|vencida|vencio)",
         ),
         # Paid already: the history shows whether it arrived.
         (
@@ -494,7 +513,7 @@ def _pays_whole_balance(text: str) -> bool:
 
 
 _NAMES_A_CASE = frozenset(
-    {Intent.PAY, Intent.YES, Intent.BALANCE, Intent.HISTORY, Intent.APPOINTMENT}
+    {Intent.PAY, Intent.YES, Intent.BALANCE, Intent.HISTORY, Intent.APPOINTMENT, Intent.CARD}
 )
 
 

@@ -372,6 +372,7 @@ KEYWORDS = {
         "MENU": Intent.MENU,
         "PAY": Intent.PAY,
         "APPT": Intent.APPOINTMENT,
+        "CARD": Intent.CARD,
         "ESPAÑOL": Intent.LANGUAGE,
     },
     "es": {
@@ -383,6 +384,7 @@ KEYWORDS = {
         "MENU": Intent.MENU,
         "PAGAR": Intent.PAY,
         "CITA": Intent.APPOINTMENT,
+        "TARJETA": Intent.CARD,
         "ENGLISH": Intent.LANGUAGE,
     },
 }

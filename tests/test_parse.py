@@ -12,6 +12,7 @@ PAY, YES, NO, BAL = Intent.PAY, Intent.YES, Intent.NO, Intent.BALANCE
 HIST, APPT, AGENT, HELP = Intent.HISTORY, Intent.APPOINTMENT, Intent.AGENT, Intent.HELP
 MENU, DIGITS, LANG, STOP = Intent.MENU, Intent.DIGITS, Intent.LANGUAGE, Intent.STOP
 START, UNKNOWN, EMPTY, THANKS = Intent.START, Intent.UNKNOWN, Intent.EMPTY, Intent.THANKS
+CARD = Intent.CARD
 
 # (body, intent, detail): detail is the amount in cents or the amount error for PAY, the digits
 # for DIGITS and the target language for LANGUAGE; None otherwise.
@@ -161,6 +162,19 @@ MESSAGES = [
     ("citas", APPT, None),
     ("¿Cuándo es mi cita?", APPT, None),
     ("audiencia", APPT, None),
+    # A link to add or replace the card on file.
+    ("CARD", CARD, None),
+    ("new card", CARD, None),
+    ("Update my card.", CARD, None),
+    ("change card please", CARD, None),
+    ("TARJETA", CARD, None),
+    ("tarjeta nueva", CARD, None),
+    ("cambiar mi tarjeta", CARD, None),
+    ("Actualizar tarjeta", CARD, None),
+    ("pay with my card", PAY, None),
+    ("my card expired", CARD, None),
+    ("I need to add a new debit card", CARD, None),
+    ("quiero cambiar la tarjeta", CARD, None),
     # A person.
     ("AGENT", AGENT, None),
     ("agente", AGENT, None),

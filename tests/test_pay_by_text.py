@@ -289,3 +289,23 @@ def test_a_yes_while_redis_is_down_is_answered_and_charged_once_redis_is_back(
         assert session.get(Case, payer.id).balance_cents == 75_000
     finally:
         back.stop()
+
+
+def test_card_texts_a_link_to_replace_the_card_on_file_that_works(app, client, session, payer):
+    # An expired or lost card: PAY would quote the old one, so CARD sends a fresh link.
+    (reply,) = text(client, "CARD")
+    assert "To replace your card ending 4242" in reply and "/pay/card/" in reply
+    token = reply.split("/pay/card/")[1].split()[0]
+    assert client.get(f"/pay/card/{token}").status_code == 200  # a live link, not the old one
+    (spanish,) = text(client, "cambiar mi tarjeta", phone="+16175550134")
+    assert "/pay/card/" in spanish
+    turn = session.exec(select(ConversationTurn).where(ConversationTurn.intent == "card")).first()
+    assert turn is not None and turn.case_id == payer.id
+    assert token not in turn.body  # the link's token is never kept
+
+
+def test_card_with_no_card_on_file_sends_the_add_a_card_link(client, session):
+    case = make_case(session, case_number="CS-004822")
+    make_enrollment(session, case, "+16175550136")
+    (reply,) = text(client, "new card", phone="+16175550136")
+    assert "first add a debit or credit card here" in reply and "/pay/card/" in reply

@@ -143,6 +143,10 @@ MESSAGES: dict[str, str] = {
     "card_link": (
         "{agency}: To pay by text, first add a debit or credit card here: {url} Then reply PAY."
     ),
+    "card_replace": (
+        "{agency}: To replace your card ending {last4}, add the new card here: {url} "
+        "Then reply PAY."
+    ),
     "card_saved": "{agency}: Your card ending {last4} is saved. Reply PAY to make a payment.",
     # Case information.
     "balance": (
@@ -285,7 +289,7 @@ MESSAGES: dict[str, str] = {
     "page.card_error.other": "We could not save the card. Please try again.",
     "page.link_title": "This link does not work",
     "page.link_expired": (
-        "This link has expired or was already used. For a new one, reply PAY to our text "
+        "This link has expired or was already used. For a new one, reply CARD to our text "
         "or call {agency_phone}."
     ),
     "page.link_invalid": (

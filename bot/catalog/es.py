@@ -156,6 +156,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Para pagar por texto, primero agregue una tarjeta de débito o crédito "
         "en este enlace: {url} Luego responda PAGAR."
     ),
+    "card_replace": (
+        "{agency}: Para cambiar su tarjeta terminada en {last4}, agregue la nueva en este "
+        "enlace: {url} Luego responda PAGAR."
+    ),
     "card_saved": (
         "{agency}: Guardamos su tarjeta terminada en {last4}. Responda PAGAR para hacer un pago."
     ),
@@ -317,7 +321,7 @@ MESSAGES: dict[str, str] = {
     "page.card_error.other": "No pudimos guardar la tarjeta. Por favor, intente de nuevo.",
     "page.link_title": "Este enlace no funciona",
     "page.link_expired": (
-        "Este enlace venció o ya se usó. Para recibir uno nuevo, responda PAGAR a nuestro "
+        "Este enlace venció o ya se usó. Para recibir uno nuevo, responda TARJETA a nuestro "
         "mensaje o llame al {agency_phone}."
     ),
     "page.link_invalid": (
