@@ -698,7 +698,7 @@ def move_appointment(
     appointment = _scheduled(session, appointment_id)
     if starts_at <= now:
         raise AdminError("The new time must be in the future.", field="day")
-    if _same_instant(appointment.starts_at, starts_at):
+    if appointment.starts_at == starts_at:
         # Moved to the time it already has (the form sent twice, say): nothing moved, so the
         # payer is not reminded of it again (a move after its reminder went plans another).
         return appointment
@@ -708,11 +708,6 @@ def move_appointment(
     session.flush()
     replan(session=session, case_id=appointment.case_id)
     return appointment
-
-
-def _same_instant(stored: datetime, given: datetime) -> bool:
-    """The database hands back naive UTC on SQLite; the form's time is aware."""
-    return stored.replace(tzinfo=stored.tzinfo or UTC) == given
 
 
 def cancel_appointment(

@@ -920,7 +920,7 @@ def notify_canceled(*, session: Session, appointment: Appointment, now: datetime
         )
         .limit(1)
     ).first()
-    if reminded is None or _aware(appointment.starts_at) <= now:
+    if reminded is None or appointment.starts_at <= now:
         return False
     session.execute(
         _insert_ignoring_duplicates(session).values(
@@ -937,10 +937,6 @@ def notify_canceled(*, session: Session, appointment: Appointment, now: datetime
         )
     )
     return True
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 # --- dispatching -------------------------------------------------------------------------------
