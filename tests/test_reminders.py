@@ -733,6 +733,20 @@ def test_an_appointment_moved_after_its_reminder_went_is_reminded_again_with_the
     assert dispatch_due(now=new_start - timedelta(minutes=1)).due == 0
 
 
+def appointment_in(session, hours: float, *, language: str = "en", **fields):
+    """A case in a daytime zone with an active phone and an appointment `hours` from now, its
+    reminder planned; returns (case, enrollment, appointment, start)."""
+    case = make_case(session, timezone=zone_at(13), next_due_date=None)
+    enrollment = make_enrollment(session, case, language=language)
+    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=hours)
+    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4", **fields)
+    session.add(appointment)
+    session.commit()
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    return case, enrollment, appointment, starts
+
+
 @pytest.mark.parametrize(
     ("language", "words"), [("en", "You no longer have a court hearing on"), ("es", "Ya no tiene")]
 )
@@ -741,17 +755,9 @@ def test_a_payer_reminded_of_an_appointment_is_texted_once_when_it_is_canceled(
 ):
     from admin.service import cancel_appointment
 
-    zone = zone_at(13)
-    case = make_case(session, timezone=zone, next_due_date=None)
-    make_enrollment(session, case, language=language)
-    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
-    appointment = Appointment(
-        case_id=case.id, starts_at=starts, kind=AppointmentKind.COURT_HEARING, location="Room 4"
+    case, _, appointment, starts = appointment_in(
+        session, 3, language=language, kind=AppointmentKind.COURT_HEARING
     )
-    session.add(appointment)
-    session.commit()
-    plan_case(session=session, case_id=case.id)
-    session.commit()
     dispatch_due()
     assert len(sms) == 1  # reminded: the payer plans to come
 
@@ -761,7 +767,7 @@ def test_a_payer_reminded_of_an_appointment_is_texted_once_when_it_is_canceled(
     session.commit()
     dispatch_due()
     assert len(sms) == 2
-    clock = starts.astimezone(ZoneInfo(zone))
+    clock = starts.astimezone(ZoneInfo(case.timezone))
     hour = clock.hour % 12 or 12
     assert words in sms[1].body and f"{hour}:{clock.minute:02d}" in sms[1].body
     assert "STOP" in sms[1].body
@@ -777,14 +783,7 @@ def test_a_payer_reminded_of_an_appointment_is_texted_once_when_it_is_canceled(
 def test_an_appointment_canceled_before_its_reminder_went_sends_nothing(ctx, session, sms):
     from admin.service import cancel_appointment
 
-    case = make_case(session, timezone=zone_at(13), next_due_date=None)
-    make_enrollment(session, case)
-    starts = utcnow().replace(second=0, microsecond=0) + timedelta(days=3)
-    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
-    session.add(appointment)
-    session.commit()
-    plan_case(session=session, case_id=case.id)
-    session.commit()
+    case, _, appointment, starts = appointment_in(session, 72)
     assert cancel_appointment(session=session, appointment_id=appointment.id) is False
     session.commit()
     dispatch_due(now=starts - timedelta(hours=20))
@@ -795,14 +794,7 @@ def test_an_appointment_canceled_before_its_reminder_went_sends_nothing(ctx, ses
 def test_a_cancellation_notice_is_not_sent_after_a_stop(ctx, session, sms):
     from admin.service import cancel_appointment
 
-    case = make_case(session, timezone=zone_at(13), next_due_date=None)
-    enrollment = make_enrollment(session, case)
-    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
-    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
-    session.add(appointment)
-    session.commit()
-    plan_case(session=session, case_id=case.id)
-    session.commit()
+    case, enrollment, appointment, _ = appointment_in(session, 3)
     dispatch_due()
     assert cancel_appointment(session=session, appointment_id=appointment.id) is True
     session.commit()
@@ -819,14 +811,7 @@ def test_a_cancellation_notice_is_not_sent_after_a_stop(ctx, session, sms):
 def test_an_appointment_moved_to_the_time_it_has_is_not_reminded_again(ctx, session, sms):
     from admin.service import move_appointment
 
-    case = make_case(session, timezone=zone_at(13), next_due_date=None)
-    make_enrollment(session, case)
-    starts = utcnow().replace(second=0, microsecond=0) + timedelta(hours=3)
-    appointment = Appointment(case_id=case.id, starts_at=starts, location="Room 4")
-    session.add(appointment)
-    session.commit()
-    plan_case(session=session, case_id=case.id)
-    session.commit()
+    case, _, appointment, starts = appointment_in(session, 3)
     dispatch_due()
     assert len(sms) == 1
     # The move form sent with the time the appointment already has (sent twice, say).
