@@ -109,6 +109,9 @@ class ReminderKind(StrEnum):
     APPOINTMENT = "appointment"
     APPOINTMENT_CANCELED = "appt_canceled"
     """Sent once, when an appointment the payer was reminded of is canceled."""
+    APPOINTMENT_MOVED = "appt_moved"
+    """Sent when an appointment the payer was reminded of moves, unless its reminder for the
+    new time goes about as soon."""
 
 
 class ReminderStatus(StrEnum):

@@ -692,8 +692,11 @@ def add_appointment(
 
 def move_appointment(
     *, session: Session, appointment_id: int, starts_at: datetime, now: datetime | None = None
-) -> Appointment:
-    """Move a scheduled appointment to a future time and re-plan reminders; caller commits."""
+) -> bool:
+    """Move a scheduled appointment to a future time and re-plan reminders; caller commits.
+    True when the payer, who had been reminded of the old time, is to be texted the new one."""
+    from jobs.reminders import notify_moved
+
     now = now or utcnow()
     appointment = _scheduled(session, appointment_id)
     if starts_at <= now:
@@ -701,13 +704,14 @@ def move_appointment(
     if appointment.starts_at == starts_at:
         # Moved to the time it already has (the form sent twice, say): nothing moved, so the
         # payer is not reminded of it again (a move after its reminder went plans another).
-        return appointment
+        return False
     appointment.starts_at = starts_at
     appointment.updated_at = now
     session.add(appointment)
     session.flush()
     replan(session=session, case_id=appointment.case_id)
-    return appointment
+    # A payer who was reminded of the old time is told the new one, or they would come then.
+    return notify_moved(session=session, appointment=appointment, now=now)
 
 
 def cancel_appointment(

@@ -620,7 +620,7 @@ def move_appointment(appointment_id: int):
         return _render_case(case_id, 400, move_forms={appointment_id: form})
     session = get_session()
     try:
-        service.move_appointment(
+        told = service.move_appointment(
             session=session,
             appointment_id=appointment_id,
             starts_at=service.local_to_utc(form.day.data, form.time.data, case_zone(case)),
@@ -630,7 +630,14 @@ def move_appointment(appointment_id: int):
         form.day.errors = [*form.day.errors, str(exc)]
         return _render_case(case_id, 400, move_forms={appointment_id: form})
     session.commit()
-    flash("Appointment moved; its reminders are re-planned.", "success")
+    if told:
+        flash(
+            "Appointment moved. The payer was reminded of the old time, so they will be texted "
+            "the new one (in their texting hours).",
+            "success",
+        )
+    else:
+        flash("Appointment moved; its reminders are re-planned.", "success")
     return redirect(url_for("admin.case", case_id=case_id, _anchor="appointments"))
 
 

@@ -124,8 +124,8 @@ DUE = (ReminderStatus.SCHEDULED, ReminderStatus.DEFERRED)
 CANCELABLE = (*DUE, ReminderStatus.QUEUED, ReminderStatus.SENDING)
 
 DUE_KINDS = (ReminderKind.DUE_SOON, ReminderKind.DUE_TODAY, ReminderKind.OVERDUE)
-UNPLANNED_KINDS = (ReminderKind.APPOINTMENT_CANCELED,)
-"""Texts made by an event (a cancellation), not by planning: planning leaves them alone."""
+UNPLANNED_KINDS = (ReminderKind.APPOINTMENT_CANCELED, ReminderKind.APPOINTMENT_MOVED)
+"""Texts made by an event (a cancellation, a move), not by planning: planning leaves them alone."""
 
 # Turn delivery statuses of our own: the text is about to go, or went but its answer was lost.
 CLAIMED = "claimed"
@@ -448,6 +448,10 @@ def reminder_text(
             kind=appointment.kind, when=appointment.starts_at, agency_phone=policy.agency_phone
         )
         return messages.render("appt_canceled", params, language)
+    if kind == ReminderKind.APPOINTMENT_MOVED:
+        assert appointment is not None
+        params.update(kind=appointment.kind, when=appointment.starts_at)
+        return messages.render("appt_moved", params, language)
     if kind == ReminderKind.APPOINTMENT:
         assert appointment is not None
         params.update(kind=appointment.kind, when=appointment.starts_at)
@@ -727,7 +731,9 @@ def _after_moves(
             finished = [
                 row
                 for row in rows
-                if row.appointment_id == plan.appointment_id and row.status in done
+                if row.appointment_id == plan.appointment_id
+                and row.kind == plan.kind
+                and row.status in done
             ]
             if finished and all(row.updated_at and row.updated_at < moved_at for row in finished):
                 cycle = appointment_cycle(plan.appointment_id, moved_at=moved_at)
@@ -927,6 +933,72 @@ def notify_canceled(*, session: Session, appointment: Appointment, now: datetime
             case_id=appointment.case_id,
             kind=ReminderKind.APPOINTMENT_CANCELED,
             cycle=appointment_cycle(appointment.id),
+            appointment_id=appointment.id,
+            send_at=now,
+            status=ReminderStatus.SCHEDULED,
+            attempts=0,
+            claim_token=0,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return True
+
+
+MOVED_NOTICE_MARGIN = timedelta(hours=1)
+"""A moved appointment's reminder for its new time going this soon after the notice would is
+notice enough: one text, not two at once."""
+
+
+def notify_moved(*, session: Session, appointment: Appointment, now: datetime) -> bool:
+    """Plan the text that tells the payer an appointment they were reminded of has a new time,
+    after planning has re-planned its reminder (the caller moves and re-plans first, commits
+    after). True when one was planned.
+
+    Without it the payer keeps the old time until the day before the new one, and would come
+    at the old time. None when the reminder for the new time goes about as soon anyway (a move
+    to within a day), or when a notice not sent yet will give the new time.
+    """
+    table = Reminder.__table__
+    about = sa.select(table.c.id).where(table.c.appointment_id == appointment.id)
+    reminded = session.execute(
+        about.where(
+            table.c.kind.in_((ReminderKind.APPOINTMENT, ReminderKind.APPOINTMENT_MOVED)),
+            table.c.status == ReminderStatus.SENT,
+        ).limit(1)
+    ).first()
+    waiting = session.execute(
+        about.where(
+            table.c.kind == ReminderKind.APPOINTMENT_MOVED, table.c.status.in_(CANCELABLE)
+        ).limit(1)
+    ).first()
+    if reminded is None or waiting is not None or appointment.starts_at <= now:
+        return False
+    case_tz = session.execute(sa.select(Case.timezone).where(Case.id == appointment.case_id))
+    phones = session.execute(
+        sa.select(Enrollment.phone).where(
+            Enrollment.case_id == appointment.case_id,
+            Enrollment.status == EnrollmentStatus.ACTIVE,
+        )
+    ).scalars()
+    phones = list(phones)
+    if not phones:
+        return False
+    reach = case_reach(case_tz=case_tz.scalar_one(), phones=phones, policy=current_policy())
+    reminder_at = session.execute(
+        sa.select(sa.func.min(table.c.send_at)).where(
+            table.c.appointment_id == appointment.id,
+            table.c.kind == ReminderKind.APPOINTMENT,
+            table.c.status.in_(DUE),
+        )
+    ).scalar_one()
+    if reminder_at is not None and reminder_at <= reach.next_allowed(now) + MOVED_NOTICE_MARGIN:
+        return False
+    session.execute(
+        _insert_ignoring_duplicates(session).values(
+            case_id=appointment.case_id,
+            kind=ReminderKind.APPOINTMENT_MOVED,
+            cycle=appointment_cycle(appointment.id, moved_at=now),
             appointment_id=appointment.id,
             send_at=now,
             status=ReminderStatus.SCHEDULED,
@@ -1562,6 +1634,16 @@ def _judge(
             return _Final(ReminderStatus.SKIPPED, "appointment_not_canceled")
         if appointment.starts_at <= now:
             return _Final(ReminderStatus.SKIPPED, "too_late")
+        appointment_info = AppointmentInfo(
+            kind=str(appointment.kind), starts_at=appointment.starts_at
+        )
+    elif row.kind == ReminderKind.APPOINTMENT_MOVED:
+        appointment = context.appointments.get(row.appointment_id)
+        if appointment is None or appointment.status != AppointmentStatus.SCHEDULED:
+            return _Final(ReminderStatus.SKIPPED, "appointment_canceled")
+        if appointment.starts_at <= now:
+            return _Final(ReminderStatus.SKIPPED, "too_late")
+        # The time it has now, moved again since or not.
         appointment_info = AppointmentInfo(
             kind=str(appointment.kind), starts_at=appointment.starts_at
         )

@@ -714,8 +714,9 @@ def test_an_appointment_moved_after_its_reminder_went_is_reminded_again_with_the
     assert len(sms) == 1  # the old time
 
     new_start = starts + moved_by
-    move_appointment(session=session, appointment_id=appointment.id, starts_at=new_start)
+    moved = move_appointment(session=session, appointment_id=appointment.id, starts_at=new_start)
     session.commit()
+    assert moved is False  # its reminder for the new time goes at once: one text, not two
     again = [
         row
         for row in session.exec(select(Reminder).where(Reminder.case_id == case.id)).all()
@@ -808,6 +809,125 @@ def test_a_cancellation_notice_is_not_sent_after_a_stop(ctx, session, sms):
     assert (notice.status, notice.reason) == (ReminderStatus.CANCELED, "opted_out")
 
 
+def clock_text(at: datetime, zone: str) -> str:
+    clock = at.astimezone(ZoneInfo(zone))
+    return f"{clock.hour % 12 or 12}:{clock.minute:02d}"
+
+
+@pytest.mark.parametrize(
+    ("language", "words"),
+    [
+        ("en", "has a new time. You now have a court hearing on"),
+        ("es", "Su cita tiene nueva hora. Ahora tiene una audiencia"),
+    ],
+)
+def test_a_payer_reminded_of_an_appointment_is_texted_its_new_time_when_it_moves_days_later(
+    ctx, session, sms, language, words
+):
+    from admin.service import move_appointment
+
+    case, _, appointment, starts = appointment_in(
+        session, 3, language=language, kind=AppointmentKind.COURT_HEARING
+    )
+    dispatch_due()
+    assert len(sms) == 1  # reminded of the old time
+
+    new_start = starts + timedelta(days=3)
+    assert move_appointment(session=session, appointment_id=appointment.id, starts_at=new_start)
+    session.commit()
+    plan_case(session=session, case_id=case.id)  # the hourly planning leaves the notice be
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 2
+    assert words in sms[1].body and clock_text(new_start, case.timezone) in sms[1].body
+    assert clock_text(starts, case.timezone) not in sms[1].body or starts.time() == new_start.time()
+    assert "STOP" in sms[1].body
+    assert rows(session, case.id)[ReminderKind.APPOINTMENT_MOVED].status == ReminderStatus.SENT
+    # Once; and the day before the new time, the reminder for it.
+    plan_case(session=session, case_id=case.id)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 2
+    (planned,) = [
+        row
+        for row in session.exec(select(Reminder).where(Reminder.case_id == case.id)).all()
+        if row.kind == ReminderKind.APPOINTMENT and row.status == ReminderStatus.SCHEDULED
+    ]
+    assert new_start - timedelta(hours=30) < planned.send_at < new_start - timedelta(hours=12)
+
+
+def test_an_appointment_moved_before_its_reminder_went_sends_no_notice(ctx, session, sms):
+    from admin.service import move_appointment
+
+    case, _, appointment, starts = appointment_in(session, 72)
+    new_start = starts + timedelta(days=2)
+    assert (
+        move_appointment(session=session, appointment_id=appointment.id, starts_at=new_start)
+        is False
+    )
+    session.commit()
+    assert dispatch_due().due == 0
+    assert set(rows(session, case.id)) == {ReminderKind.APPOINTMENT}
+
+
+def test_an_appointment_moved_twice_before_the_notice_went_sends_one_with_the_last_time(
+    ctx, session, sms
+):
+    from admin.service import move_appointment
+
+    case, _, appointment, starts = appointment_in(session, 3)
+    dispatch_due()
+    first, last = starts + timedelta(days=3), starts + timedelta(days=4, hours=1)
+    assert move_appointment(session=session, appointment_id=appointment.id, starts_at=first)
+    session.commit()
+    # The second move finds the first notice still waiting: it will give the last time.
+    assert not move_appointment(session=session, appointment_id=appointment.id, starts_at=last)
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 2
+    assert clock_text(last, case.timezone) in sms[1].body
+    assert last.astimezone(ZoneInfo(case.timezone)).strftime("%b") in sms[1].body
+
+
+def test_a_moved_appointment_canceled_before_the_notice_went_sends_only_the_cancellation(
+    ctx, session, sms
+):
+    from admin.service import cancel_appointment, move_appointment
+
+    case, _, appointment, starts = appointment_in(session, 3)
+    dispatch_due()
+    assert move_appointment(
+        session=session, appointment_id=appointment.id, starts_at=starts + timedelta(days=3)
+    )
+    session.commit()
+    assert cancel_appointment(session=session, appointment_id=appointment.id) is True
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 2
+    assert "canceled" in sms[1].body
+    found = rows(session, case.id)
+    notice = found[ReminderKind.APPOINTMENT_MOVED]
+    assert (notice.status, notice.reason) == (ReminderStatus.SKIPPED, "appointment_canceled")
+
+
+def test_a_move_notice_is_not_sent_after_a_stop(ctx, session, sms):
+    from admin.service import move_appointment
+    from bot.service import opt_out
+
+    case, enrollment, appointment, starts = appointment_in(session, 3)
+    dispatch_due()
+    assert move_appointment(
+        session=session, appointment_id=appointment.id, starts_at=starts + timedelta(days=3)
+    )
+    session.commit()
+    opt_out(session=session, phone=enrollment.phone, enrollments=[enrollment], now=utcnow())
+    session.commit()
+    dispatch_due()
+    assert len(sms) == 1
+    notice = rows(session, case.id)[ReminderKind.APPOINTMENT_MOVED]
+    assert (notice.status, notice.reason) == (ReminderStatus.CANCELED, "opted_out")
+
+
 def test_an_appointment_moved_to_the_time_it_has_is_not_reminded_again(ctx, session, sms):
     from admin.service import move_appointment
 
@@ -843,14 +963,17 @@ def test_an_appointment_moved_days_later_after_its_reminder_is_reminded_the_day_
     [first] = rows(session, case.id).values()
     assert first.status == ReminderStatus.SENT
 
-    move_appointment(
+    moved = move_appointment(
         session=session, appointment_id=appointment.id, starts_at=starts + timedelta(days=3)
     )
     session.commit()
+    assert moved is True  # the payer is told the new time now, and reminded of it again
     found = session.exec(select(Reminder).where(Reminder.case_id == case.id)).all()
     by_id = {row.id: row for row in found}
     assert by_id.pop(first.id).status == ReminderStatus.SENT
-    [again] = by_id.values()
+    by_kind = {row.kind: row for row in by_id.values()}
+    assert set(by_kind) == {ReminderKind.APPOINTMENT, ReminderKind.APPOINTMENT_MOVED}
+    again = by_kind[ReminderKind.APPOINTMENT]
     assert again.status == ReminderStatus.SCHEDULED
     assert again.send_at.replace(tzinfo=UTC) == starts + timedelta(days=2)
     assert len(sms) == 1

@@ -260,6 +260,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: You no longer have {kind} on {when}: it was canceled. "
         "Questions? Call {agency_phone}. Reply STOP to opt out."
     ),
+    "appt_moved": (
+        "{agency}: Your appointment has a new time. You now have {kind} on {when}. "
+        "Reply APPT for details, STOP to opt out."
+    ),
     "staff_reply": "{agency}: {text}",
     # Payer web pages (card and payment approval); fragments, never texted.
     "page.lang_switch": "Español",

@@ -285,6 +285,10 @@ MESSAGES: dict[str, str] = {
         "{agency}: Ya no tiene {kind} el {when}: se ha cancelado. "
         "Si tiene preguntas, llame al {agency_phone}. Responda STOP para darse de baja."
     ),
+    "appt_moved": (
+        "{agency}: Su cita tiene nueva hora. Ahora tiene {kind} el {when}. "
+        "Responda CITA para ver detalles o STOP para darse de baja."
+    ),
     "staff_reply": "{agency}: {text}",
     # Páginas web para el pagador (tarjeta y aprobación de pagos); fragmentos, nunca por texto.
     "page.lang_switch": "English",
