@@ -1116,6 +1116,10 @@ def dispatch_due(
             done += len(claimed)
             if progress:
                 progress(min(done, total), total)
+            if done >= total and not dry_run:
+                # What fell due since the count (or a row a send job put back as due, judging
+                # by a clock behind this run's `now`) waits for the next dispatch: a run ends.
+                break
     if summary.inline and dispatched:
         _count_outcomes(dispatched, summary)
     with session_scope() as session:

@@ -792,6 +792,26 @@ def test_an_appointment_canceled_before_its_reminder_went_sends_nothing(ctx, ses
     assert {row.kind for row in rows(session, case.id).values()} == {ReminderKind.APPOINTMENT}
 
 
+def test_a_dispatch_ends_when_its_inline_jobs_put_a_row_back_as_due(ctx, session, sms, monkeypatch):
+    # The dispatch runs ahead of the send job's clock: the job finds the reminder early and
+    # plans it again, at a time this dispatch counts as due. The run ends; the next one sends.
+    claims, take = [], reminders._claim
+
+    def claim(*args):
+        assert len(claims) < 5, "the dispatch keeps claiming the row it put back"
+        claims.append(take(*args))
+        return claims[-1]
+
+    monkeypatch.setattr(reminders, "_claim", claim)
+    case, _, _, starts = appointment_in(session, 72)
+    summary = dispatch_due(now=starts - timedelta(hours=20))
+    assert len(claims) == 1
+    assert (summary.due, summary.enqueued, len(sms)) == (1, 1, 0)
+    again = rows(session, case.id)[ReminderKind.APPOINTMENT]
+    assert again.status == ReminderStatus.SCHEDULED
+    assert utcnow() < again.send_at <= starts - timedelta(hours=20)
+
+
 def test_a_cancellation_notice_is_not_sent_after_a_stop(ctx, session, sms):
     from admin.service import cancel_appointment
 
