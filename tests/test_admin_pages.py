@@ -689,6 +689,7 @@ def test_the_case_page_shows_reminders_with_their_reasons_and_consent_records(
         (ReminderKind.DUE_TODAY, ReminderStatus.SKIPPED, "paid"),
         (ReminderKind.OVERDUE, ReminderStatus.DEFERRED, "quiet_hours"),
         (ReminderKind.APPOINTMENT, ReminderStatus.SCHEDULED, None),
+        (ReminderKind.APPOINTMENT_MOVED, ReminderStatus.SENT, None),
     ]:
         session.add(
             Reminder(
@@ -705,6 +706,8 @@ def test_the_case_page_shows_reminders_with_their_reasons_and_consent_records(
     reminders = page.split('id="reminders"')[1].split("</section>")[0]
     for word in ("sent", "skipped", "paid", "deferred", "quiet hours", "scheduled"):
         assert word in reminders
+    for label in ("Due soon", "Due today", "Overdue", "Appointment reminder", "Appointment moved"):
+        assert label in reminders
     enrollments = page.split('id="enrollments"')[1].split("</section>")[0]
     assert "I agree to texts v7" in enrollments and "v7" in enrollments
 
