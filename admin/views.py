@@ -880,8 +880,9 @@ PREVIEW_ROWS = 50
 
 
 @bp.route("/import", methods=["GET", "POST"])
+@role_required(Role.ADMIN)
 def import_cases():
-    """Upload the cases CSV: every line is checked and previewed before anything is written."""
+    """Upload the cases CSV (admins only): every line is checked and previewed before writing."""
     form = forms.ImportForm()
     if request.method == "GET":
         return render_template("admin/import.html", form=form)
@@ -920,8 +921,9 @@ def import_cases():
 
 
 @bp.post("/import/confirm")
+@role_required(Role.ADMIN)
 def import_confirm():
-    """Write the previewed file: cases created or updated, pending enrollments added."""
+    """Write the previewed file (admins only): cases created or updated, enrollments added."""
     confirm = forms.ImportConfirmForm()
     if not confirm.validate_on_submit():
         abort(400)

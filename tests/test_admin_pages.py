@@ -1485,7 +1485,7 @@ def upload(client, body: bytes, name="cases.csv", **kwargs):
     )
 
 
-def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, session, staff):
+def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, session, admin):
     make_case(session, case_number="CS-1")
     body = (
         HEADER
@@ -1508,8 +1508,37 @@ def test_an_upload_is_previewed_and_nothing_is_written_until_confirmed(client, s
     assert count(session, Case) == 2
 
 
+def test_only_admins_import_cases_and_staff_see_no_import_link(app, client, session, staff):
+    from admin.service import stash_import
+
+    make_case(session, case_number="CS-1", amount_due_cents=10_000, balance_cents=50_000)
+    body = (HEADER + "CS-1,Ana Rivera,,en,1.00,1.00,,\n" + "CS-2,Bo,,en,1,1,,\n").encode()
+    nav = text_of(client.get("/admin/")).split("<main")[0]
+    assert "/admin/import" not in nav and "Import" not in nav
+    refused = client.get("/admin/import")
+    assert refused.status_code == 403 and "Not allowed" in text_of(refused)
+    assert upload(client, body).status_code == 403
+    # A preview stashed before the user lost the admin role cannot be confirmed either.
+    token = stash_import(
+        redis=app.extensions["redis"], text=body.decode(), user_id=staff.id, filename="cases.csv"
+    )
+    assert post_form(client, "/admin/import/confirm", {"token": token}).status_code == 403
+    session.expire_all()
+    kept = session.exec(select(Case)).one()
+    assert (kept.case_number, kept.amount_due_cents, kept.balance_cents) == ("CS-1", 10_000, 50_000)
+
+    admin = app.test_client()
+    signed_in(admin, session, Role.ADMIN)
+    assert "/admin/import" in text_of(admin.get("/admin/")).split("<main")[0]
+    page = text_of(upload(admin, body))
+    token = re.search(r'name="token" type="hidden" value="([^"]+)"', page).group(1)
+    done = post_form(admin, "/admin/import/confirm", {"token": token}, follow_redirects=True)
+    assert "1 new case(s), 1 updated" in text_of(done)
+    assert count(session, Case) == 2
+
+
 def test_an_import_confirmed_with_invitations_texts_each_new_number_its_opt_in_in_its_window(
-    app, client, session, staff
+    app, client, session, admin
 ):
     from bot.outbound import send_held_invites
 
@@ -1544,7 +1573,7 @@ def test_an_import_confirmed_with_invitations_texts_each_new_number_its_opt_in_i
     assert "SI" in spanish
 
 
-def test_an_import_confirmed_without_invitations_says_none_went(app, client, session, staff):
+def test_an_import_confirmed_without_invitations_says_none_went(app, client, session, admin):
     page = text_of(upload(client, (HEADER + "CS-1,Ana,6175550134,en,1,1,,\n").encode()))
     token = re.search(r'name="token" type="hidden" value="([^"]+)"', page).group(1)
     done = post_form(client, "/admin/import/confirm", {"token": token}, follow_redirects=True)
@@ -1553,7 +1582,7 @@ def test_an_import_confirmed_without_invitations_says_none_went(app, client, ses
 
 
 def test_an_upload_naming_a_number_that_cannot_take_texts_is_refused_saying_why(
-    client, session, staff
+    client, session, admin
 ):
     body = (HEADER + "CS-1,Ana,6175550134,es,1,1,,\n" + "CS-2,Bo,800-555-0134,en,1,1,,\n").encode()
     page = text_of(upload(client, body))
@@ -1563,7 +1592,7 @@ def test_an_upload_naming_a_number_that_cannot_take_texts_is_refused_saying_why(
 
 
 def test_an_imported_number_that_texted_stop_while_on_no_case_is_enrolled_opted_out(
-    app, client, session, staff
+    app, client, session, admin
 ):
     payer_texts(app, client, "ALTO")
     preview = text_of(upload(client, (HEADER + "CS-2,Ana,6175550134,es,1,1,,\n").encode()))
@@ -1577,7 +1606,7 @@ def test_an_imported_number_that_texted_stop_while_on_no_case_is_enrolled_opted_
 
 
 def test_an_imported_number_that_opted_out_is_enrolled_opted_out_and_not_invited(
-    app, client, session, staff
+    app, client, session, admin
 ):
     first = make_stopped_enrollment(session, make_case(session, case_number="CS-1"))
     preview = text_of(upload(client, (HEADER + "CS-2,Ana,6175550134,en,1,1,,\n").encode()))
@@ -1591,7 +1620,7 @@ def test_an_imported_number_that_opted_out_is_enrolled_opted_out_and_not_invited
     assert texts(app) == []
 
 
-def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session, staff):
+def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session, admin):
     body = (
         HEADER
         + "CS-1,Ana Rivera,6175550134,es,250.00,1250.00,2030-12-01,America/New_York\n"
@@ -1607,14 +1636,14 @@ def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session
     assert count(session, Case) == 0
 
 
-def test_an_upload_naming_a_folder_of_zones_is_refused_at_the_preview(client, session, staff):
+def test_an_upload_naming_a_folder_of_zones_is_refused_at_the_preview(client, session, admin):
     response = upload(client, (HEADER + "CS-1,Ana,,en,1,1,,America\n").encode())
     assert response.status_code == 400
     assert "line 2: timezone &#39;America&#39; is not an IANA time zone" in text_of(response)
     assert count(session, Case) == 0
 
 
-def test_an_amount_too_large_for_the_database_is_refused_at_the_preview(client, session, staff):
+def test_an_amount_too_large_for_the_database_is_refused_at_the_preview(client, session, admin):
     response = upload(client, (HEADER + "CS-1,Ana,,en,99999999999999999999.00,1,,\n").encode())
     assert response.status_code == 400
     assert "line 2: amount_due" in text_of(response)
@@ -1623,7 +1652,7 @@ def test_an_amount_too_large_for_the_database_is_refused_at_the_preview(client, 
 
 
 def test_a_confirm_that_fails_unexpectedly_keeps_the_preview_to_try_again(
-    client, session, staff, monkeypatch
+    client, session, admin, monkeypatch
 ):
     from cases import service as cases
 
@@ -1644,7 +1673,7 @@ def test_a_confirm_that_fails_unexpectedly_keeps_the_preview_to_try_again(
     assert count(session, Case) == 1
 
 
-def test_a_file_that_is_not_utf8_is_refused(client, session, staff):
+def test_a_file_that_is_not_utf8_is_refused(client, session, admin):
     response = upload(client, HEADER.encode() + "CS-1,Jos\xe9,,en,1,1,,\n".encode("latin-1"))
     assert response.status_code == 400
     assert "not UTF-8" in text_of(response)
@@ -1653,12 +1682,12 @@ def test_a_file_that_is_not_utf8_is_refused(client, session, staff):
     assert count(session, Case) == 0
 
 
-def test_an_upload_without_a_file_is_explained(client, staff):
+def test_an_upload_without_a_file_is_explained(client, admin):
     response = post_form(client, "/admin/import", {}, content_type="multipart/form-data")
     assert response.status_code == 400 and "Choose a CSV file." in text_of(response)
 
 
-def test_a_ten_megabyte_upload_gets_a_clear_413_and_writes_nothing(client, session, staff):
+def test_a_ten_megabyte_upload_gets_a_clear_413_and_writes_nothing(client, session, admin):
     row = "CS-1,Ana Rivera,6175550134,es,250.00,1250.00,2030-12-01,America/New_York\n"
     body = (HEADER + row * (10 * 1024 * 1024 // len(row) + 1)).encode()
     assert len(body) > 10 * 1024 * 1024
@@ -1668,7 +1697,7 @@ def test_a_ten_megabyte_upload_gets_a_clear_413_and_writes_nothing(client, sessi
     assert count(session, Case) == 0
 
 
-def test_another_users_preview_cannot_be_confirmed(app, client, session, staff):
+def test_another_users_preview_cannot_be_confirmed(app, client, session, admin):
     preview = text_of(upload(client, (HEADER + "CS-9,Ana,,en,1,1,,\n").encode()))
     token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
     other = app.test_client()
@@ -1678,7 +1707,7 @@ def test_another_users_preview_cannot_be_confirmed(app, client, session, staff):
     assert count(session, Case) == 0
 
 
-def test_another_users_attempt_leaves_the_preview_for_its_uploader(app, client, session, staff):
+def test_another_users_attempt_leaves_the_preview_for_its_uploader(app, client, session, admin):
     preview = text_of(upload(client, (HEADER + "CS-9,Ana,,en,1,1,,\n").encode()))
     token = re.search(r'name="token" type="hidden" value="([^"]+)"', preview).group(1)
     other = app.test_client()
