@@ -32,6 +32,13 @@ EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2099, 12, 31)
 """Due dates and appointments outside these are placeholders ("9999-12-31" for no end date in
 agency exports) or typos, and dates near year 9999 overflow the reminder planner's arithmetic."""
+ISO_SHAPED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+SPREADSHEET_DATE = re.compile(r"^\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}(\s+\d{1,2}:\d{2}.*)?$")
+"""12/31/2026, 1/5/27, 31.12.2026, 2026/12/31 (a time may follow): how a spreadsheet shows a
+date cell in the computer's regional format, and saves it so in a CSV."""
+SERIAL_DAY = re.compile(r"^\d{5}(\.\d+)?$")
+"""46387: a date cell formatted as a number (Excel counts days from 1900: 5 digits, 1927-2173)."""
+EXCEL_DATE_HINT = "in Excel, format the column as yyyy-mm-dd before saving as CSV"
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ def _check(
             if len(fields["next_due_date"]) != 10:
                 raise ValueError
         except ValueError:
-            reasons.append(f"next_due_date {fields['next_due_date']!r} is not a YYYY-MM-DD date")
+            reasons.append(_date_reason("next_due_date", fields["next_due_date"]))
         else:
             if not EARLIEST_DATE <= due <= LATEST_DATE:
                 reasons.append(
@@ -239,3 +246,21 @@ def _amount_reason(column: str, text: str, exc: AmountError) -> str:
     if exc.code == "too_many_decimals":
         return f"{column} {text!r} has more than two decimals"
     return f"{column} {text!r} is not a dollar amount like 125.00"
+
+
+def _date_reason(column: str, text: str) -> str:
+    """Why a date cell was refused, and for a spreadsheet's date how to save it right.
+
+    12/31/2026 could be read, but 1/5/27 cannot (January 5 or May 1): no such form is guessed.
+    """
+    if ISO_SHAPED.match(text):
+        return f"{column} {text!r} is not a date on the calendar"
+    if SERIAL_DAY.match(text):
+        return (
+            f"{column} {text!r} is a spreadsheet's date serial number, not a date in "
+            f"YYYY-MM-DD form like 2026-12-31; {EXCEL_DATE_HINT}"
+        )
+    reason = f"{column} {text!r} is not a date in YYYY-MM-DD form like 2026-12-31"
+    if SPREADSHEET_DATE.match(text):
+        reason += f"; {EXCEL_DATE_HINT}"
+    return reason

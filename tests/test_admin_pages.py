@@ -1632,6 +1632,7 @@ def test_a_file_with_bad_rows_lists_each_line_and_writes_nothing(client, session
     page = text_of(response)
     assert "1 bad line in cases.csv: nothing was imported" in page
     assert "line 3:" in page and "is negative" in page and "not a valid phone number" in page
+    assert "format the column as yyyy-mm-dd before saving as CSV" in page
     assert "Confirm" not in page and 'name="token"' not in page
     assert count(session, Case) == 0
 

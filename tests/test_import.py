@@ -105,6 +105,36 @@ def test_a_due_date_outside_2000_to_2099_is_refused_with_its_line():
     assert "leave it empty" in plan.errors[0].reason
 
 
+EXCEL_HINT = "in Excel, format the column as yyyy-mm-dd before saving as CSV"
+
+
+@pytest.mark.parametrize("written", ["12/31/2026", "1/5/27", "2026/12/31", "31.12.2026"])
+def test_a_spreadsheets_date_is_refused_saying_the_form_and_how_to_save_it(written):
+    """1/5/27 is January 5 or May 1: no such date is guessed, the message says how to fix it."""
+    plan = read(HEADER + f"CS-1,Ana,,en,1,1,{written},\n")
+    assert plan.rows == []
+    assert [str(error) for error in plan.errors] == [
+        f"line 2: next_due_date {written!r} is not a date in YYYY-MM-DD form like 2026-12-31; "
+        + EXCEL_HINT
+    ]
+
+
+def test_an_excel_date_serial_number_is_refused_as_one():
+    plan = read(HEADER + "CS-1,Ana,,en,1,1,46387,\n")
+    assert [str(error) for error in plan.errors] == [
+        "line 2: next_due_date '46387' is a spreadsheet's date serial number, not a date in "
+        "YYYY-MM-DD form like 2026-12-31; " + EXCEL_HINT
+    ]
+
+
+def test_a_date_that_is_not_on_the_calendar_or_not_a_date_gets_no_excel_hint():
+    plan = read(HEADER + "CS-1,Ana,,en,1,1,2026-02-30,\n" + "CS-2,Bo,,en,1,1,soon,\n")
+    assert [error.reason for error in plan.errors] == [
+        "next_due_date '2026-02-30' is not a date on the calendar",
+        "next_due_date 'soon' is not a date in YYYY-MM-DD form like 2026-12-31",
+    ]
+
+
 def test_amounts_above_ten_million_dollars_are_refused_like_the_form_refuses_them():
     plan = read(
         HEADER
