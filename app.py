@@ -15,6 +15,7 @@ from rq import Queue
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import db
+import logredact
 import settings
 from settings import SettingsError
 
@@ -70,6 +71,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _configure_logging(app: Flask) -> None:
     level = logging.getLevelNamesMapping()[app.config["LOG_LEVEL"]]
+    # PostgreSQL's errors quote the row values that failed a constraint: phones, names.
+    logredact.install()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(level)
