@@ -468,8 +468,9 @@ def _route(state: State, command: Command, facts: Facts) -> Outcome:
         about = "opted_in" if facts.enrolled else "unknown_number"
         if consents(command):
             return _out(facts, State(), _say(facts, about), actions=(OptIn(),))
-        if intent is Intent.HELP:  # no MENU to offer: it would go unanswered
-            return _out(facts, state, _say(facts, "help_opted_out" if facts.enrolled else about))
+        if intent is Intent.HELP:  # no MENU, nor STOP to opt out: it is opted out already
+            help_key = "help_opted_out" if facts.enrolled else "help_opted_out_no_case"
+            return _out(facts, state, _say(facts, help_key))
         return _out(facts, state)
     if status == PhoneStatus.PENDING:
         return _pending(state, command, facts)

@@ -195,6 +195,7 @@ def test_help_is_answered_even_while_opted_out():
     # It says the number is unsubscribed and how to come back; no MENU, which would go unanswered.
     assert keys(outcome) == ("help_opted_out",) and outcome.actions == ()
     assert "MENU" not in text(outcome) and "Reply START" in text(outcome)
+    assert "STOP" not in text(outcome)
 
 
 # Double opt-in.
@@ -353,7 +354,14 @@ def test_a_number_on_no_case_that_opted_out_gets_no_reply(body):
 def test_a_number_on_no_case_that_opted_out_is_answered_help_and_can_opt_back_in():
     """Told again that no case has this number, not promised payment texts it will not get."""
     stopped = facts(phone_status=PhoneStatus.OPTED_OUT, cases=(), enrolled=False)
-    assert keys(send("HELP", stopped)) == ("unknown_number",)
+    help_reply = send("HELP", stopped)
+    assert keys(help_reply) == ("help_opted_out_no_case",)
+    # Opted out already: not told to text STOP, but how to come back.
+    assert "STOP" not in text(help_reply) and "Reply START" in text(help_reply)
+    assert "couldn't find a case" in text(help_reply) and "(866) 399-4096" in text(help_reply)
+    spanish = send("AYUDA", stopped)
+    assert "STOP" not in text(spanish) and "Responda START" in text(spanish)
+    assert "no encontramos un caso" in text(spanish)
     for body in ("START", "UNSTOP", "YES"):
         outcome = send(body, stopped)
         assert outcome.actions == (OptIn(),) and keys(outcome) == ("unknown_number",)

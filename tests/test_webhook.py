@@ -212,12 +212,44 @@ def test_a_number_on_no_case_that_opted_out_gets_help_and_opts_back_in_with_star
     (confirmation,) = replies(text(client, "ALTO", phone=STRANGER))
     assert confirmation.startswith("Se dio de baja")
     (help_reply,) = replies(text(client, "HELP", phone=STRANGER))
-    assert "800-555-0134" in help_reply and "No encontramos un caso" in help_reply
+    assert "800-555-0134" in help_reply and "no encontramos un caso" in help_reply
+    assert "se dio de baja" in help_reply and "Responda START" in help_reply
+    assert "Responda STOP" not in help_reply
     (welcome_back,) = replies(text(client, "START", phone=STRANGER))
     assert "STOP" in welcome_back
     assert "No encontramos un caso" in welcome_back and "mensajes de pagos" not in welcome_back
     (reply,) = replies(text(client, "hola", phone=STRANGER))
     assert "No encontramos un caso" in reply
+
+
+HELP_AFTER_STOP = [
+    # (opt-out, enrolled in, then HELP: what it must say, in the payer's language)
+    ("STOP", None, "HELP", "This number is unsubscribed", "Reply START", "Msg & data rates"),
+    ("ALTO", None, "AYUDA", "Este teléfono se dio de baja", "Responda START", "Pueden aplicarse"),
+    ("STOP", "en", "HELP", "You are unsubscribed", "Reply START", "Msg & data rates"),
+    ("ALTO", "es", "HELP", "Se dio de baja", "Responda START", "Pueden aplicarse"),
+]
+
+
+@pytest.mark.parametrize(("stop", "enrolled", "ask", "said", "start", "rates"), HELP_AFTER_STOP)
+def test_help_after_stop_says_the_number_is_opted_out_and_how_to_opt_back_in(
+    client, session, stop, enrolled, ask, said, start, rates
+):
+    if enrolled:
+        case = make_case(session, language=enrolled)
+        make_enrollment(session, case, STRANGER, language=enrolled)
+    assert replies(text(client, stop, phone=STRANGER))
+    (help_reply,) = replies(text(client, ask, phone=STRANGER))
+    assert help_reply.startswith(f"Demo County Child Support: {said}")
+    assert "800-555-0134" in help_reply and start in help_reply and rates in help_reply
+    assert "Reply STOP" not in help_reply and "Responda STOP" not in help_reply
+
+
+def test_help_from_a_number_that_never_opted_out_still_says_how_to_stop(client, session, payer):
+    (own,) = replies(text(client, "HELP"))
+    assert "Reply MENU for options, STOP to opt out." in own
+    (stranger,) = replies(text(client, "AYUDA", phone=STRANGER))
+    assert "No encontramos un caso" in stranger and "Responda STOP" in stranger
 
 
 def test_an_opt_out_texted_before_enrollment_holds_once_the_number_is_enrolled(

@@ -56,6 +56,12 @@ MESSAGES: dict[str, str] = {
         "{agency}: You are unsubscribed and get no texts from us. Msg & data rates may apply. "
         "For help call {agency_phone}. Reply START to get texts again."
     ),
+    # HELP from a number on no case that opted out: no case texts to promise it.
+    "help_opted_out_no_case": (
+        "{agency}: This number is unsubscribed and gets no texts from us, and we couldn't find "
+        "a case for it. For help call {agency_phone}. Msg & data rates may apply. "
+        "Reply START to opt back in."
+    ),
     "thanks": "You're welcome. Reply MENU for options.",
     "request_dropped": "OK, nothing was done. Reply MENU for options.",
     "menu": (

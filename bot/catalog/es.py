@@ -59,6 +59,11 @@ MESSAGES: dict[str, str] = {
         "mensajes y datos. Para ayuda, llame al {agency_phone}. Responda START para volver a "
         "recibirlos."
     ),
+    "help_opted_out_no_case": (
+        "{agency}: Este teléfono se dio de baja y no recibe mensajes nuestros, y no encontramos "
+        "un caso con este teléfono. Para ayuda, llame al {agency_phone}. Pueden aplicarse "
+        "tarifas de mensajes y datos. Responda START para volver a suscribirse."
+    ),
     "thanks": "De nada. Responda MENU para ver opciones.",
     "request_dropped": "Listo, no hicimos nada. Responda MENU para ver opciones.",
     "menu": (
