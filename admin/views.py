@@ -435,10 +435,18 @@ def export_case(case_id: int):
     if detail is None:
         abort(404)
     zone = service.case_zone(detail.case, _zone(), service.clock_phone(detail.enrollments))
-    rows = service.export_rows(session=get_session(), case_id=case_id, zone=zone)
     filename = f"case-{detail.case.case_number}-conversation.csv"
+
+    def lines():
+        # The body is sent after the view's request has ended and its session is closed. The
+        # rows are read in a session of the stream's own, asked for while the stream runs, so
+        # the request's teardown at its end (or when the client hangs up) closes it; one
+        # reopened from the view's closed session held its connection until garbage-collected.
+        rows = service.export_rows(session=get_session(), case_id=case_id, zone=zone)
+        yield from service.csv_text(rows)
+
     return Response(
-        stream_with_context(service.csv_text(rows)),
+        stream_with_context(lines()),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import select
 
+import db
 from admin.service import TIMELINE_PAGE, case_detail, dashboard, search_cases
 from models import (
     AdminUser,
@@ -1460,6 +1461,18 @@ def test_the_export_has_the_phones_texts_about_no_one_case_too(app, client, sess
         export = text_of(client.get(f"/admin/cases/{case.id}/export.csv"))
         rows = csv.DictReader(io.StringIO(export))
         assert next(row["text"] for row in rows if row["record"] == "turn") == "HELP"
+
+
+def test_the_export_gives_its_connection_back_once_read(app, client, session, staff):
+    case = make_case(session)
+    turn(session, case, "BAL")
+    pool = db.engine(app).pool
+    before = pool.checkedout()
+    with client.get(f"/admin/cases/{case.id}/export.csv") as response:
+        assert "BAL" in text_of(response)
+        # Read to the end, the stream has closed its session: no connection is left for the
+        # garbage collector to hand back (on PostgreSQL, perhaps after its backend was ended).
+        assert pool.checkedout() == before
 
 
 def test_the_export_gives_local_times_in_the_cases_time_zone(client, session, staff):
