@@ -18,6 +18,7 @@ import pytest
 from sqlmodel import select
 from werkzeug.serving import make_server
 
+import db
 from models import (
     ConversationTurn,
     Direction,
@@ -68,6 +69,7 @@ def live_server(config) -> Iterator[str]:
     yield base
     server.shutdown()
     thread.join(timeout=10)
+    db.engine(application).dispose()
 
 
 @pytest.fixture
