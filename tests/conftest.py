@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -120,12 +119,6 @@ def config(database_url, redis_url, tmp_path) -> dict:
 @pytest.fixture
 def app(config, tmp_path):
     """The app built with the test settings."""
-    # Finalize what earlier tests left for the garbage collector first: a pooled PostgreSQL
-    # connection found dead is logged with its traceback as it is collected, and CPython 3.11
-    # formats that traceback with ast.parse. Collected in the middle of werkzeug's own
-    # ast.parse of the routes, the nested parse failed the outer one ("AST constructor
-    # recursion depth mismatch", a fresh clone's CI run, twice).
-    gc.collect()
     application = create_app(config)
     application.instance_path = str(tmp_path / "instance")
     yield application
