@@ -68,22 +68,24 @@ def test_a_logged_database_error_and_a_formatted_traceback_lose_the_values(app, 
     assert caplog.text.count("Key (phone)=(…) already exists.") == 2
 
 
-def test_a_real_unique_violation_on_postgresql_is_logged_without_the_phone(
-    app, session, database_url, caplog
-):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite's errors name the columns only (UNIQUE constraint failed: ...)")
+def test_a_real_unique_violation_is_logged_without_the_phone(app, session, database_url, caplog):
+    # PostgreSQL quotes the clashing values (cut from the log); SQLite names the columns only,
+    # and the engines hide the statement's parameters on both.
+    postgres = database_url.startswith("postgresql")
     session.add(Conversation(phone="+16175550100"))
     session.commit()
     session.add(Conversation(phone="+16175550100"))
     with pytest.raises(sa.exc.IntegrityError) as raised:
         session.commit()
     session.rollback()
-    assert "Key (phone)=(+16175550100) already exists" in str(raised.value)
+    assert ("Key (phone)=(+16175550100) already exists" in str(raised.value)) is postgres
     try:
         raise raised.value
     except sa.exc.IntegrityError:
         logging.getLogger("bot.views").exception("inbound text %s could not be handled", "SM1")
     assert "+16175550100" not in caplog.text
-    assert "Key (phone)=(…) already exists." in caplog.text
-    assert "UniqueViolation" in caplog.text  # the traceback itself is kept
+    assert "IntegrityError" in caplog.text  # the traceback itself is kept
+    if postgres:
+        assert "Key (phone)=(…) already exists." in caplog.text
+    else:
+        assert "UNIQUE constraint failed" in caplog.text
