@@ -928,11 +928,24 @@ def notify_canceled(*, session: Session, appointment: Appointment, now: datetime
     ).first()
     if reminded is None or appointment.starts_at <= now:
         return False
+    _plan_notice(session, appointment, ReminderKind.APPOINTMENT_CANCELED, now=now)
+    return True
+
+
+def _plan_notice(
+    session: Session,
+    appointment: Appointment,
+    kind: ReminderKind,
+    *,
+    now: datetime,
+    moved_at: datetime | None = None,
+) -> None:
+    """A notice about the appointment, due at once and sent like a reminder; once per cycle."""
     session.execute(
         _insert_ignoring_duplicates(session).values(
             case_id=appointment.case_id,
-            kind=ReminderKind.APPOINTMENT_CANCELED,
-            cycle=appointment_cycle(appointment.id),
+            kind=kind,
+            cycle=appointment_cycle(appointment.id, moved_at=moved_at),
             appointment_id=appointment.id,
             send_at=now,
             status=ReminderStatus.SCHEDULED,
@@ -942,7 +955,6 @@ def notify_canceled(*, session: Session, appointment: Appointment, now: datetime
             updated_at=now,
         )
     )
-    return True
 
 
 MOVED_NOTICE_MARGIN = timedelta(hours=1)
@@ -956,7 +968,7 @@ def notify_moved(*, session: Session, appointment: Appointment, now: datetime) -
     after). True when one was planned.
 
     Without it the payer keeps the old time until the day before the new one, and would come
-    at the old time. None when the reminder for the new time goes about as soon anyway (a move
+    at the old time. No notice when the reminder for the new time goes about as soon anyway (a move
     to within a day), or when a notice not sent yet will give the new time.
     """
     table = Reminder.__table__
@@ -974,17 +986,22 @@ def notify_moved(*, session: Session, appointment: Appointment, now: datetime) -
     ).first()
     if reminded is None or waiting is not None or appointment.starts_at <= now:
         return False
-    case_tz = session.execute(sa.select(Case.timezone).where(Case.id == appointment.case_id))
-    phones = session.execute(
-        sa.select(Enrollment.phone).where(
-            Enrollment.case_id == appointment.case_id,
-            Enrollment.status == EnrollmentStatus.ACTIVE,
+    phones = (
+        session.execute(
+            sa.select(Enrollment.phone).where(
+                Enrollment.case_id == appointment.case_id,
+                Enrollment.status == EnrollmentStatus.ACTIVE,
+            )
         )
-    ).scalars()
-    phones = list(phones)
+        .scalars()
+        .all()
+    )
     if not phones:
         return False
-    reach = case_reach(case_tz=case_tz.scalar_one(), phones=phones, policy=current_policy())
+    case_tz = session.execute(
+        sa.select(Case.timezone).where(Case.id == appointment.case_id)
+    ).scalar_one()
+    reach = case_reach(case_tz=case_tz, phones=phones, policy=current_policy())
     reminder_at = session.execute(
         sa.select(sa.func.min(table.c.send_at)).where(
             table.c.appointment_id == appointment.id,
@@ -994,20 +1011,7 @@ def notify_moved(*, session: Session, appointment: Appointment, now: datetime) -
     ).scalar_one()
     if reminder_at is not None and reminder_at <= reach.next_allowed(now) + MOVED_NOTICE_MARGIN:
         return False
-    session.execute(
-        _insert_ignoring_duplicates(session).values(
-            case_id=appointment.case_id,
-            kind=ReminderKind.APPOINTMENT_MOVED,
-            cycle=appointment_cycle(appointment.id, moved_at=now),
-            appointment_id=appointment.id,
-            send_at=now,
-            status=ReminderStatus.SCHEDULED,
-            attempts=0,
-            claim_token=0,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    _plan_notice(session, appointment, ReminderKind.APPOINTMENT_MOVED, now=now, moved_at=now)
     return True
 
 
@@ -1618,6 +1622,13 @@ def _load(session: Session, ids: Sequence[int]) -> _Context:
     )
 
 
+_NOTICE_NEEDS = {
+    ReminderKind.APPOINTMENT_CANCELED: (AppointmentStatus.CANCELED, "appointment_not_canceled"),
+    ReminderKind.APPOINTMENT_MOVED: (AppointmentStatus.SCHEDULED, "appointment_canceled"),
+}
+"""A notice's appointment status to be sent, and the reason it is skipped without it."""
+
+
 def _judge(
     session: Session, row: _Row, context: _Context, policy: ReminderPolicy, now: datetime
 ) -> _Final | tuple[_Tally, list[_Delivery]]:
@@ -1632,22 +1643,15 @@ def _judge(
     reach = case_reach(case_tz=case.timezone, phones=[e.phone for e in enrollments], policy=policy)
     appointment_info = None
     amount = 0
-    if row.kind == ReminderKind.APPOINTMENT_CANCELED:
+    if row.kind in _NOTICE_NEEDS:
+        # A cancellation notice needs the appointment canceled still; a moved one, scheduled,
+        # and it gives the time it has now, moved again since or not.
+        needs, otherwise = _NOTICE_NEEDS[row.kind]
         appointment = context.appointments.get(row.appointment_id)
-        if appointment is None or appointment.status != AppointmentStatus.CANCELED:
-            return _Final(ReminderStatus.SKIPPED, "appointment_not_canceled")
+        if appointment is None or appointment.status != needs:
+            return _Final(ReminderStatus.SKIPPED, otherwise)
         if appointment.starts_at <= now:
             return _Final(ReminderStatus.SKIPPED, "too_late")
-        appointment_info = AppointmentInfo(
-            kind=str(appointment.kind), starts_at=appointment.starts_at
-        )
-    elif row.kind == ReminderKind.APPOINTMENT_MOVED:
-        appointment = context.appointments.get(row.appointment_id)
-        if appointment is None or appointment.status != AppointmentStatus.SCHEDULED:
-            return _Final(ReminderStatus.SKIPPED, "appointment_canceled")
-        if appointment.starts_at <= now:
-            return _Final(ReminderStatus.SKIPPED, "too_late")
-        # The time it has now, moved again since or not.
         appointment_info = AppointmentInfo(
             kind=str(appointment.kind), starts_at=appointment.starts_at
         )
